@@ -1,0 +1,182 @@
+"""Building blocks shared by OFA's encoder and decoder: NormFormer attention and feed-forward sub-blocks,
+drop path, and the relative-position buckets.
+
+Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`, ...) that the trainer maps onto
+mesh axes; activations are constrained with the same names.
+"""
+import math
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Every Linear and Embedding in OFA starts as N(0, 0.02), the relative-position tables included.
+init_normal = nn.initializers.normal(stddev=0.02)
+
+# Decoder code positions past the code grid all share this image position id (OFA pads its lookup table with it).
+CODE_POSITION_OVERFLOW_ID = 1024
+
+
+def layer_norm(dtype: jnp.dtype, name: str, axis: str = 'embed') -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)))
+
+
+def dense(features: int, dtype: jnp.dtype, name: str, axes: tuple[str, str] = ('embed', 'embed')) -> nn.Dense:
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
+                    kernel_init=nn.with_logical_partitioning(init_normal, axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+
+
+def embedding(num: int, features: int, dtype: jnp.dtype, name: str,
+              axes: tuple[str, str] = ('positions', 'embed')) -> nn.Embed:
+    return nn.Embed(num, features, dtype=dtype, param_dtype=jnp.float32, name=name,
+                    embedding_init=nn.with_logical_partitioning(init_normal, axes))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zeroes a whole sample's residual branch with probability `rate` while training."""
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class MultiHeadAttention(nn.Module):
+    """Attention with additive position bias and NormFormer's learned per-head output scale (`c_attn`)."""
+    num_heads: int
+    scale_factor: float = 2.0
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array, mask: jax.Array,
+                 deterministic: bool) -> jax.Array:
+        """x: [batch, q_len, embed]; kv: [batch, kv_len, embed]; bias: float32 broadcastable to
+        [batch, heads, q_len, kv_len]; mask: bool broadcastable to the same, True where attending is allowed.
+        Returns [batch, q_len, embed]."""
+        d_model = x.shape[-1]
+        head_dim = d_model // self.num_heads
+
+        def projection(name):
+            return nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, param_dtype=jnp.float32, name=name,
+                                   kernel_init=nn.with_logical_partitioning(init_normal, ('embed', 'heads', 'kv')),
+                                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')))
+
+        qkv_axes = ('batch', 'length', 'heads', 'kv')
+        q = nn.with_logical_constraint(projection('q_proj')(x), qkv_axes) * (head_dim * self.scale_factor) ** -0.5
+        k = nn.with_logical_constraint(projection('k_proj')(kv), qkv_axes)
+        v = nn.with_logical_constraint(projection('v_proj')(kv), qkv_axes)
+        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) + bias
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1)
+        probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic).astype(self.dtype)
+        out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+        c_attn = self.param('c_attn', nn.with_logical_partitioning(nn.initializers.ones, ('heads',)),
+                            (self.num_heads,), jnp.float32)
+        out = out * c_attn.astype(self.dtype)[:, None]
+        out = nn.DenseGeneral(d_model, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32, name='out_proj',
+                              kernel_init=nn.with_logical_partitioning(init_normal, ('heads', 'kv', 'embed')),
+                              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(out)
+        return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
+
+
+def attention_block(x: jax.Array, kv: Optional[jax.Array], bias: jax.Array, mask: jax.Array, *, prefix: str,
+                    num_heads: int, scale_factor: float, dropout: float, attention_dropout: float,
+                    drop_path: DropPath, deterministic: bool, dtype: jnp.dtype) -> jax.Array:
+    """Pre-LN NormFormer attention: x + DropPath(Dropout(mid_LN(Attn(LN(x))))). Self-attention when kv is None.
+
+    Called inside a layer's compact method; submodules are named `{prefix}`, `{prefix}_layer_norm` and
+    `{prefix}_mid_layer_norm` as in OFA's checkpoints."""
+    h = layer_norm(dtype, f'{prefix}_layer_norm')(x)
+    h = MultiHeadAttention(num_heads, scale_factor, attention_dropout, dtype, name=prefix)(
+        h, h if kv is None else kv, bias, mask, deterministic)
+    h = layer_norm(dtype, f'{prefix}_mid_layer_norm')(h)
+    h = nn.Dropout(dropout)(h, deterministic=deterministic)
+    return x + drop_path(h, deterministic)
+
+
+def feed_forward_block(x: jax.Array, *, ffn_dim: int, dropout: float, activation_dropout: float,
+                       drop_path: DropPath, deterministic: bool, dtype: jnp.dtype) -> jax.Array:
+    """Pre-LN NormFormer FFN: x + DropPath(Dropout(fc2(ffn_LN(gelu(fc1(LN(x)))))))."""
+    h = layer_norm(dtype, 'final_layer_norm')(x)
+    h = nn.gelu(dense(ffn_dim, dtype, 'fc1', ('embed', 'mlp'))(h), approximate=False)
+    h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
+    h = nn.Dropout(activation_dropout)(h, deterministic=deterministic)
+    h = layer_norm(dtype, 'ffn_layer_norm', axis='mlp')(h)
+    h = dense(x.shape[-1], dtype, 'fc2', ('mlp', 'embed'))(h)
+    h = nn.Dropout(dropout)(h, deterministic=deterministic)
+    return x + drop_path(h, deterministic)
+
+
+def token_relative_buckets(bucket_size: int, max_position: int = 1024) -> np.ndarray:
+    """Bucket index [max_position, max_position] of query i and key j: exact within bucket_size/2, log-spaced beyond.
+
+    Computed in float32 as OFA does, so the bucket boundaries agree with its tables."""
+    pos = np.arange(max_position)
+    relative = pos[:, None] - pos[None, :]
+    mid = bucket_size // 2
+    abs_pos = np.where((relative < mid) & (relative > -mid), mid - 1, np.abs(relative))
+    with np.errstate(divide='ignore'):
+        log_pos = np.ceil(np.log((abs_pos / np.float32(mid)).astype(np.float32))
+                          / np.float32(math.log((max_position - 1) / mid)) * np.float32(mid - 1)) + mid
+    buckets = np.where(abs_pos <= mid, relative, log_pos.astype(np.int32) * np.sign(relative))
+    return (buckets + bucket_size - 1).astype(np.int32)
+
+
+def image_relative_buckets(query_ids: np.ndarray, key_ids: np.ndarray, bucket_size: int) -> np.ndarray:
+    """Bucket index [len(query_ids), len(key_ids)] between image position ids (row * bucket_size + col + 1).
+
+    Id 0 (a token with no grid position, such as the decoder's bos) gets its own three reserved buckets."""
+    num_buckets = (2 * bucket_size - 1) ** 2 + 3
+    q = np.asarray(query_ids)[:, None]
+    k = np.asarray(key_ids)[None, :]
+    q_row, q_col = np.divmod(q - 1, bucket_size)
+    k_row, k_col = np.divmod(k - 1, bucket_size)
+    grid = (q_row - k_row + bucket_size - 1) * (2 * bucket_size - 1) + (q_col - k_col + bucket_size - 1)
+    buckets = np.where(k == 0, num_buckets - 2, np.where(q == 0, num_buckets - 3, grid))
+    return np.where((q == 0) & (k == 0), num_buckets - 1, buckets).astype(np.int32)
+
+
+def image_position_ids(height: int, width: int, bucket_size: int) -> np.ndarray:
+    """Position ids [height * width] of a row-major patch grid."""
+    return (np.arange(height)[:, None] * bucket_size + np.arange(width)[None, :] + 1).reshape(-1)
+
+
+def code_position_ids(length: int, code_image_size: int, bucket_size: int) -> np.ndarray:
+    """Image position ids [length] of decoder positions when the target is image codes: bos at 0, then the
+    (code_image_size / 8)^2 code grid row-major, then the overflow id."""
+    side = code_image_size // 8
+    t = np.arange(length)
+    grid = np.concatenate([[0], image_position_ids(side, side, bucket_size)])
+    return np.where(t < grid.size, grid[np.minimum(t, grid.size - 1)], CODE_POSITION_OVERFLOW_ID)
+
+
+def gather_table(table: nn.Embed, buckets: np.ndarray | jax.Array) -> jax.Array:
+    """Looks relative-position buckets [..., q, k] up in a [num_buckets, heads] table -> float32 [..., heads, q, k]."""
+    values = table(jnp.asarray(buckets)).astype(jnp.float32)
+    return jnp.moveaxis(values, -1, -3)
+
+
+def position_bias(q_linear: nn.Dense, k_linear: nn.Dense, q_pos: jax.Array, k_pos: jax.Array,
+                  num_heads: int, scale_factor: float) -> jax.Array:
+    """Disentangled absolute-position bias: (W_q p_i)(W_k p_j) per head.
+
+    q_pos: [b, q_len, embed], k_pos: [b, k_len, embed] (b may be 1) -> float32 [b, heads, q_len, k_len]."""
+    head_dim = q_pos.shape[-1] // num_heads
+    q = q_linear(q_pos).reshape(*q_pos.shape[:2], num_heads, head_dim) * (head_dim * scale_factor) ** -0.5
+    k = k_linear(k_pos).reshape(*k_pos.shape[:2], num_heads, head_dim)
+    return jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
+
+
+def linear_rates(rate: float, num: int) -> Sequence[float]:
+    """Per-layer drop-path rates rising linearly from 0 to `rate`."""
+    return np.linspace(0.0, rate, num).tolist()

@@ -1,0 +1,416 @@
+"""OFA: a unified multimodal encoder-decoder (ResNet trunk + pre-LN NormFormer transformer), in Flax Linen.
+
+    model = OFA(model_config('tiny'))
+    variables = init_variables(model.config, jax.random.key(0))
+    logits = model.apply(variables, src_tokens, patch_images, patch_masks, prev_output_tokens)
+
+Shapes: src_tokens [batch, src_len] int; patch_images [batch, H, W, 3] float (NHWC, normalized to [-1, 1]);
+patch_masks [batch] bool (False: the row has no image); prev_output_tokens [batch, tgt_len] int; code_masks [batch]
+bool (True: the row's target is image codes). Returns float32 logits [batch, tgt_len, vocab].
+Training passes `train=True`, `rngs={'dropout': key}` and `mutable=['batch_stats']`.
+"""
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ofa_jax import layers
+from ofa_jax.resnet import ResNet
+
+PAD_ID = 1
+PATCH_SIZE = 16  # the ResNet trunk's stride: one encoder token per 16x16 pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class OFAConfig:
+    """Architecture and regularization of one OFA model; hashable, so it can be a Flax module attribute."""
+    d_model: int = 256
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    num_heads: int = 4
+    ffn_dim: int = 1024
+    resnet_blocks: tuple[int, int, int] = (3, 4, 6)
+    resnet_width: int = 64  # channels of the stem; the trunk outputs 16x this
+    vocab_size: int = 59457
+    max_positions: int = 1024
+    token_bucket_size: int = 256
+    image_bucket_size: int = 42  # also the largest patch grid side
+    code_image_size: int = 128  # image side whose VQGAN codes (side / 8 squared) are decoder targets
+    attn_scale_factor: float = 2.0
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    encoder_drop_path_rate: float = 0.0
+    decoder_drop_path_rate: float = 0.0
+    resnet_drop_path_rate: float = 0.0
+    freeze_batch_norm: bool = False
+    dtype: str = 'float32'  # compute dtype; parameters are always float32
+    remat: bool = False  # recompute each transformer layer in the backward pass to save activation memory
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> 'OFAConfig':
+        values = dict(values)
+        values['resnet_blocks'] = tuple(values['resnet_blocks'])
+        return cls(**values)
+
+
+PRESETS: dict[str, OFAConfig] = {
+    'nano': OFAConfig(d_model=64, encoder_layers=2, decoder_layers=2, num_heads=4, ffn_dim=256,
+                      resnet_blocks=(1, 1, 1), resnet_width=16),
+    'tiny': OFAConfig(d_model=256, encoder_layers=4, decoder_layers=4, num_heads=4, ffn_dim=1024,
+                      resnet_blocks=(3, 4, 6)),
+    'medium': OFAConfig(d_model=512, encoder_layers=4, decoder_layers=4, num_heads=8, ffn_dim=2048,
+                        resnet_blocks=(3, 4, 23)),
+    'base': OFAConfig(d_model=768, encoder_layers=6, decoder_layers=6, num_heads=12, ffn_dim=3072,
+                      resnet_blocks=(3, 4, 23)),
+    'large': OFAConfig(d_model=1024, encoder_layers=12, decoder_layers=12, num_heads=16, ffn_dim=4096,
+                       resnet_blocks=(3, 8, 36)),
+    'huge': OFAConfig(d_model=1280, encoder_layers=24, decoder_layers=12, num_heads=16, ffn_dim=5120,
+                      resnet_blocks=(3, 8, 36)),
+}
+
+
+def model_config(name: str, **overrides: Any) -> OFAConfig:
+    """The preset `name` (nano, tiny, medium, base, large, huge) with `overrides` applied."""
+    if name not in PRESETS:
+        raise ValueError(f'model_config: unknown size {name!r}; choose one of {sorted(PRESETS)}')
+    fields = {f.name for f in dataclasses.fields(OFAConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f'model_config: unknown override(s) {unknown}; OFAConfig fields are {sorted(fields)}')
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+@flax.struct.dataclass
+class EncoderOutput:
+    hidden: jax.Array  # [batch, src_seq, embed]: image patches then text
+    padding_mask: jax.Array  # [batch, src_seq] bool, True at padding and absent images
+    position_embedding: jax.Array  # [batch, src_seq, embed]: normalized positions, keys of the cross-attention bias
+
+
+class EncoderLayer(nn.Module):
+    config: OFAConfig
+    drop_path_rate: float
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array) -> jax.Array:
+        cfg, deterministic = self.config, self.deterministic
+        drop_path = layers.DropPath(self.drop_path_rate)
+        x = layers.attention_block(
+            x, None, bias, mask, prefix='self_attn', num_heads=cfg.num_heads, scale_factor=cfg.attn_scale_factor,
+            dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, drop_path=drop_path,
+            deterministic=deterministic, dtype=cfg.compute_dtype)
+        x = layers.feed_forward_block(
+            x, ffn_dim=cfg.ffn_dim, dropout=cfg.dropout, activation_dropout=cfg.activation_dropout,
+            drop_path=drop_path, deterministic=deterministic, dtype=cfg.compute_dtype)
+        return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+class DecoderLayer(nn.Module):
+    config: OFAConfig
+    drop_path_rate: float
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array, self_bias: jax.Array, self_mask: jax.Array, encoder_hidden: jax.Array,
+                 cross_bias: jax.Array, cross_mask: jax.Array) -> jax.Array:
+        cfg, deterministic = self.config, self.deterministic
+        drop_path = layers.DropPath(self.drop_path_rate)
+        common = dict(num_heads=cfg.num_heads, scale_factor=cfg.attn_scale_factor, dropout=cfg.dropout,
+                      attention_dropout=cfg.attention_dropout, drop_path=drop_path, deterministic=deterministic,
+                      dtype=cfg.compute_dtype)
+        x = layers.attention_block(x, None, self_bias, self_mask, prefix='self_attn', **common)
+        x = layers.attention_block(x, encoder_hidden, cross_bias, cross_mask, prefix='cross_attn', **common)
+        x = layers.feed_forward_block(
+            x, ffn_dim=cfg.ffn_dim, dropout=cfg.dropout, activation_dropout=cfg.activation_dropout,
+            drop_path=drop_path, deterministic=deterministic, dtype=cfg.compute_dtype)
+        return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+def _layer_class(cls: type[nn.Module], remat: bool) -> type[nn.Module]:
+    return nn.remat(cls) if remat else cls
+
+
+class Encoder(nn.Module):
+    config: OFAConfig
+    embed_tokens: nn.Embed
+
+    @nn.compact
+    def __call__(self, src_tokens: jax.Array, patch_images: Optional[jax.Array], patch_masks: Optional[jax.Array],
+                 train: bool, sample_patch_num: Optional[int] = None) -> EncoderOutput:
+        cfg = self.config
+        dtype = cfg.compute_dtype
+        batch, text_len = src_tokens.shape
+        dropout = nn.Dropout(cfg.dropout)
+        type_embedding = layers.embedding(2, cfg.d_model, dtype, 'type_embedding', ('types', 'embed'))
+
+        x = self.embed_tokens(src_tokens) + type_embedding(jnp.zeros((), jnp.int32))
+        x = dropout(layers.layer_norm(dtype, 'layernorm_embedding')(x), deterministic=not train)
+        text_pos = layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions')(
+            jnp.arange(text_len))
+        pos = jnp.broadcast_to(layers.layer_norm(dtype, 'pos_ln')(text_pos), (batch, text_len, cfg.d_model))
+        valid = src_tokens != PAD_ID
+
+        num_patches = 0
+        if patch_images is not None:
+            features = ResNet(cfg.resnet_blocks, cfg.resnet_width, cfg.resnet_drop_path_rate,
+                              cfg.freeze_batch_norm, dtype, name='embed_images')(patch_images, train)
+            _, height, width, channels = features.shape
+            features = features.reshape(batch, height * width, channels)
+            image_ids = jnp.broadcast_to(layers.image_position_ids(height, width, cfg.image_bucket_size),
+                                         (batch, height * width))
+            image_valid = jnp.broadcast_to(patch_masks[:, None], (batch, height * width))
+            if sample_patch_num is not None:
+                # A random subset of patches per row, as OFA's pretraining feeds 196 of them.
+                noise = jax.random.uniform(self.make_rng('dropout'), (batch, height * width))
+                order = jnp.argsort(noise, axis=1)[:, :sample_patch_num]
+                features = jnp.take_along_axis(features, order[..., None], axis=1)
+                image_ids = jnp.take_along_axis(image_ids, order, axis=1)
+                image_valid = jnp.take_along_axis(image_valid, order, axis=1)
+            num_patches = image_ids.shape[1]
+            image_x = layers.dense(cfg.d_model, dtype, 'image_proj', ('conv_out', 'embed'))(features)
+            image_x = image_x + type_embedding(jnp.ones((), jnp.int32))
+            image_x = dropout(layers.layer_norm(dtype, 'patch_layernorm_embedding')(image_x),
+                              deterministic=not train)
+            image_pos = layers.embedding(cfg.image_bucket_size ** 2 + 1, cfg.d_model, dtype,
+                                         'embed_image_positions')(image_ids)
+            image_pos = layers.layer_norm(dtype, 'image_pos_ln')(image_pos)
+            x = jnp.concatenate([image_x, x], axis=1)
+            pos = jnp.concatenate([image_pos, pos], axis=1)
+            valid = jnp.concatenate([image_valid, valid], axis=1)
+
+        x = x * valid[..., None].astype(x.dtype)
+        x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+        abs_bias = layers.position_bias(layers.dense(cfg.d_model, dtype, 'pos_q_linear'),
+                                        layers.dense(cfg.d_model, dtype, 'pos_k_linear'),
+                                        pos, pos, cfg.num_heads, cfg.attn_scale_factor)
+        mask = valid[:, None, None, :]
+        token_buckets = layers.token_relative_buckets(cfg.token_bucket_size, cfg.max_positions)[
+            :text_len, :text_len]
+        if patch_images is not None:
+            if sample_patch_num is None:
+                ids = layers.image_position_ids(height, width, cfg.image_bucket_size)
+                image_buckets = layers.image_relative_buckets(ids, ids, cfg.image_bucket_size)
+            else:
+                image_buckets = _image_relative_buckets_jnp(image_ids, cfg.image_bucket_size)
+
+        layer_cls = _layer_class(EncoderLayer, cfg.remat)
+        rates = layers.linear_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
+        for i in range(cfg.encoder_layers):
+            token_table = layers.embedding(2 * cfg.token_bucket_size - 1, cfg.num_heads, dtype,
+                                           f'token_rel_pos_table_{i}', ('rel_buckets', 'heads'))
+            bias = abs_bias.at[:, :, num_patches:, num_patches:].add(layers.gather_table(token_table, token_buckets))
+            if patch_images is not None:
+                image_table = layers.embedding((2 * cfg.image_bucket_size - 1) ** 2 + 3, cfg.num_heads, dtype,
+                                               f'image_rel_pos_table_{i}', ('rel_buckets', 'heads'))
+                bias = bias.at[:, :, :num_patches, :num_patches].add(layers.gather_table(image_table, image_buckets))
+            x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(x, bias, mask)
+        x = layers.layer_norm(dtype, 'layer_norm')(x)
+        return EncoderOutput(hidden=x, padding_mask=~valid, position_embedding=pos)
+
+
+def _image_relative_buckets_jnp(ids: jax.Array, bucket_size: int) -> jax.Array:
+    """Per-row image buckets [batch, n, n] for sampled patch ids [batch, n] (ids >= 1)."""
+    row, col = jnp.divmod(ids - 1, bucket_size)
+    return ((row[:, :, None] - row[:, None, :] + bucket_size - 1) * (2 * bucket_size - 1)
+            + col[:, :, None] - col[:, None, :] + bucket_size - 1)
+
+
+class Decoder(nn.Module):
+    config: OFAConfig
+    embed_tokens: nn.Embed
+
+    @nn.compact
+    def __call__(self, prev_output_tokens: jax.Array, encoder_out: EncoderOutput, code_masks: Optional[jax.Array],
+                 train: bool) -> jax.Array:
+        cfg = self.config
+        dtype = cfg.compute_dtype
+        batch, length = prev_output_tokens.shape
+        pos_bias = dict(num_heads=cfg.num_heads, scale_factor=cfg.attn_scale_factor)
+        self_q = layers.dense(cfg.d_model, dtype, 'self_pos_q_linear')
+        self_k = layers.dense(cfg.d_model, dtype, 'self_pos_k_linear')
+        cross_q = layers.dense(cfg.d_model, dtype, 'cross_pos_q_linear')
+        cross_k = layers.dense(cfg.d_model, dtype, 'cross_pos_k_linear')
+        src_pos = encoder_out.position_embedding
+
+        text_pos = layers.layer_norm(dtype, 'pos_ln')(
+            layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions')(jnp.arange(length)))[None]
+        self_bias = layers.position_bias(self_q, self_k, text_pos, text_pos, **pos_bias)
+        cross_bias = layers.position_bias(cross_q, cross_k, text_pos, src_pos, **pos_bias)
+        x = self.embed_tokens(prev_output_tokens)
+        text_x = layers.layer_norm(dtype, 'layernorm_embedding')(x)
+
+        # Rows whose targets are image codes take image positions, their own embedding norm and the 2D table.
+        # The code branch is also traced at initialization so its parameters always exist.
+        with_codes = code_masks is not None or self.is_initializing()
+        if with_codes:
+            if code_masks is None:
+                code_masks = jnp.zeros((batch,), bool)
+            code_ids = layers.code_position_ids(length, cfg.code_image_size, cfg.image_bucket_size)
+            code_pos = layers.layer_norm(dtype, 'image_pos_ln')(
+                layers.embedding(cfg.image_bucket_size ** 2 + 1, cfg.d_model, dtype, 'embed_image_positions')(
+                    jnp.asarray(code_ids)))[None]
+            is_code = code_masks[:, None, None, None]
+            self_bias = jnp.where(is_code, layers.position_bias(self_q, self_k, code_pos, code_pos, **pos_bias),
+                                  self_bias)
+            cross_bias = jnp.where(is_code, layers.position_bias(cross_q, cross_k, code_pos, src_pos, **pos_bias),
+                                   cross_bias)
+            code_x = layers.layer_norm(dtype, 'code_layernorm_embedding')(x)
+            x = jnp.where(code_masks[:, None, None], code_x, text_x)
+            image_buckets = layers.image_relative_buckets(code_ids, code_ids, cfg.image_bucket_size)
+        else:
+            x = text_x
+        x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
+        x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        self_mask = causal[None, None] & (prev_output_tokens != PAD_ID)[:, None, None, :]
+        cross_mask = ~encoder_out.padding_mask[:, None, None, :]
+        token_buckets = layers.token_relative_buckets(cfg.token_bucket_size, cfg.max_positions)[:length, :length]
+
+        layer_cls = _layer_class(DecoderLayer, cfg.remat)
+        rates = layers.linear_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
+        for i in range(cfg.decoder_layers):
+            token_table = layers.embedding(2 * cfg.token_bucket_size - 1, cfg.num_heads, dtype,
+                                           f'token_rel_pos_table_{i}', ('rel_buckets', 'heads'))
+            rel = layers.gather_table(token_table, token_buckets)[None]
+            if with_codes:
+                image_table = layers.embedding((2 * cfg.image_bucket_size - 1) ** 2 + 3, cfg.num_heads, dtype,
+                                               f'image_rel_pos_table_{i}', ('rel_buckets', 'heads'))
+                rel = jnp.where(is_code, layers.gather_table(image_table, image_buckets)[None], rel)
+            x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(
+                x, self_bias + rel, self_mask, encoder_out.hidden, cross_bias, cross_mask)
+        x = layers.layer_norm(dtype, 'layer_norm')(x)
+        logits = self.embed_tokens.attend(x).astype(jnp.float32)
+        return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+
+
+class OFA(nn.Module):
+    """The whole model; `encode` and `decode` are also callable on their own (`method=OFA.encode`)."""
+    config: OFAConfig
+
+    def setup(self):
+        cfg = self.config
+        # One table for encoder input, decoder input and the (bias-free) output projection.
+        self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
+                                     param_dtype=jnp.float32,
+                                     embedding_init=nn.with_logical_partitioning(layers.init_normal,
+                                                                                 ('vocab', 'embed')))
+        self.encoder = Encoder(cfg, self.embed_tokens)
+        self.decoder = Decoder(cfg, self.embed_tokens)
+
+    def __call__(self, src_tokens: jax.Array, patch_images: Optional[jax.Array], patch_masks: Optional[jax.Array],
+                 prev_output_tokens: jax.Array, code_masks: Optional[jax.Array] = None, train: bool = False,
+                 sample_patch_num: Optional[int] = None) -> jax.Array:
+        """Logits [batch, tgt_len, vocab] (float32); see the module docstring for the inputs."""
+        validate_target(self.config, prev_output_tokens, code_masks, src_tokens.shape[0])  # fail before encoding
+        encoder_out = self.encode(src_tokens, patch_images, patch_masks, train, sample_patch_num)
+        return self.decode(encoder_out, prev_output_tokens, code_masks, train)
+
+    def encode(self, src_tokens: jax.Array, patch_images: Optional[jax.Array] = None,
+               patch_masks: Optional[jax.Array] = None, train: bool = False,
+               sample_patch_num: Optional[int] = None) -> EncoderOutput:
+        validate_source(self.config, src_tokens, patch_images, patch_masks, sample_patch_num)
+        if patch_images is not None and patch_masks is None:
+            patch_masks = jnp.ones((src_tokens.shape[0],), bool)
+        return self.encoder(jnp.asarray(src_tokens), patch_images, patch_masks, train, sample_patch_num)
+
+    def decode(self, encoder_out: EncoderOutput, prev_output_tokens: jax.Array,
+               code_masks: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
+        validate_target(self.config, prev_output_tokens, code_masks, encoder_out.hidden.shape[0])
+        return self.decoder(jnp.asarray(prev_output_tokens), encoder_out, code_masks, train)
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_tokens(config: OFAConfig, name: str, tokens: Any) -> None:
+    if getattr(tokens, 'ndim', None) != 2:
+        raise ValueError(f'{name} must have shape [batch, length], got shape {getattr(tokens, "shape", None)}')
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f'{name} must hold integer token ids, got dtype {tokens.dtype}')
+    if tokens.shape[1] > config.max_positions:
+        raise ValueError(f'{name} has length {tokens.shape[1]}, above the {config.max_positions} positions')
+    if _is_concrete(tokens) and tokens.size:
+        low, high = int(np.min(tokens)), int(np.max(tokens))
+        if low < 0 or high >= config.vocab_size:
+            raise ValueError(f'{name} holds ids outside the vocabulary [0, {config.vocab_size}): '
+                             f'min {low}, max {high}')
+
+
+def _check_row_flags(name: str, flags: Any, batch: int) -> None:
+    if getattr(flags, 'shape', None) != (batch,) or flags.dtype != jnp.bool_:
+        raise ValueError(f'{name} must be a bool array of shape [{batch}] (one flag per row), got '
+                         f'shape {getattr(flags, "shape", None)} dtype {getattr(flags, "dtype", None)}')
+
+
+def validate_source(config: OFAConfig, src_tokens: Any, patch_images: Any, patch_masks: Any,
+                    sample_patch_num: Optional[int] = None) -> None:
+    """Raises ValueError naming the argument when the encoder inputs are malformed (runs before compiling)."""
+    _check_tokens(config, 'src_tokens', src_tokens)
+    batch = src_tokens.shape[0]
+    if patch_images is None:
+        if patch_masks is not None:
+            raise ValueError('patch_masks given without patch_images')
+        return
+    if getattr(patch_images, 'ndim', None) != 4 or patch_images.shape[-1] != 3:
+        raise ValueError(f'patch_images must be NHWC [batch, height, width, 3], got shape '
+                         f'{getattr(patch_images, "shape", None)}')
+    if not jnp.issubdtype(patch_images.dtype, jnp.floating):
+        raise ValueError(f'patch_images must be floating point (normalized pixels), got dtype {patch_images.dtype}')
+    if patch_images.shape[0] != batch:
+        raise ValueError(f'patch_images has batch {patch_images.shape[0]} but src_tokens has batch {batch}')
+    for side, size in zip(('height', 'width'), patch_images.shape[1:3]):
+        if size % PATCH_SIZE or not 0 < size // PATCH_SIZE <= config.image_bucket_size:
+            raise ValueError(f'patch_images {side} {size} must be a positive multiple of {PATCH_SIZE} of at most '
+                             f'{config.image_bucket_size * PATCH_SIZE} ({config.image_bucket_size} patches)')
+    if patch_masks is not None:
+        _check_row_flags('patch_masks', patch_masks, batch)
+    if sample_patch_num is not None:
+        num_patches = (patch_images.shape[1] // PATCH_SIZE) * (patch_images.shape[2] // PATCH_SIZE)
+        if not 0 < sample_patch_num <= num_patches:
+            raise ValueError(f'sample_patch_num {sample_patch_num} must be in [1, {num_patches}] for this image size')
+
+
+def validate_target(config: OFAConfig, prev_output_tokens: Any, code_masks: Any, batch: int) -> None:
+    """Raises ValueError naming the argument when the decoder inputs are malformed (runs before compiling)."""
+    _check_tokens(config, 'prev_output_tokens', prev_output_tokens)
+    if prev_output_tokens.shape[0] != batch:
+        raise ValueError(f'prev_output_tokens has batch {prev_output_tokens.shape[0]} but the source has batch '
+                         f'{batch}')
+    if code_masks is not None:
+        _check_row_flags('code_masks', code_masks, batch)
+
+
+def init_variables(config: OFAConfig, rng: jax.Array, image_size: int = 32) -> dict[str, Any]:
+    """Fresh variables {'params', 'batch_stats'} (parameters boxed with their logical axis names).
+
+    Initializes through every branch (image, text and image-code rows), so the tree is complete for any input."""
+    model = OFA(config)
+    tokens = jnp.full((1, 2), 4, jnp.int32)
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return jax.jit(model.init)(rng, tokens, images, jnp.ones((1,), bool), tokens, jnp.ones((1,), bool))
+
+
+def abstract_variables(config: OFAConfig) -> dict[str, Any]:
+    """Shapes and dtypes of `init_variables` (jax.ShapeDtypeStruct leaves), with nothing allocated."""
+    return jax.eval_shape(lambda: init_variables(config, jax.random.key(0)))
+
+
+def count_params(config: OFAConfig) -> int:
+    """Number of trainable parameters (the shared token embedding counted once)."""
+    params = nn.meta.unbox(abstract_variables(config)['params'])
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,218 @@
+"""Behaviour of the Flax OFA model itself (the nano preset, tiny images): sizes, masking, modes, errors."""
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ofa_jax import layers
+from ofa_jax.model import OFA, PRESETS, count_params, init_variables, model_config
+
+PUBLISHED_PARAMS = {'tiny': 33.5e6, 'medium': 92.9e6, 'base': 182.2e6, 'large': 473.0e6, 'huge': 929.5e6}
+
+
+@pytest.mark.parametrize('size', sorted(PUBLISHED_PARAMS))
+def test_parameter_counts_match_ofa(size):
+    assert abs(count_params(model_config(size)) / PUBLISHED_PARAMS[size] - 1) <= 0.01
+
+
+def test_model_config_rejects_unknown_names():
+    with pytest.raises(ValueError, match='unknown size'):
+        model_config('gigantic')
+    with pytest.raises(ValueError, match='unknown override'):
+        model_config('tiny', d_modle=3)
+    assert model_config('base', dropout=0.2).dropout == 0.2
+
+
+@pytest.fixture(scope='module')
+def nano():
+    config = model_config('nano', dropout=0.0)
+    return OFA(config), init_variables(config, jax.random.key(0))
+
+
+@functools.cache
+def jitted(model: OFA):
+    """One compiled apply per model configuration (modules compare and hash by their fields)."""
+    return jax.jit(model.apply, static_argnames=('train', 'mutable', 'sample_patch_num'))
+
+
+def inputs(batch=2, src_len=6, tgt_len=5, image=32, seed=0):
+    rng = np.random.default_rng(seed)
+    src = rng.integers(4, 50000, (batch, src_len)).astype(np.int32)
+    src[:, 0], src[:, -1] = 0, 2
+    tgt = rng.integers(4, 50000, (batch, tgt_len)).astype(np.int32)
+    tgt[:, 0] = 0
+    images = rng.uniform(-1, 1, (batch, image, image, 3)).astype(np.float32)
+    return src, images, np.ones((batch,), bool), tgt
+
+
+def test_every_parameter_carries_logical_axis_names(nano):
+    _, variables = nano
+    boxed = jax.tree_util.tree_leaves(variables['params'], is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in boxed)
+    assert all(len(leaf.names) == leaf.value.ndim for leaf in boxed)
+    names = {name for leaf in boxed for name in leaf.names if name is not None}
+    assert {'vocab', 'embed', 'mlp', 'heads', 'kv'} <= names
+    assert all(leaf.value.dtype == jnp.float32 for leaf in boxed)
+
+
+def test_logits_shape_and_padding_does_not_change_real_positions(nano):
+    model, variables = nano
+    src, images, masks, tgt = inputs()
+    logits = jitted(model)(variables, src, images, masks, tgt)
+    assert logits.shape == (2, 5, model.config.vocab_size) and logits.dtype == jnp.float32
+    padded_src = np.concatenate([src, np.ones((2, 3), np.int32)], axis=1)
+    padded_tgt = np.concatenate([tgt, np.ones((2, 2), np.int32)], axis=1)
+    padded = jitted(model)(variables, padded_src, images, masks, padded_tgt)
+    np.testing.assert_allclose(padded[:, :5], logits, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_is_causal(nano):
+    model, variables = nano
+    src, images, masks, tgt = inputs()
+    changed = tgt.copy()
+    changed[:, 3:] = 7
+    a = jitted(model)(variables, src, images, masks, tgt)
+    b = jitted(model)(variables, src, images, masks, changed)
+    np.testing.assert_allclose(a[:, :3], b[:, :3], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(a[:, 3:], b[:, 3:])
+
+
+def test_row_with_masked_image_equals_text_only_encoding(nano):
+    model, variables = nano
+    src, images, _, tgt = inputs()
+    masked = jitted(model)(variables, src, images, np.array([False, False]), tgt)
+    text_only = jitted(model)(variables, src, None, None, tgt)
+    np.testing.assert_allclose(masked, text_only, rtol=1e-5, atol=1e-5)
+    with_image = jitted(model)(variables, src, images, np.array([True, True]), tgt)
+    assert not np.allclose(with_image, text_only, atol=1e-3)
+
+
+def test_sampling_every_patch_in_random_order_changes_nothing(nano):
+    model, variables = nano
+    src, images, masks, tgt = inputs()
+    full = jitted(model)(variables, src, images, masks, tgt)
+    sampled = jitted(model)(variables, src, images, masks, tgt, sample_patch_num=4,
+                          rngs={'dropout': jax.random.key(1)})
+    shuffled = jitted(model)(variables, src, images, masks, tgt, sample_patch_num=(32 // 16) ** 2,
+                           rngs={'dropout': jax.random.key(1)})
+    np.testing.assert_allclose(shuffled, full, rtol=1e-4, atol=1e-5)
+    assert sampled.shape == full.shape
+
+
+def test_train_mode_updates_batch_norm_unless_frozen(nano):
+    model, variables = nano
+    src, images, masks, tgt = inputs()
+    _, updates = jitted(model)(variables, src, images, masks, tgt, train=True, mutable='batch_stats')
+    moved = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), updates['batch_stats'],
+                                   variables['batch_stats'])
+    assert all(jax.tree_util.tree_leaves(moved))
+    frozen = OFA(dataclasses.replace(model.config, freeze_batch_norm=True))
+    _, updates = jitted(frozen)(variables, src, images, masks, tgt, train=True, mutable='batch_stats')
+    jax.tree_util.tree_map(np.testing.assert_array_equal, updates['batch_stats'], variables['batch_stats'])
+
+
+def test_dropout_and_drop_path_are_random_in_training_only(nano):
+    _, variables = nano
+    config = model_config('nano', dropout=0.1, encoder_drop_path_rate=0.3, decoder_drop_path_rate=0.3,
+                          resnet_drop_path_rate=0.3)
+    model = OFA(config)
+    src, images, masks, tgt = inputs()
+
+    def run(seed):
+        out, _ = jitted(model)(variables, src, images, masks, tgt, train=True, mutable='batch_stats',
+                             rngs={'dropout': jax.random.key(seed)})
+        return out
+
+    assert not np.allclose(run(0), run(1))
+    np.testing.assert_array_equal(run(2), run(2))
+    np.testing.assert_allclose(jitted(model)(variables, src, images, masks, tgt),
+                               jitted(OFA(model_config('nano', dropout=0.0)))(variables, src, images, masks, tgt),
+                               rtol=1e-6)
+
+
+def test_rematerialized_layers_give_the_same_loss_and_gradients(nano):
+    model, variables = nano
+    remat = OFA(dataclasses.replace(model.config, remat=True))
+    src, images, masks, tgt = inputs()
+
+    def loss(m, params):
+        logits = m.apply({**variables, 'params': params}, src, images, masks, tgt)
+        return jnp.mean(jax.nn.logsumexp(logits, -1))
+
+    params = nn.meta.unbox(variables['params'])
+    plain = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
+    recomputed = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(params)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, recomputed)
+
+
+def test_bfloat16_compute_keeps_float32_parameters(nano):
+    model, variables = nano
+    src, images, masks, tgt = inputs()
+    bf16 = OFA(dataclasses.replace(model.config, dtype='bfloat16'))
+    fast = jax.jit(bf16.apply)(variables, src, images, masks, tgt)
+    exact = jax.jit(model.apply)(variables, src, images, masks, tgt)
+    assert fast.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(fast - exact)) / jnp.max(jnp.abs(exact))) < 0.1
+    agreement = np.mean(np.argmax(fast, -1) == np.argmax(exact, -1))
+    assert agreement >= 0.8
+
+
+def test_image_code_rows_differ_from_text_rows(nano):
+    model, variables = nano
+    src, images, masks, tgt = inputs()
+    text = jitted(model)(variables, src, images, masks, tgt, code_masks=np.array([False, False]))
+    np.testing.assert_allclose(text, jitted(model)(variables, src, images, masks, tgt), rtol=1e-6)
+    mixed = jitted(model)(variables, src, images, masks, tgt, code_masks=np.array([True, False]))
+    np.testing.assert_allclose(mixed[1], text[1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(mixed[0], text[0])
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(images=np.zeros((2, 40, 32, 3), np.float32)), 'patch_images height 40'),
+    (dict(images=np.zeros((2, 688, 688, 3), np.float32)), '42 patches'),
+    (dict(images=np.zeros((2, 3, 32, 32), np.float32)), 'NHWC'),
+    (dict(images=np.zeros((2, 32, 32, 3), np.uint8)), 'floating point'),
+    (dict(images=np.zeros((3, 32, 32, 3), np.float32)), 'patch_images has batch 3'),
+    (dict(src=np.full((2, 4), 59457, np.int32)), 'src_tokens holds ids outside'),
+    (dict(src=np.zeros((2, 4), np.float32)), 'src_tokens must hold integer'),
+    (dict(src=np.zeros((2, 4, 1), np.int32)), 'src_tokens must have shape'),
+    (dict(tgt=np.full((2, 3), -1, np.int32)), 'prev_output_tokens holds ids outside'),
+    (dict(tgt=np.zeros((3, 3), np.int32)), 'prev_output_tokens has batch 3'),
+    (dict(masks=np.ones((2,), np.int32)), 'patch_masks must be a bool'),
+    (dict(codes=np.ones((3,), bool)), 'code_masks must be a bool'),
+])
+def test_bad_input_names_the_argument(nano, change, message):
+    model, variables = nano
+    src, images, masks, tgt = inputs()
+    args = dict(src=src, images=images, masks=masks, tgt=tgt, codes=None, **{})
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        model.apply(variables, args['src'], args['images'], args['masks'], args['tgt'], code_masks=args['codes'])
+
+
+def test_shape_errors_surface_under_jit_before_compiling(nano):
+    model, variables = nano
+    src, images, masks, tgt = inputs()
+    with pytest.raises(ValueError, match='patch_images width 24'):
+        jax.jit(model.apply)(variables, src, images[:, :, :24], masks, tgt)
+
+
+def test_relative_buckets():
+    buckets = layers.token_relative_buckets(256)
+    assert buckets.shape == (1024, 1024) and buckets.min() == 0 and buckets.max() == 510
+    assert buckets[0, 0] == 255 and buckets[5, 3] == 257 and buckets[3, 5] == 253
+    ids = layers.image_position_ids(2, 3, 42)
+    np.testing.assert_array_equal(ids, [1, 2, 3, 43, 44, 45])
+    image = layers.image_relative_buckets(np.array([0, 1, 44]), np.array([0, 1, 44]), 42)
+    assert image[0, 0] == 6891 and image[1, 0] == 6890 and image[0, 1] == 6889
+    assert image[1, 1] == 41 * 83 + 41 and image[2, 1] == 42 * 83 + 42
+    assert list(layers.code_position_ids(4, 16, 42)) == [0, 1, 2, 43]
+    assert layers.code_position_ids(8, 16, 42)[-1] == layers.CODE_POSITION_OVERFLOW_ID
+
+
+def test_presets_are_complete():
+    assert set(PRESETS) == {'nano', 'tiny', 'medium', 'base', 'large', 'huge'}
