@@ -160,7 +160,9 @@ class Encoder(nn.Module):
         x = dropout(layers.layer_norm(dtype, 'layernorm_embedding')(x), deterministic=not train)
         text_pos = layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions')(
             jnp.arange(text_len))
-        pos = jnp.broadcast_to(layers.layer_norm(dtype, 'pos_ln')(text_pos), (batch, text_len, cfg.d_model))
+        # Positions, and so the absolute-position bias, are shared by all rows unless patches are sampled per row.
+        pos_rows = 1 if sample_patch_num is None else batch
+        pos = jnp.broadcast_to(layers.layer_norm(dtype, 'pos_ln')(text_pos), (pos_rows, text_len, cfg.d_model))
         valid = src_tokens != PAD_ID
 
         num_patches = 0
@@ -170,7 +172,7 @@ class Encoder(nn.Module):
             _, height, width, channels = features.shape
             features = features.reshape(batch, height * width, channels)
             image_ids = jnp.broadcast_to(layers.image_position_ids(height, width, cfg.image_bucket_size),
-                                         (batch, height * width))
+                                         (pos_rows, height * width))
             image_valid = jnp.broadcast_to(patch_masks[:, None], (batch, height * width))
             if sample_patch_num is not None:
                 # A random subset of patches per row, as OFA's pretraining feeds 196 of them.
@@ -218,7 +220,8 @@ class Encoder(nn.Module):
                 bias = bias.at[:, :, :num_patches, :num_patches].add(layers.gather_table(image_table, image_buckets))
             x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(x, bias, mask)
         x = layers.layer_norm(dtype, 'layer_norm')(x)
-        return EncoderOutput(hidden=x, padding_mask=~valid, position_embedding=pos)
+        return EncoderOutput(hidden=x, padding_mask=~valid,
+                             position_embedding=jnp.broadcast_to(pos, (batch,) + pos.shape[1:]))
 
 
 def _image_relative_buckets_jnp(ids: jax.Array, bucket_size: int) -> jax.Array:
@@ -345,7 +348,8 @@ def _check_tokens(config: OFAConfig, name: str, tokens: Any) -> None:
     if tokens.shape[1] > config.max_positions:
         raise ValueError(f'{name} has length {tokens.shape[1]}, above the {config.max_positions} positions')
     if _is_concrete(tokens) and tokens.size:
-        low, high = int(np.min(tokens)), int(np.max(tokens))
+        values = np.asarray(tokens)  # numpy, so no reduction is staged into an enclosing jit
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high >= config.vocab_size:
             raise ValueError(f'{name} holds ids outside the vocabulary [0, {config.vocab_size}): '
                              f'min {low}, max {high}')
