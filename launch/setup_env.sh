@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates or refreshes the project's virtual environment in .venv (CPU jax; see BUILD.md for GPU and TPU).
+#   bash launch/setup_env.sh           runtime requirements
+#   bash launch/setup_env.sh --test    plus the test requirements (pytest and the PyTorch reference)
+# Installs only when the requirement files changed since the last install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+files=(requirements.txt)
+if [ "${1:-}" = "--test" ]; then files+=(requirements-test.txt); fi
+
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+stamp=".venv/.installed-$(cat "${files[@]}" pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  requirements=()
+  for f in "${files[@]}"; do requirements+=(-r "$f"); done
+  .venv/bin/python -m pip install --quiet "${requirements[@]}" -e .
+  touch "$stamp"
+fi
