@@ -1,0 +1,209 @@
+"""The task metrics against pycocoevalcap's scorers and against VQA, grounding and accuracy cases worked out by hand."""
+import numpy as np
+import pytest
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+
+from ofa_jax.metrics import (accuracy, bleu, bleu4, box_iou, cider, grounding_accuracy, normalize_vqa_answer,
+                             vqa_accuracy)
+
+# Several images, five references each; candidates short and long, with repeated n-grams, one sharing no word with its
+# references, one equally close to references of 7 and 9 words (BLEU takes the shorter), one of a single word.
+HAND_REFS = {
+    'kitchen': ['a man is cooking in a small kitchen', 'a person prepares food on a stove',
+                'a man standing at the stove cooking dinner', 'someone cooking food in the kitchen',
+                'a man in an apron cooks in a kitchen'],
+    'dogs': ['two dogs are playing in the grass', 'a pair of dogs run across a green field',
+             'two brown dogs play together outside', 'dogs playing on a lawn', 'two dogs chase each other on grass'],
+    'beach': ['a crowd of people on a sunny beach', 'people walking on the sand near the ocean',
+              'a busy beach with many people and umbrellas', 'the beach is full of people',
+              'many people enjoy a day at the beach'],
+    'bus': ['a red double decker bus on a city street', 'a bus driving down the road',
+            'a double decker bus parked by the curb', 'a large red bus in traffic', 'a red bus stops at a bus stop'],
+    'cat': ['a cat sleeping on a laptop keyboard', 'a cat lying on top of a computer', 'a sleepy cat on a laptop',
+            'a grey cat naps on the keyboard of a laptop', 'the cat is asleep on the laptop'],
+    'skier': ['a skier going down a snowy hill', 'a person skiing down the mountain', 'someone skis on fresh snow',
+              'a skier in a red jacket on a slope', 'a man skiing down a steep slope'],
+}
+HAND_CANDS = {
+    'kitchen': 'a man cooking in a kitchen',
+    'dogs': 'two dogs two dogs two dogs playing in the grass grass grass',
+    'beach': 'purple elephants juggle violins',
+    'bus': 'a red bus a red bus on a street',
+    'cat': 'cat',
+    'skier': 'a skier skiing down a snowy slope',
+}
+
+
+def random_captions(seed: int, images: int = 40, vocabulary: int = 12) -> tuple[dict, dict]:
+    """Captions of 0 to 14 words from a small vocabulary, so that n-grams repeat within and across images."""
+    rng = np.random.default_rng(seed)
+    words = [f'w{i}' for i in range(vocabulary)]
+
+    def sentence():
+        return ' '.join(rng.choice(words, size=rng.integers(0, 15)))
+
+    refs = {image: [sentence() for _ in range(5)] for image in range(images)}
+    cands = {image: sentence() for image in range(images)}
+    return refs, cands
+
+
+def coco_scores(refs: dict, cands: dict) -> tuple[list[float], float]:
+    """pycocoevalcap's corpus BLEU-1..4 and CIDEr-D."""
+    res = {key: [cand] for key, cand in cands.items()}
+    bleus, _ = Bleu(4).compute_score(refs, res, verbose=0)
+    cider_d, _ = Cider().compute_score(refs, res)
+    return bleus, float(cider_d)
+
+
+@pytest.mark.parametrize('refs, cands', [(HAND_REFS, HAND_CANDS), random_captions(0), random_captions(1)],
+                         ids=['hand', 'random0', 'random1'])
+def test_caption_metrics_equal_pycocoevalcap(refs, cands):
+    want_bleus, want_cider = coco_scores(refs, cands)
+    assert bleu(refs, cands) == pytest.approx(want_bleus, rel=0, abs=1e-9)
+    assert bleu4(refs, cands) == pytest.approx(want_bleus[3], rel=0, abs=1e-9)
+    assert cider(refs, cands) == pytest.approx(want_cider, rel=0, abs=1e-9)
+    assert 0 < want_bleus[3] < want_bleus[0] < 1 and want_cider > 0  # the sets exercise every term
+
+
+def test_caption_metrics_per_image_cases_equal_pycocoevalcap():
+    """Each hand-written image beside one other, so that the short and the unrelated candidates weigh in."""
+    for key in HAND_CANDS:
+        refs = {key: HAND_REFS[key], 'dogs2': HAND_REFS['dogs']}
+        cands = {key: HAND_CANDS[key], 'dogs2': 'dogs on grass'}
+        want_bleus, want_cider = coco_scores(refs, cands)
+        assert bleu(refs, cands) == pytest.approx(want_bleus, rel=0, abs=1e-9)
+        assert cider(refs, cands) == pytest.approx(want_cider, rel=0, abs=1e-9)
+
+
+def test_caption_metrics_score_the_candidate_ids_only():
+    """CIDEr's document frequencies and its log(#images) come from the scored images, not every reference given."""
+    cands = {key: HAND_CANDS[key] for key in ('kitchen', 'dogs', 'bus')}
+    want_bleus, want_cider = coco_scores({key: HAND_REFS[key] for key in cands}, cands)
+    assert bleu(HAND_REFS, cands) == pytest.approx(want_bleus, rel=0, abs=1e-9)
+    assert cider(HAND_REFS, cands) == pytest.approx(want_cider, rel=0, abs=1e-9)
+    assert cider(HAND_REFS, cands) != pytest.approx(cider(HAND_REFS, HAND_CANDS))
+
+
+def test_caption_metrics_of_known_values():
+    refs = {0: ['a b c d'], 1: ['e f g h']}
+    assert bleu4(refs, {0: 'a b c d', 1: 'e f g h'}) == pytest.approx(1.0)
+    assert cider({0: ['a b c d'], 1: ['e f g h']}, {0: 'a b c d', 1: 'e f g h'}) == pytest.approx(10.0)
+    assert cider(refs, {0: 'x y z', 1: 'p q'}) == 0.0
+    assert cider({0: ['a b c']}, {0: 'a b c'}) == 0.0  # one image: log(1) - log(df) = 0 for every n-gram
+
+
+def test_bleu_takes_the_shorter_of_two_equally_close_references():
+    # 8 words between references of 6 and 10: the reference length is 6 (no penalty), not 10.
+    refs = {0: ['x x x x x x', 'x x x x x x x x x x']}
+    assert bleu(refs, {0: 'x x x x x x x x'}, n=1)[0] == pytest.approx(1.0)
+    assert bleu(refs, {0: 'x x x x x'}, n=1)[0] == pytest.approx(np.exp(1 - 6 / 5))
+
+
+def test_caption_metrics_reject_bad_inputs():
+    with pytest.raises(ValueError, match='cands is empty'):
+        bleu4(HAND_REFS, {})
+    with pytest.raises(ValueError, match='refs is empty'):
+        cider({}, {'cat': 'a cat'})
+    with pytest.raises(ValueError, match="ids of cands are missing from refs.*'horse'"):
+        cider(HAND_REFS, {'horse': 'a horse'})
+    with pytest.raises(ValueError, match=r"refs\['cat'\] is empty"):
+        bleu4({'cat': []}, {'cat': 'a cat'})
+    with pytest.raises(TypeError, match=r"refs\['cat'\] is a str"):
+        bleu4({'cat': 'a cat'}, {'cat': 'a cat'})
+    with pytest.raises(TypeError, match=r"cands\['cat'\] is a list"):
+        cider(HAND_REFS, {'cat': ['a cat']})
+    with pytest.raises(ValueError, match='n must be at least 1'):
+        bleu(HAND_REFS, HAND_CANDS, n=0)
+
+
+@pytest.mark.parametrize('answer, normalized', [
+    ('Two', '2'), ('a dog', 'dog'), ('The Dog.', 'dog'), ('dont', "don't"), ('yes.', 'yes'), ('3.5', '3.5'),
+    ('none', '0'), ('an apple', 'apple'), ('t-shirt', 't shirt'), ('red, white', 'red white'), ('1,000', '1000'),
+    ('hot dog!', 'hot dog'), (' black\tand\nwhite ', 'black and white'), ('whats up', "what's up"),
+    ('Im', 'im'), ('somebody\'d', 'somebodyd'),
+])
+def test_normalize_vqa_answer(answer, normalized):
+    assert normalize_vqa_answer(answer) == normalized
+
+
+def test_vqa_accuracy_averages_the_leave_one_out_subsets():
+    others = ['cat', 'bird', 'horse', 'cow', 'sheep', 'goat', 'pig', 'mouse']
+    # k of 10 annotators said "dog". Leaving out one of those k leaves k-1 matches, leaving out another leaves k.
+    for k in range(11):
+        answers = ['dog'] * k + (others * 2)[:10 - k]
+        want = (k * min(1, (k - 1) / 3) + (10 - k) * min(1, k / 3)) / 10
+        assert vqa_accuracy({'q': answers}, {'q': 'dog'}) == pytest.approx(want)
+    assert vqa_accuracy({'q': ['dog'] * 2 + others}, {'q': 'dog'}) == pytest.approx(0.6)  # (2 * 1/3 + 8 * 2/3) / 10
+    assert vqa_accuracy({'q': ['dog'] * 3 + others[:7]}, {'q': 'dog'}) == pytest.approx(0.9)  # (3 * 2/3 + 7) / 10
+    assert vqa_accuracy({'q': ['dog'] * 4 + others[:6]}, {'q': 'dog'}) == pytest.approx(1.0)
+
+
+def test_vqa_accuracy_normalizes_the_prediction():
+    answers = {1: ['2'] * 4 + ['3'] * 6, 2: ['dog'] * 5 + ['puppy'] * 5, 3: ["don't"] * 10, 4: ['yes'] * 10}
+    assert vqa_accuracy(answers, {1: 'Two', 2: 'a dog', 3: 'dont', 4: 'yes.'}) == pytest.approx(1.0)
+    assert vqa_accuracy(answers, {1: '2', 2: 'cat', 3: 'do', 4: 'no'}) == pytest.approx(0.25)
+
+
+def test_vqa_accuracy_gives_annotator_answers_only_the_punctuation_step():
+    mixed = ['t-shirt'] * 9 + ['shirt']
+    assert vqa_accuracy({'q': mixed}, {'q': 't-shirt'}) == pytest.approx(1.0)  # both sides become "t shirt"
+    # Ten identical answers are left as they are, so the prediction's "t shirt" matches none of them.
+    assert vqa_accuracy({'q': ['t-shirt'] * 10}, {'q': 't-shirt'}) == 0.0
+    # Number words and articles are not mapped on the annotators' side.
+    assert vqa_accuracy({'q': ['Two'] * 5 + ['2'] * 5}, {'q': 'two'}) == pytest.approx(1.0)
+    assert vqa_accuracy({'q': ['Two'] * 9 + ['2']}, {'q': 'two'}) == pytest.approx(0.3)
+    assert vqa_accuracy({'q': ['a dog'] * 10}, {'q': 'a dog'}) == 0.0
+
+
+def test_vqa_accuracy_averages_over_questions_and_checks_inputs():
+    answers = {1: ['yes'] * 10, 2: ['no'] * 10, 3: ['2'] * 2 + ['3'] * 8}
+    assert vqa_accuracy(answers, {1: 'yes', 2: 'yes', 3: '2'}) == pytest.approx((1 + 0 + 0.6) / 3)
+    assert vqa_accuracy(answers, {3: '3'}) == pytest.approx(1.0)  # only the predicted questions count
+    with pytest.raises(ValueError, match='preds is empty'):
+        vqa_accuracy(answers, {})
+    with pytest.raises(ValueError, match='answers is empty'):
+        vqa_accuracy({}, {1: 'yes'})
+    with pytest.raises(ValueError, match='ids of preds are missing from answers'):
+        vqa_accuracy(answers, {4: 'yes'})
+    with pytest.raises(ValueError, match=r'answers\[1\] is empty'):
+        vqa_accuracy({1: []}, {1: 'yes'})
+
+
+def test_box_iou_of_known_boxes():
+    a = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 2, 2], [5, 5, 5, 5]])
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30], [1, 1, 3, 3], [5, 5, 5, 5]])
+    np.testing.assert_allclose(box_iou(a, b), [1.0, 50 / 150, 0.0, 1 / 7, 0.0])
+    assert box_iou(a, b).shape == (5,)
+    pairwise = box_iou(a[:, None], b[None])
+    assert pairwise.shape == (5, 5)
+    np.testing.assert_allclose(np.diagonal(pairwise), box_iou(a, b))
+    assert pairwise[0, 3] == pytest.approx(4 / 100)
+    assert box_iou([0, 0, 4, 4], [2, 0, 6, 4]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match='4 coordinates'):
+        box_iou(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_grounding_accuracy():
+    gt = np.array([[0, 0, 10, 10]] * 4, np.float32)
+    # IoUs 1, 0.5 exactly (10x5 inside 10x10), 1/3 and 0.
+    pred = np.array([[0, 0, 10, 10], [0, 0, 10, 5], [5, 0, 15, 10], [50, 50, 60, 60]], np.float32)
+    assert grounding_accuracy(pred, gt) == 0.5
+    assert grounding_accuracy(pred, gt, threshold=0.3) == 0.75
+    assert grounding_accuracy(pred, gt, threshold=0.9) == 0.25
+    with pytest.raises(ValueError, match='pred_boxes is empty'):
+        grounding_accuracy(np.zeros((0, 4)), np.zeros((0, 4)))
+    with pytest.raises(ValueError, match=r'gt_boxes must have shape \[N, 4\]'):
+        grounding_accuracy(pred, gt[:, :2])
+    with pytest.raises(ValueError, match='pred_boxes has 4 boxes but gt_boxes has 3'):
+        grounding_accuracy(pred, gt[:3])
+
+
+def test_accuracy():
+    targets = {1: 'yes', 2: 'no', 3: 'maybe', 4: 'yes'}
+    assert accuracy({1: ' yes', 2: 'no\n', 3: 'no', 4: 'Yes'}, targets) == 0.5
+    assert accuracy({3: 'maybe'}, targets) == 1.0
+    with pytest.raises(ValueError, match='preds is empty'):
+        accuracy({}, targets)
+    with pytest.raises(ValueError, match='ids of preds are missing from targets'):
+        accuracy({5: 'yes'}, targets)
