@@ -1,0 +1,169 @@
+"""The input pipeline: tasks -> shuffled, repeated, preprocessed streams -> a mixture -> fixed-shape batches.
+
+Built on grain: deterministic by seed, sharded per process, optionally preprocessed in worker processes, and
+resumable: `iterator.get_state()` goes into the training checkpoint and `set_state` continues exactly there.
+Records a task cannot use are dropped and counted by reason in every batch (`batch['dropped']`), or, with
+`strict=True`, stop the run with an error naming the task, source, record and reason.
+"""
+import collections
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence
+
+import grain
+import numpy as np
+from absl import flags
+
+from ofa_jax.data import vocab as V
+from ofa_jax.data.registry import DropExample, Task
+
+# Token ranges a target may be constrained to (end exclusive); eos is always allowed besides.
+CONSTRAINTS = {
+    None: (0, V.OFA_VOCAB_SIZE),
+    'bins': (V.BIN_OFFSET, V.BIN_OFFSET + V.NUM_BINS),
+    'codes': (V.CODE_OFFSET, V.CODE_OFFSET + V.NUM_CODES),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+    """Static shapes of a batch, so the train step compiles once."""
+    batch_size: int  # examples per process
+    image_size: int = 384
+    max_source_length: int = 80
+    max_target_length: int = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropped:
+    """Stands in the stream for a record that was dropped, so the count travels with the data."""
+    reason: str
+
+
+def _preprocess(task: Task, task_index: int, seed: int, strict: bool, index: int, record: dict) -> Any:
+    rng = np.random.default_rng([seed, task_index, index])
+    try:
+        return task.preprocess(record, rng)
+    except Exception as error:  # noqa: BLE001 - bad data must not end a long run; it is counted instead
+        reason = error.reason if isinstance(error, DropExample) else f'error_{type(error).__name__}'
+        if strict:
+            raise ValueError(f'task {task.name!r}, source {task.source!r}, record {record.get("record", "?")} '
+                             f'(id {record.get("id", "?")}): {error}') from None
+    return Dropped(f'{task.name}/{reason}')
+
+
+def example_stream(tasks: Sequence[Task], rates: Sequence[float], *, seed: int, repeat: bool = True,
+                   shard_index: int = 0, shard_count: int = 1, strict: bool = False) -> grain.MapDataset:
+    """Preprocessed examples (or Dropped markers) of the tasks mixed at `rates`; this process's shard."""
+    streams = []
+    for i, task in enumerate(tasks):
+        stream = grain.MapDataset.source(task.source)
+        if repeat:
+            # Shuffled again every epoch; each position gets its own preprocessing randomness.
+            stream = stream.seed(seed + 7919 * i).shuffle().repeat()
+        streams.append(stream.map_with_index(functools.partial(_preprocess, task, i, seed, strict)))
+    mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights=list(rates))
+    return mixed[shard_index::shard_count]
+
+
+def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Fixed-shape model inputs from preprocessed examples (fewer than batch_size: the rest is padding).
+
+    Examples hold 'source_ids' and 'target_ids' (no bos/eos), optionally 'image' float32 [S, S, 3] in [-1, 1],
+    'loss_weight', 'code_target' and 'constraint' (a key of CONSTRAINTS). Returns src_tokens [B, Ls],
+    patch_images [B, S, S, 3], patch_masks [B], prev_output_tokens / target_tokens [B, Lt], loss_weights [B],
+    code_masks [B], constraint_ranges [B, 2], task_ids [B], example_mask [B]."""
+    b, ls, lt, s = spec.batch_size, spec.max_source_length, spec.max_target_length, spec.image_size
+    batch = {
+        'src_tokens': np.full((b, ls), V.PAD, np.int32),
+        'patch_images': np.zeros((b, s, s, 3), np.float32),
+        'patch_masks': np.zeros((b,), bool),
+        'prev_output_tokens': np.full((b, lt), V.PAD, np.int32),
+        'target_tokens': np.full((b, lt), V.PAD, np.int32),
+        'loss_weights': np.zeros((b,), np.float32),
+        'code_masks': np.zeros((b,), bool),
+        'constraint_ranges': np.tile(np.array(CONSTRAINTS[None], np.int32), (b, 1)),
+        'task_ids': np.zeros((b,), np.int32),
+        'example_mask': np.zeros((b,), bool),
+    }
+    for row, example in enumerate(examples):
+        source = [V.BOS, *example['source_ids'][:ls - 2], V.EOS]
+        target = [*example['target_ids'][:lt - 1], V.EOS]
+        batch['src_tokens'][row, :len(source)] = source
+        batch['target_tokens'][row, :len(target)] = target
+        batch['prev_output_tokens'][row, :len(target)] = [V.BOS, *target[:-1]]
+        if example.get('image') is not None:
+            batch['patch_images'][row] = example['image']
+            batch['patch_masks'][row] = True
+        batch['loss_weights'][row] = example.get('loss_weight', 1.0)
+        batch['code_masks'][row] = example.get('code_target', False)
+        batch['constraint_ranges'][row] = CONSTRAINTS[example.get('constraint')]
+        batch['task_ids'][row] = task_names.index(example['task'])
+        batch['example_mask'][row] = True
+    return batch
+
+
+def _check_shapes(example: dict, spec: BatchSpec) -> Optional[str]:
+    image = example.get('image')
+    if image is not None and image.shape != (spec.image_size, spec.image_size, 3):
+        return f'{example["task"]}/image_shape'
+    if not len(example['target_ids']):
+        return f'{example["task"]}/empty_target'
+    return None
+
+
+class _BatchIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, spec: BatchSpec, task_names: Sequence[str],
+                 drop_remainder: bool):
+        super().__init__(parent)
+        self._spec, self._task_names, self._drop_remainder = spec, list(task_names), drop_remainder
+
+    def __next__(self) -> dict[str, Any]:
+        examples, dropped = [], collections.Counter()
+        while len(examples) < self._spec.batch_size:
+            try:
+                item = next(self._parent)
+            except StopIteration:
+                if not examples or self._drop_remainder:
+                    raise
+                break
+            reason = item.reason if isinstance(item, Dropped) else _check_shapes(item, self._spec)
+            if reason:
+                dropped[reason] += 1
+            else:
+                examples.append(item)
+        batch = to_batch(examples, self._spec, self._task_names)
+        batch['dropped'] = dict(dropped)
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+
+class _BatchDataset(grain.IterDataset):
+    def __init__(self, parent: grain.IterDataset, spec: BatchSpec, task_names: Sequence[str],
+                 drop_remainder: bool):
+        super().__init__(parent)
+        self._spec, self._task_names, self._drop_remainder = spec, task_names, drop_remainder
+
+    def __iter__(self) -> _BatchIterator:
+        return _BatchIterator(self._parent.__iter__(), self._spec, self._task_names, self._drop_remainder)
+
+
+def batches(tasks: Sequence[Task], rates: Sequence[float], spec: BatchSpec, *, seed: int, repeat: bool = True,
+            shard_index: int = 0, shard_count: int = 1, workers: int = 0, strict: bool = False
+            ) -> grain.IterDataset:
+    """Batches of the mixture for one process; iterate it, and save/restore its iterator's state to resume.
+
+    workers > 0 preprocesses in that many processes (the output is identical to workers=0). A finite pipeline
+    (repeat=False) pads its last batch; `example_mask` marks the real rows."""
+    stream = example_stream(tasks, rates, seed=seed, repeat=repeat, shard_index=shard_index,
+                            shard_count=shard_count, strict=strict).to_iter_dataset()
+    if workers:
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, use their defaults
+            flags.FLAGS.mark_as_parsed()
+        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return _BatchDataset(stream, spec, [t.name for t in tasks], drop_remainder=repeat)

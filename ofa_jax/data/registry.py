@@ -1,0 +1,89 @@
+"""Tasks and mixtures declared as data, seqio-style, without seqio's TensorFlow.
+
+A Task names a source of raw records, the small pure preprocessors that turn one record into a model example, and
+how its outputs are scored. A Mixture samples tasks at fixed rates. Both live in registries looked up by name.
+"""
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+# A preprocessor maps one example to the next stage, given a generator seeded by (pipeline seed, task, position),
+# so the same seed always gives the same examples. It raises DropExample for a record it cannot use.
+Preprocessor = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
+MetricFn = Callable[[Sequence[Any], Sequence[Any]], dict[str, float]]
+
+
+class DropExample(Exception):
+    """A record cannot become an example; `reason` (short, stable) is what the drop counts are keyed by."""
+
+    def __init__(self, reason: str, detail: str = ''):
+        super().__init__(f'{reason}: {detail}' if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    source: Any  # random access: len() and [index] -> raw record dict (see ofa_jax.data.sources)
+    preprocessors: Sequence[Preprocessor]
+    metric_fns: Sequence[MetricFn] = ()
+    postprocess_fn: Optional[Callable[[str], Any]] = None
+
+    def preprocess(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        example = dict(record)
+        if '_error' in example:  # the source could not parse this record
+            raise DropExample('malformed_record', example['_error'])
+        for preprocessor in self.preprocessors:
+            example = preprocessor(example, rng)
+        example['task'] = self.name
+        return example
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    name: str
+    rates: Mapping[str, float]  # task name -> relative rate
+
+    def __post_init__(self):
+        if not self.rates or any(rate <= 0 for rate in self.rates.values()):
+            raise ValueError(f'mixture {self.name!r} needs positive rates, got {dict(self.rates)}')
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.rates)
+
+
+class Registry:
+    """Name -> Task or Mixture. Adding an existing name is an error unless `replace=True`."""
+
+    def __init__(self, kind: str):
+        self._kind = kind
+        self._items: dict[str, Any] = {}
+
+    def add(self, item: Any, replace: bool = False) -> Any:
+        if item.name in self._items and not replace:
+            raise ValueError(f'{self._kind} {item.name!r} is already registered')
+        self._items[item.name] = item
+        return item
+
+    def get(self, name: str) -> Any:
+        if name not in self._items:
+            raise ValueError(f'unknown {self._kind} {name!r}; registered: {sorted(self._items)}')
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+
+TaskRegistry = Registry('task')
+MixtureRegistry = Registry('mixture')
+
+
+def get_tasks(name: str) -> tuple[list[Task], list[float]]:
+    """The tasks and rates of a mixture, or a single task at rate 1, by name."""
+    if name in MixtureRegistry.names():
+        mixture = MixtureRegistry.get(name)
+        return [TaskRegistry.get(t) for t in mixture.task_names], list(mixture.rates.values())
+    return [TaskRegistry.get(name)], [1.0]

@@ -1,0 +1,244 @@
+"""The input pipeline on the embedded world: determinism, resume, sharding, mixing, drops, and every task's form."""
+import collections
+import pathlib
+
+import numpy as np
+import pytest
+
+from ofa_jax.data import boxes, pipeline, tasks
+from ofa_jax.data.image_codes import PatchCodebook
+from ofa_jax.data.registry import DropExample, Task, TaskRegistry, get_tasks
+from ofa_jax.data.vocab import OFAVocabulary
+from ofa_jax.data.world import COLORS, World, WorldText
+
+BPE_DIR = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'ofa_bpe'
+SPEC = pipeline.BatchSpec(batch_size=8, image_size=64, max_source_length=48, max_target_length=24)
+
+
+@pytest.fixture(scope='module')
+def vocab():
+    return OFAVocabulary(BPE_DIR)
+
+
+@pytest.fixture(scope='module')
+def world_mixture(vocab):
+    world = World(size=300, image_size=64)
+    codebook = PatchCodebook.fit(np.stack([world[i]['image'] for i in range(24)]), num_codes=64)
+    mixture = tasks.register_world(vocab, world, codebook, prefix='testworld')
+    return get_tasks(mixture.name)
+
+
+def take(dataset, n):
+    iterator = iter(dataset)
+    return [next(iterator) for _ in range(n)]
+
+
+def assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x['dropped'] == y['dropped']
+        for key in x:
+            if key != 'dropped':
+                np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def test_same_seed_same_batches_other_seed_others(world_mixture):
+    task_list, rates = world_mixture
+    first = take(pipeline.batches(task_list, rates, SPEC, seed=3), 4)
+    assert_same_batches(first, take(pipeline.batches(task_list, rates, SPEC, seed=3), 4))
+    other = take(pipeline.batches(task_list, rates, SPEC, seed=4), 4)
+    assert not all(np.array_equal(a['src_tokens'], b['src_tokens']) for a, b in zip(first, other))
+
+
+def test_restored_iterator_continues_identically(world_mixture):
+    task_list, rates = world_mixture
+    dataset = pipeline.batches(task_list, rates, SPEC, seed=0)
+    iterator = iter(dataset)
+    for _ in range(3):
+        next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(3)]
+    restored = iter(pipeline.batches(task_list, rates, SPEC, seed=0))
+    restored.set_state(state)
+    assert_same_batches([next(restored) for _ in range(3)], expected)
+
+
+def test_worker_processes_give_the_same_batches(world_mixture):
+    task_list, rates = world_mixture
+    assert_same_batches(take(pipeline.batches(task_list, rates, SPEC, seed=1, workers=2), 3),
+                        take(pipeline.batches(task_list, rates, SPEC, seed=1), 3))
+
+
+def test_process_shards_partition_the_stream(world_mixture):
+    task_list, rates = world_mixture
+    whole = pipeline.example_stream(task_list, rates, seed=0)
+    shards = [pipeline.example_stream(task_list, rates, seed=0, shard_index=i, shard_count=2) for i in range(2)]
+    for i in range(6):
+        assert shards[i % 2][i // 2]['source_ids'] == whole[i]['source_ids']
+
+
+def test_mixture_proportions(world_mixture):
+    task_list, rates = world_mixture
+    counts = collections.Counter()
+    for batch in take(pipeline.batches(task_list, rates, SPEC, seed=0), 40):
+        counts.update(batch['task_ids'][batch['example_mask']].tolist())
+    total = sum(counts.values())
+    for i, rate in enumerate(rates):
+        expected = rate / sum(rates)
+        assert abs(counts[i] / total - expected) <= 3 * np.sqrt(expected * (1 - expected) / total) + 0.01
+
+
+def test_every_template_as_ofa_writes_it(vocab, world_mixture):
+    task_list, _ = world_mixture
+    world = task_list[0].source
+    rng = np.random.default_rng(0)
+    sources = {t.name.removeprefix('testworld_'): vocab.decode(
+        t.preprocess(t.source[7], rng)['source_ids']) for t in task_list}
+    record = world[7]
+    assert sources['caption'] == ' what does the image describe?'
+    assert sources['grounding'] == f' which region does the text " {record["text"]} " describe?'
+    assert sources['grounded_caption'].startswith('  what does the region describe? region:<bin_')
+    assert sources['itm'].startswith(' does the image describe " ') and sources['itm'].endswith(' "?')
+    assert sources['vqa'] == ' ' + record['question']
+    assert sources['detection'] == ' what are the objects in the image?'
+    assert sources['image_infill'] == ' what is the image in the middle part?'
+    assert sources['text_infill'].startswith(' what is the complete text of "')
+    assert sources['text_infill'].endswith(' "?') and '<mask>' in sources['text_infill']
+    assert tasks.SNLI_VE == ' does the image describe " {} "?'
+    assert tasks.TEXT_TO_IMAGE.format('a cat') == ' what is the complete image? caption: a cat'
+
+
+def test_targets_follow_the_scene(vocab, world_mixture):
+    task_list, _ = world_mixture
+    by_name = {t.name.removeprefix('testworld_'): t for t in task_list}
+    world = by_name['caption'].source
+    rng = np.random.default_rng(0)
+    record = world[11]
+    caption = by_name['caption'].preprocess(record, rng)
+    assert vocab.decode(caption['target_ids']) == ' ' + record['caption']
+    grounding = by_name['grounding'].preprocess(record, rng)
+    box = boxes.tokens_to_box(grounding['target_ids'], vocab)
+    assert np.abs(box - record['region']).max() <= 512 / 999 / 2 + 1e-6  # world images are the model's size
+    vqa = by_name['vqa'].preprocess(record, rng)
+    assert vocab.decode(vqa['target_ids']) == ' ' + next(iter(record['answers']))
+    detection = by_name['detection'].preprocess(record, rng)
+    assert sum(vocab.is_bin(t) for t in detection['target_ids']) == 4 * len(record['labels'])
+    infill = by_name['image_infill'].preprocess(record, rng)
+    assert len(infill['target_ids']) == (64 // 2 // 8) ** 2 and infill['code_target']
+    assert np.all(infill['image'][16:48, 16:48] == 0) and infill['image'].min() >= -1
+    answers = collections.Counter(vocab.decode(by_name['itm'].preprocess(world[i], np.random.default_rng(i))[
+        'target_ids']) for i in range(200))
+    assert 70 <= answers[' yes'] <= 130 and answers[' yes'] + answers[' no'] == 200
+
+
+def test_text_infill_masks_about_thirty_percent_of_words(vocab):
+    corpus = WorldText(World(size=50, image_size=64))
+    step = tasks.text_infill(vocab)
+    ratios = []
+    for i in range(50):
+        example = step(corpus[i], np.random.default_rng(i))
+        assert vocab.decode(example['target_ids']).split() == corpus[i]['text'].split()
+        kept = len(example['source_ids']) - len(vocab.encode(' what is the complete text of "')) - 2
+        ratios.append(1 - kept / len(example['target_ids']))
+    assert 0.15 < np.mean(ratios) < 0.5
+
+
+def test_box_bins_survive_resizing_within_half_a_bin(vocab):
+    world = World(size=40, image_size=64)
+    for size in (96, 384, 480):
+        transform = tasks.transform_image(tasks.resize_transform(size), with_region=True)
+        for i in range(40):
+            record = world[i]
+            moved = transform(record, np.random.default_rng(i))
+            bins = boxes.quantize(moved['region'])
+            back = boxes.dequantize(bins, scale=size / 64)
+            assert np.abs(back - record['region']).max() <= (512 / 999 / 2) / (size / 64) + 1e-6
+
+
+class BadRecords:
+    """Records with one problem each, then good ones."""
+
+    def __init__(self):
+        self.world = World(size=20, image_size=64)
+
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, index):
+        record = dict(self.world[index])
+        if index == 0:
+            record['image'] = b'not an image'
+        elif index == 1:
+            record['caption'] = '  '
+        elif index == 2:
+            record['region'] = np.array([10, 10, 500, 20], np.float32)
+        elif index == 3:
+            record['_error'] = 'column 3 (region): could not parse "x"'
+        return record
+
+    def __repr__(self):
+        return 'BadRecords()'
+
+
+def test_bad_records_are_counted_by_reason_or_fail_strictly(vocab):
+    steps = (tasks.decode_image, tasks.require_text('caption', 'text'),
+             tasks.transform_image(tasks.resize_transform(64), with_region=True), tasks.visual_grounding(vocab))
+    task = Task('bad_grounding', BadRecords(), steps)
+    spec = pipeline.BatchSpec(batch_size=16, image_size=64, max_source_length=48, max_target_length=8)
+    batch = next(iter(pipeline.batches([task], [1.0], spec, seed=0, repeat=False)))
+    assert batch['dropped'] == {'bad_grounding/undecodable_image': 1, 'bad_grounding/empty_caption': 1,
+                                'bad_grounding/region_outside_image': 1, 'bad_grounding/malformed_record': 1}
+    assert batch['example_mask'].sum() == 16
+    with pytest.raises(ValueError, match=r"bad_grounding.*BadRecords\(\).*record 0.*undecodable_image"):
+        next(iter(pipeline.batches([task], [1.0], spec, seed=0, repeat=False, strict=True)))
+
+
+def test_finite_pipeline_pads_its_last_batch(vocab):
+    task = Task('few_captions', World(size=5, image_size=64),
+                (tasks.decode_image, tasks.transform_image(tasks.resize_transform(64)), tasks.caption(vocab)))
+    (batch,) = list(pipeline.batches([task], [1.0], SPEC, seed=0, repeat=False))
+    assert batch['example_mask'].tolist() == [True] * 5 + [False] * 3
+    assert np.all(batch['src_tokens'][5:] == 1) and batch['patch_masks'].tolist() == [True] * 5 + [False] * 3
+    prev, target = batch['prev_output_tokens'][:5], batch['target_tokens'][:5]
+    assert np.all(prev[:, 0] == 0) and np.all((target == 2).sum(1) == 1)
+    shifted = prev[:, 1:] != 1
+    np.testing.assert_array_equal(prev[:, 1:][shifted], target[:, :-1][shifted])
+
+
+def test_world_is_deterministic_and_drawn_where_it_says():
+    world = World(size=30, image_size=64, seed=5)
+    for i in range(30):
+        record = world[i]
+        np.testing.assert_array_equal(record['image'], World(size=30, image_size=64, seed=5)[i]['image'])
+        for box, label in zip(record['boxes'], record['labels']):
+            x0, y0, x1, y1 = box
+            cx, cy = int((x0 + x1) / 2), int(y0 + 0.65 * (y1 - y0))  # inside a triangle too
+            assert tuple(record['image'][cy, cx]) == COLORS[label.split()[0]]
+            assert label in record['caption']
+    assert World(seed=6, image_size=64)[0]['caption'] != World(seed=5, image_size=64)[0]['caption'] or \
+        not np.array_equal(World(seed=6, image_size=64)[0]['image'], World(seed=5, image_size=64)[0]['image'])
+
+
+def test_patch_codebook_round_trip_and_persistence(tmp_path):
+    world = World(size=16, image_size=64)
+    images = np.stack([world[i]['image'] for i in range(16)])
+    codebook = PatchCodebook.fit(images, num_codes=128)
+    codes = codebook.encode(images)
+    assert codes.shape == (16, 8, 8) and codes.max() < 128
+    assert np.abs(codebook.decode(codes).astype(int) - images).mean() < 8
+    codebook.save(tmp_path / 'codebook.npz')
+    np.testing.assert_array_equal(PatchCodebook.load(tmp_path / 'codebook.npz').encode(images), codes)
+
+
+def test_registry_rejects_duplicates_and_unknown_names():
+    task = Task('unique_task_name', World(size=2), ())
+    TaskRegistry.add(task)
+    with pytest.raises(ValueError, match='already registered'):
+        TaskRegistry.add(task)
+    with pytest.raises(ValueError, match='unknown task'):
+        TaskRegistry.get('no_such_task')
+
+
+def test_drop_example_carries_its_reason():
+    error = DropExample('empty_caption', 'record 3')
+    assert error.reason == 'empty_caption' and 'record 3' in str(error)
