@@ -25,7 +25,7 @@ def layer_norm(dtype: jnp.dtype, name: str, axis: str = 'embed') -> nn.LayerNorm
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)))
 
 
-def dense(features: int, dtype: jnp.dtype, name: str, axes: tuple[str, str] = ('embed', 'embed')) -> nn.Dense:
+def dense(features: int, dtype: jnp.dtype, name: str, axes: tuple[str, str] = ('embed', 'joined_kv')) -> nn.Dense:
     return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
                     kernel_init=nn.with_logical_partitioning(init_normal, axes),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
