@@ -1,6 +1,5 @@
 """The input pipeline on the embedded world: determinism, resume, sharding, mixing, drops, and every task's form."""
 import collections
-import pathlib
 
 import numpy as np
 import pytest
@@ -8,16 +7,15 @@ import pytest
 from ofa_jax.data import boxes, pipeline, tasks
 from ofa_jax.data.image_codes import PatchCodebook
 from ofa_jax.data.registry import DropExample, Task, TaskRegistry, get_tasks
-from ofa_jax.data.vocab import OFAVocabulary
+from ofa_jax.data.vocab import default_vocabulary
 from ofa_jax.data.world import COLORS, World, WorldText
 
-BPE_DIR = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'ofa_bpe'
 SPEC = pipeline.BatchSpec(batch_size=8, image_size=64, max_source_length=48, max_target_length=24)
 
 
 @pytest.fixture(scope='module')
 def vocab():
-    return OFAVocabulary(BPE_DIR)
+    return default_vocabulary()  # the bundled copy of OFA's files
 
 
 @pytest.fixture(scope='module')
@@ -242,3 +240,28 @@ def test_registry_rejects_duplicates_and_unknown_names():
 def test_drop_example_carries_its_reason():
     error = DropExample('empty_caption', 'record 3')
     assert error.reason == 'empty_caption' and 'record 3' in str(error)
+
+
+def test_finetuning_tasks_from_a_config_read_ofa_tsv(tmp_path):
+    import base64
+    import io as io_module
+
+    import ml_collections
+    from PIL import Image
+    world = World(size=4, image_size=64)
+    rows = []
+    for i in range(4):
+        buffer = io_module.BytesIO()
+        Image.fromarray(world[i]['image']).save(buffer, format='PNG')
+        image = base64.b64encode(buffer.getvalue()).decode()
+        x0, y0, x1, y1 = world[i]['region']
+        rows.append(f'{i}\t{i}\t{world[i]["text"]}\t{x0},{y0},{x1},{y1}\t{image}')
+    (tmp_path / 'refcoco.tsv').write_text('\n'.join(rows) + '\n')
+    data = ml_collections.ConfigDict(dict(source='tasks', image_size=96, tasks=[
+        dict(name='tsv_refcoco', kind='refcoco', format='tsv', path=str(tmp_path / 'refcoco.tsv'),
+             tsv_kind='refcoco', rate=1.0)]))
+    (task,), rates = tasks.register_from_config(data)
+    example = task.preprocess(task.source[2], np.random.default_rng(0))
+    assert example['image'].shape == (96, 96, 3) and rates == [1.0]
+    back = boxes.tokens_to_box(example['target_ids'], default_vocabulary(), scale=96 / 64)
+    assert np.abs(back - world[2]['region']).max() <= 512 / 999 / 2 / (96 / 64) + 1e-3

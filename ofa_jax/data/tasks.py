@@ -12,9 +12,12 @@ import numpy as np
 from PIL import Image
 
 from ofa_jax.data import boxes as B
-from ofa_jax.data.image_codes import ImageTokenizer
-from ofa_jax.data.registry import DropExample, Mixture, MixtureRegistry, Task, TaskRegistry
-from ofa_jax.data.vocab import Vocabulary
+from ofa_jax.data import sources
+from ofa_jax.data import transforms as T
+from ofa_jax.data.image_codes import ImageTokenizer, PatchCodebook
+from ofa_jax.data.registry import DropExample, Mixture, MixtureRegistry, Task, TaskRegistry, get_tasks
+from ofa_jax.data.vocab import OFAVocabulary, Vocabulary, default_vocabulary
+from ofa_jax.data.world import COLORS, SHAPES, World, WorldText
 
 # Pretraining instructions (OFA's unify dataset).
 GROUNDING = ' which region does the text " {} " describe?'
@@ -48,16 +51,17 @@ def clean_text(text: str, max_words: Optional[int] = None) -> str:
     return ' '.join(words[:max_words] if max_words else words)
 
 
-def resize_transform(size: int) -> ImageTransform:
-    """Bicubic resize to size x size and normalization to [-1, 1]; boxes scale along."""
+def image_transform(pipeline: T.Compose) -> ImageTransform:
+    """An ImageTransform from a transforms pipeline (which must end in Normalize)."""
     def transform(image, boxes, rng):
-        h, w = image.shape[:2]
-        resized = image if (h, w) == (size, size) else np.asarray(
-            Image.fromarray(image).resize((size, size), Image.BICUBIC))
-        scaled = boxes * np.array([size / w, size / h, size / w, size / h], np.float32)
-        keep = (scaled[:, 2] > scaled[:, 0]) & (scaled[:, 3] > scaled[:, 1])
-        return resized.astype(np.float32) / 127.5 - 1.0, scaled, keep
+        sample = pipeline(T.Sample.from_image(image, boxes), rng)
+        return sample.image, sample.boxes, sample.keep
     return transform
+
+
+def resize_transform(size: int) -> ImageTransform:
+    """Bicubic resize to size x size and normalization to [-1, 1] (finetuning and evaluation)."""
+    return image_transform(T.finetune_transform(size))
 
 
 # ---- generic preprocessors -------------------------------------------------------------------------------------
@@ -279,7 +283,6 @@ def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, pre
 
     Rates follow OFA's recipe: each image-text record gives two vision-language samples, and every 8th record adds two
     text-infilling, one image-infilling and one detection sample."""
-    from ofa_jax.data.world import COLORS, SHAPES, WorldText
     size = world.image_size
     to_model = resize_transform(size)
     image = (decode_image, require_text('caption'))
@@ -333,3 +336,40 @@ def finetune_task(name: str, kind: str, source: Any, vocab: Vocabulary, image_si
     if kind not in steps:
         raise ValueError(f'unknown finetuning task kind {kind!r}; choose one of {sorted(steps)}')
     return TaskRegistry.add(Task(name, source, steps[kind]()), replace=replace)
+
+
+def world_codebook(world: Any, num_codes: int = 256, num_images: int = 64) -> PatchCodebook:
+    """The world's image tokenizer, fitted on its first scenes (deterministic)."""
+    return PatchCodebook.fit(np.stack([world[i]['image'] for i in range(min(num_images, len(world)))]),
+                             num_codes=num_codes)
+
+
+def source_from_config(spec: Any) -> Any:
+    """A source from a config entry: format 'tsv' (path, tsv_kind), 'jsonl' (path, image_root) or 'tfds'
+    (dataset, split, data_dir)."""
+    if spec['format'] == 'tsv':
+        return sources.OFATsvSource(spec['path'], spec['tsv_kind'])
+    if spec['format'] == 'jsonl':
+        return sources.JsonlSource(spec['path'], spec.get('image_root'))
+    if spec['format'] == 'tfds':
+        return sources.TfdsSource(spec['dataset'], spec['split'], spec.get('data_dir'))
+    raise ValueError(f'data task {spec.get("name")!r}: format {spec["format"]!r} is not tsv, jsonl or tfds')
+
+
+def register_from_config(data: Any) -> tuple[list[Task], list[float]]:
+    """Registers what a training config's `data` section names and returns its tasks and rates.
+
+    data.source 'world': the synthetic world (data.world_size scenes of data.image_size pixels, data.world_seed),
+    with mixture 'world_pretrain' and tasks 'world_<task>'; data.mixture names the mixture or task to train on.
+    data.source 'tasks': data.tasks lists finetuning tasks, each {name, kind, rate, format, ...source fields}
+    (see source_from_config), mixed at their rates."""
+    vocab = OFAVocabulary(data.bpe_dir) if data.get('bpe_dir') else default_vocabulary()
+    if data.source == 'world':
+        world = World(size=data.world_size, seed=data.world_seed, image_size=data.image_size)
+        register_world(vocab, world, world_codebook(world))
+        return get_tasks(data.mixture)
+    if data.source == 'tasks':
+        registered = [finetune_task(spec['name'], spec['kind'], source_from_config(spec), vocab, data.image_size,
+                                    replace=True) for spec in data.tasks]
+        return registered, [float(spec.get('rate', 1.0)) for spec in data.tasks]
+    raise ValueError(f'data.source {data.source!r}: expected "world" or "tasks"')
