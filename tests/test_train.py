@@ -1,0 +1,152 @@
+"""The trainer: its loss, schedule and layout checks, and whole runs of the nano model on the synthetic world
+(meshes agree, accumulation equals the large batch, resume is exact, SIGTERM saves, the demo learns)."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ofa_jax import train
+from ofa_jax.sharding import make_mesh
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'configs'))
+import demo as demo_config  # noqa: E402
+
+
+def small_config(**changes):
+    config = demo_config.get_config()
+    config.model_overrides = dict(dropout=0.0, code_image_size=16, freeze_batch_norm=True)
+    config.data.update(dict(image_size=32, world_size=200, max_source_length=24, max_target_length=16))
+    config.update(dict(batch_size=8, total_steps=4, log_every=1, checkpoint_every=2, demo_evaluation=False,
+                       warmup_steps=1))
+    config.update(changes)
+    return config
+
+
+def losses(workdir):
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        return {row['step']: row['loss'] for row in map(json.loads, f)}
+
+
+def test_token_losses_smooth_over_the_allowed_tokens_only():
+    logits = jnp.log(jnp.array([[[0.1, 0.2, 0.3, 0.4]]]))
+    targets = jnp.array([[3]])
+    loss, correct = train.token_losses(logits, targets, jnp.array([[0, 4]]), 0.0)
+    np.testing.assert_allclose(loss, -np.log([[0.4]]), rtol=1e-6)
+    assert bool(correct[0, 0])
+    # Only ids 3 (range [3, 4)) and eos (2) allowed: probabilities renormalize over them.
+    loss, _ = train.token_losses(logits, targets, jnp.array([[3, 4]]), 0.0)
+    np.testing.assert_allclose(loss, -np.log([[0.4 / 0.7]]), rtol=1e-6)
+    smoothed, _ = train.token_losses(logits, targets, jnp.array([[3, 4]]), 0.2)
+    lp = np.log(np.array([0.3, 0.4]) / 0.7)  # eos, target
+    expected = (1 - 0.2 - 0.2) * -lp[1] + 0.2 * -(lp.sum())  # eps_i = 0.2 / (2 - 1)
+    np.testing.assert_allclose(smoothed, [[expected]], rtol=1e-6)
+
+
+def test_learning_rate_warms_up_then_decays_linearly():
+    config = small_config(learning_rate=1.0, warmup_steps=10, total_steps=110, end_learning_rate=0.0)
+    schedule = train.learning_rate_schedule(config)
+    assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(0.5)
+    assert float(schedule(10)) == pytest.approx(1.0) and float(schedule(60)) == pytest.approx(0.5)
+    assert float(schedule(110)) == pytest.approx(0.0)
+
+
+def test_layout_errors_name_the_sizes():
+    with pytest.raises(ValueError, match='batch_size 6 must be a multiple of grad_accum_steps 4'):
+        train.validate_layout(small_config(batch_size=6, grad_accum_steps=4), make_mesh())
+    with pytest.raises(ValueError, match='needs 8 devices'):
+        make_mesh(data=8)
+
+
+def test_accumulation_equals_the_large_batch(tmp_path):
+    large = train.train(small_config(total_steps=2), str(tmp_path / 'large'))
+    accumulated = train.train(small_config(total_steps=2, grad_accum_steps=4), str(tmp_path / 'accumulated'))
+    for step, loss in losses(tmp_path / 'large').items():
+        assert losses(tmp_path / 'accumulated')[step] == pytest.approx(loss, rel=1e-5)
+    # Adam divides by the gradient's own scale, so parameters whose gradients are ~0 move by rounding noise * lr.
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),
+                           jax.device_get(large.params), jax.device_get(accumulated.params))
+
+
+def test_resume_is_exact(tmp_path):
+    straight = train.train(small_config(total_steps=4), str(tmp_path / 'straight'))
+    train.train(small_config(total_steps=2), str(tmp_path / 'resumed'))
+    resumed = train.train(small_config(total_steps=4), str(tmp_path / 'resumed'))
+    assert losses(tmp_path / 'resumed') == losses(tmp_path / 'straight')
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(straight.params),
+                           jax.device_get(resumed.params))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(straight.opt_state),
+                           jax.device_get(resumed.opt_state))
+
+
+MESH_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from test_train import small_config
+    from ofa_jax import train
+    results = {}
+    for name, mesh in [('one', dict(num_devices=1, data=1)), ('data8', dict(data=8)),
+                       ('data2_fsdp4', dict(data=2, fsdp=4)), ('data2_fsdp2_tensor2', dict(data=2, fsdp=2, tensor=2))]:
+        state = train.train(small_config(total_steps=3, mesh={**dict(replica=1, fsdp=1, tensor=1), **mesh}),
+                            sys.argv[2] + '/' + name)
+        leaves = jax.tree_util.tree_leaves(jax.device_get(state.params))
+        results[name] = [float(np.sum(np.abs(leaf))) for leaf in leaves[:40]] + [
+            json.loads(line)['loss'] for line in open(sys.argv[2] + '/' + name + '/metrics.jsonl')]
+    print('RESULTS' + json.dumps(results))
+''')
+
+
+def test_meshes_agree_with_one_device(tmp_path):
+    env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
+    result = subprocess.run([sys.executable, '-c', MESH_SCRIPT, str(ROOT / 'tests'), str(tmp_path)], env=env,
+                            cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.split('RESULTS')[-1])
+    for name, values in results.items():
+        np.testing.assert_allclose(values, results['one'], rtol=2e-4, err_msg=name)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    workdir = tmp_path / 'preempted'
+    command = [sys.executable, '-m', 'ofa_jax.train', '--config', str(ROOT / 'configs' / 'demo.py'),
+               f'--workdir={workdir}', '--config.total_steps=500', '--config.log_every=1',
+               '--config.checkpoint_every=1000', '--config.data.image_size=32', '--config.data.world_size=100',
+               '--config.batch_size=8', '--config.demo_evaluation=False']
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (workdir / 'metrics.jsonl').exists():
+        time.sleep(1)
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    saved = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+    assert saved and saved[-1] < 500 and saved[-1] == max(losses(workdir))
+
+
+def test_demo_learns_and_draws_its_predictions(tmp_path):
+    config = demo_config.get_config()
+    config.total_steps = 120
+    config.log_every = 40
+    state = train.train(config, str(tmp_path))
+    curve = losses(tmp_path)
+    assert curve[120] < 0.6 * curve[40]
+    from ofa_jax import demo
+    scores = demo.evaluate(config, state, str(tmp_path), count=8)
+    assert set(scores) == {'caption_exact_match', 'vqa_exact_match', 'grounding_accuracy'}
+    assert (tmp_path / 'predictions.png').stat().st_size > 1000
+    with open(tmp_path / 'metrics.jsonl') as f:
+        row = json.loads(f.readline())
+    assert {'step', 'loss', 'learning_rate', 'examples_per_second', 'tokens_per_second', 'mfu',
+            'dropped_examples'} <= set(row)
+    assert list((tmp_path / 'tb').iterdir())
