@@ -23,7 +23,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ('embed', 'fsdp'),
     ('mlp', 'tensor'),
     ('heads', 'tensor'),
-    ('vocab', 'tensor'),
+    ('vocab', None),  # OFA's 59,457 ids divide by no power of two: the token table shards over embed only
     ('conv_out', 'fsdp'),
     ('conv_in', None),
     ('kv', None),

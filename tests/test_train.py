@@ -113,7 +113,8 @@ def test_meshes_agree_with_one_device(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(result.stdout.split('RESULTS')[-1])
     for name, values in results.items():
-        np.testing.assert_allclose(values, results['one'], rtol=2e-4, err_msg=name)
+        # Sums of |parameter| per leaf (atol: leaves that stay ~0 move by Adam-amplified rounding), then losses.
+        np.testing.assert_allclose(values, results['one'], rtol=2e-4, atol=5e-5, err_msg=name)
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
