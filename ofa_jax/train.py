@@ -141,7 +141,10 @@ def train_step(model: OFA, optimizer: optax.GradientTransformation, config: ml_c
     zeros = {'loss_sum': 0.0, 'tokens': 0, 'task_loss_sum': jnp.zeros(num_tasks), 'task_tokens': jnp.zeros(num_tasks),
              'task_correct': jnp.zeros(num_tasks)}
     init = (jax.tree_util.tree_map(jnp.zeros_like, state.params), state.batch_stats, zeros)
-    (grads, batch_stats, totals), _ = jax.lax.scan(micro_step, init, (jnp.arange(accum), micro))
+    if accum == 1:  # XLA runs loop bodies slowly on CPU: no loop when there is nothing to accumulate
+        (grads, batch_stats, totals), _ = micro_step(init, (0, batch))
+    else:
+        (grads, batch_stats, totals), _ = jax.lax.scan(micro_step, init, (jnp.arange(accum), micro))
     tokens = jnp.maximum(totals['tokens'], 1)
     grads = jax.tree_util.tree_map(lambda g: g / tokens, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
