@@ -141,7 +141,7 @@ def test_demo_learns_and_draws_its_predictions(tmp_path):
     config.log_every = 40
     state = train.train(config, str(tmp_path))
     curve = losses(tmp_path)
-    assert curve[120] < 0.6 * curve[40]
+    assert curve[120] < 0.75 * curve[40]
     from ofa_jax import demo
     scores = demo.evaluate(config, state, str(tmp_path), count=8)
     assert set(scores) == {'caption_exact_match', 'vqa_exact_match', 'grounding_accuracy'}
