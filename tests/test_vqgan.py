@@ -11,7 +11,7 @@ import torch
 
 from ofa_jax import checkpoint, vqgan
 from ofa_jax.data import tasks
-from ofa_jax.data.image_codes import VQGANTokenizer
+from ofa_jax.data.image_codes import VQGANTokenizer, images_from_code_tokens
 from ofa_jax.data.precompute_codes import ImageFolder, code_image, main as precompute_main, precompute, shard_path
 from ofa_jax.data.vocab import default_vocabulary
 from tests.vqgan_reference import random_reference, save_lightning_checkpoint, write_model_yaml
@@ -154,6 +154,18 @@ def test_image_infill_targets_are_the_centre_codes(small):
     centre = tokenizer.encode(image[None, 64:192, 64:192])[0].reshape(-1)
     assert example['target_ids'] == [vocab.code_id(int(c)) for c in centre] and len(centre) == 256
     assert np.all(example['image'][64:192, 64:192] == 0)
+
+
+def test_images_from_generated_code_tokens(tiny_variables):
+    tokenizer = VQGANTokenizer(TINY, tiny_variables)
+    vocab = default_vocabulary()
+    codes = np.random.default_rng(0).integers(0, TINY.n_embed, (2, 8, 8))
+    tokens = np.vectorize(vocab.code_id)(codes).reshape(2, 64)
+    np.testing.assert_array_equal(images_from_code_tokens(vocab, tokenizer, tokens), tokenizer.decode(codes))
+    with pytest.raises(ValueError, match='non-code tokens'):
+        images_from_code_tokens(vocab, tokenizer, np.where(np.arange(64) == 5, vocab.code_id(0) - 1, tokens))
+    with pytest.raises(ValueError, match=r'\[batch, side \* side\]'):
+        images_from_code_tokens(vocab, tokenizer, tokens[:, :63])
 
 
 def _png(rng, height, width) -> bytes:

@@ -5,7 +5,8 @@ codebook, k-means over 8x8 pixel patches, which is exact enough to draw flat-col
 """
 import dataclasses
 import functools
-from typing import Callable, Optional, Protocol
+import math
+from typing import Any, Callable, Optional, Protocol
 
 import jax
 import numpy as np
@@ -134,3 +135,17 @@ class VQGANTokenizer:
             raise ValueError(f'codes must be [batch, h, w] in [0, {self.num_codes}), got {codes.shape} in '
                              f'[{codes.min()}, {codes.max()}]')
         return np.asarray(self._decode(self.variables, codes))
+
+
+def images_from_code_tokens(vocab: Any, tokenizer: ImageTokenizer, token_ids: np.ndarray) -> np.ndarray:
+    """Text-to-image output: token ids [batch, side * side] of `<code_i>` tokens -> uint8 images
+    [batch, side * downsample, side * downsample, 3] (a code's index is its id minus the first code's id)."""
+    token_ids = np.asarray(token_ids)
+    side = math.isqrt(token_ids.shape[-1]) if token_ids.ndim == 2 else 0
+    if token_ids.ndim != 2 or side * side != token_ids.shape[1]:
+        raise ValueError(f'token_ids must be [batch, side * side], got shape {token_ids.shape}')
+    codes = token_ids - vocab.code_id(0)
+    outside = (codes < 0) | (codes >= tokenizer.num_codes)
+    if outside.any():
+        raise ValueError(f'token_ids hold non-code tokens, e.g. {token_ids[outside][:5].tolist()}')
+    return tokenizer.decode(codes.reshape(-1, side, side))
