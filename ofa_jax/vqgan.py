@@ -95,7 +95,7 @@ class VQGANConfig:
 PRESETS = {
     'ofa': VQGANConfig(),  # VQGAN OpenImages f=8, 8192 codes, Gumbel quantization (about 69M parameters)
     # The real f=8 structure with few channels and codes, for tests.
-    'small': VQGANConfig(ch=32, ch_mult=(1, 1, 2, 4), num_res_blocks=1, z_channels=64, embed_dim=64, n_embed=512),
+    'small': VQGANConfig(ch=32, ch_mult=(1, 1, 2, 4), num_res_blocks=2, z_channels=64, embed_dim=64, n_embed=512),
 }
 
 _conv3 = functools.partial(nn.Conv, kernel_size=(3, 3), padding=1)
