@@ -10,11 +10,16 @@ files=(requirements.txt)
 if [ "${1:-}" = "--test" ]; then files+=(requirements-test.txt); fi
 
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
-stamp=".venv/.installed-$(cat "${files[@]}" pyproject.toml | sha256sum | cut -c1-16)"
+# This script is hashed too: the --no-deps install below is pinned here, not in a requirements file.
+stamp=".venv/.installed-$(cat "${files[@]}" pyproject.toml launch/setup_env.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   requirements=()
   for f in "${files[@]}"; do requirements+=(-r "$f"); done
   .venv/bin/python -m pip install --quiet "${requirements[@]}" -e .
+  if [ "${1:-}" = "--test" ]; then
+    # taming's Encoder/Decoder/GumbelQuantize, the VQGAN reference; its declared dependencies pull a CUDA torch.
+    .venv/bin/python -m pip install --quiet --no-deps taming-transformers-rom1504==0.0.6
+  fi
   touch "$stamp"
 fi

@@ -15,8 +15,9 @@ CONFIG_FILE = 'config.json'
 VARIABLES_DIR = 'variables'
 
 
-def save_model(directory: str | os.PathLike, config: OFAConfig, variables: dict[str, Any]) -> None:
-    """Writes `variables` ({'params', 'batch_stats'}, unboxed) and `config` under `directory`."""
+def save_model(directory: str | os.PathLike, config: Any, variables: dict[str, Any]) -> None:
+    """Writes `variables` ({'params', 'batch_stats'}, unboxed) and `config` (an OFAConfig or any config with
+    `to_dict`) under `directory`."""
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
@@ -26,13 +27,13 @@ def save_model(directory: str | os.PathLike, config: OFAConfig, variables: dict[
         json.dump(config.to_dict(), f, indent=2)
 
 
-def load_model(directory: str | os.PathLike) -> tuple[OFAConfig, dict[str, Any]]:
-    """Reads what `save_model` wrote: (config, variables)."""
+def load_model(directory: str | os.PathLike, config_type: type = OFAConfig) -> tuple[Any, dict[str, Any]]:
+    """Reads what `save_model` wrote: (config, variables); `config_type` (with `from_dict`) reads the config."""
     directory = os.path.abspath(directory)
     config_path = os.path.join(directory, CONFIG_FILE)
     if not os.path.exists(config_path):
         raise ValueError(f'{directory} is not a model checkpoint: {CONFIG_FILE} is missing')
     with open(config_path) as f:
-        config = OFAConfig.from_dict(json.load(f))
+        config = config_type.from_dict(json.load(f))
     variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
     return config, variables
