@@ -1,0 +1,195 @@
+"""The Python API: checkpoint kinds, image reading, boxes back in original pixels, detection parsing, candidate
+scoring, per-item errors, and the evaluation over a tiny split of the synthetic world (nano model)."""
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from ofa_jax import api, evaluate, train
+from ofa_jax.checkpoint import save_model
+from ofa_jax.data import boxes as B
+from ofa_jax.data import tasks as data_tasks
+from ofa_jax.data import vocab as V
+from ofa_jax.data.vocab import default_vocabulary
+from ofa_jax.model import model_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'configs'))
+import demo as demo_config  # noqa: E402
+
+IMAGE_SIZE = 32
+
+
+def small_config(**changes):
+    config = demo_config.get_config()
+    config.model_overrides = dict(dropout=0.0, code_image_size=16, freeze_batch_norm=True)
+    config.data.update(dict(image_size=IMAGE_SIZE, world_size=64, max_source_length=24, max_target_length=16))
+    config.update(dict(batch_size=8, total_steps=2, log_every=1, checkpoint_every=2, demo_evaluation=False,
+                       warmup_steps=1, ema_decay=0.5))
+    config.update(changes)
+    return config
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+    """A training workdir of two real trainer steps, keeping an EMA; every test's model comes from it."""
+    path = tmp_path_factory.mktemp('train')
+    state = train.train(small_config(), str(path))
+    return path, state
+
+
+@pytest.fixture(scope='module')
+def predictor(workdir):
+    return api.Predictor.load(workdir[0], batch_size=4)
+
+
+def rgb(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8)
+
+
+def test_read_image_takes_paths_bytes_pil_and_arrays(tmp_path):
+    image = rgb(20, 30)
+    path = tmp_path / 'image.png'
+    Image.fromarray(image).save(path)
+    for given in (str(path), path, path.read_bytes(), Image.fromarray(image), image):
+        np.testing.assert_array_equal(api.read_image(given), image)
+    gray = api.read_image(image[..., 0])
+    assert gray.shape == (20, 30, 3) and np.array_equal(gray[..., 2], image[..., 0])
+
+
+def test_read_image_errors_say_what_was_wrong(tmp_path):
+    (tmp_path / 'broken.jpg').write_bytes(b'not an image')
+    with pytest.raises(ValueError, match='cannot be read'):
+        api.read_image(str(tmp_path / 'missing.jpg'))
+    with pytest.raises(ValueError, match='not a readable image file'):
+        api.read_image(str(tmp_path / 'broken.jpg'))
+    with pytest.raises(ValueError, match='uint8'):
+        api.read_image(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match='path, bytes, a PIL image'):
+        api.read_image(3)
+
+
+def test_batches_pad_to_power_of_two_buckets():
+    assert [api._bucket(n, 16, 1) for n in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert [api._bucket(n, 6, 4) for n in (1, 3, 5)] == [4, 4, 8]
+
+
+def test_parse_detection_reads_boxes_and_labels_in_original_pixels():
+    vocab = default_vocabulary()
+    scale = (0.5, 2.0)  # the resize halved the width and doubled the height
+    first, second = [10.0, 20.0, 50.0, 60.0], [0.0, 5.0, 30.0, 40.0]
+    tokens = (B.box_to_tokens(first, vocab) + vocab.encode(' red circle') + B.box_to_tokens(second, vocab)
+              + vocab.encode(' blue square') + B.box_to_tokens(first, vocab)[:3] + [V.EOS, 7, 8])
+    found, labels = api.parse_detection(tokens, vocab, scale)
+    assert labels == ['red circle', 'blue square']  # the cut-off third box and what follows eos are ignored
+    expected = [B.dequantize(B.quantize(b)) / [0.5, 2.0, 0.5, 2.0] for b in (first, second)]
+    np.testing.assert_allclose(found, expected)
+    assert api.parse_detection(B.box_to_tokens(first, vocab) + [V.EOS], vocab)[1] == []  # a box with no label
+
+
+def test_loads_a_model_directory(workdir, tmp_path):
+    config = model_config('nano', **small_config().model_overrides)
+    variables = {'params': workdir[1].params, 'batch_stats': workdir[1].batch_stats}
+    save_model(tmp_path / 'model', config, variables)
+    checkpoint = api.load_checkpoint(tmp_path / 'model')
+    assert checkpoint.config == config and checkpoint.image_size is None
+    jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables, variables)
+    with pytest.raises(ValueError, match='neither a model directory'):
+        api.load_checkpoint(tmp_path)
+
+
+def test_loads_a_training_workdir_with_its_ema(workdir):
+    path, state = workdir
+    checkpoint = api.load_checkpoint(path)
+    assert checkpoint.step == 2 and checkpoint.image_size == IMAGE_SIZE and checkpoint.max_source_length == 24
+    jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['params'], state.ema_params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['batch_stats'], state.batch_stats)
+    assert not np.array_equal(checkpoint.variables['params']['embed_tokens']['embedding'],
+                              state.params['embed_tokens']['embedding'])
+
+
+def test_ground_maps_boxes_back_through_the_resize(predictor):
+    image = rgb(48, 80)  # resized to 32 x 32: x shrinks by 2.5, y by 1.5
+    [result] = predictor.ground([image], ['the red circle'])
+    source_ids = predictor.vocab.encode(data_tasks.GROUNDING.format('the red circle'))
+    resized = predictor.prepare_image(image, 'ground')[0]
+    [in_model_pixels] = predictor.answer('ground', [api.ModelInput(source_ids, resized)])
+    np.testing.assert_allclose(result['box'], np.array(in_model_pixels['box']) * [2.5, 1.5, 2.5, 1.5])
+    assert result['score'] == pytest.approx(in_model_pixels['score'])
+    # Four bins of OFA's 512-pixel grid: multiples of 512 / 999 in the model's pixels.
+    bins = np.array(in_model_pixels['box']) / 512 * 999
+    np.testing.assert_allclose(bins, np.round(bins), atol=1e-6)
+
+
+def test_all_candidates_picks_the_most_probable_answer(predictor):
+    image, question, answers = rgb(32, 32, 1), 'what shape is red', ['circle', 'a blue square', 'two', 'yes']
+    [result] = predictor.vqa([image], [question], answers)
+    # The answers' log-probabilities computed here from the model's logits, teacher-forced.
+    source = [V.BOS, *predictor.vocab.encode(' what shape is red?'), V.EOS]
+    pixels = jnp.asarray(predictor.prepare_image(image, 'vqa')[0])[None]
+    totals = []
+    for answer in answers:
+        target = predictor.vocab.encode(' ' + answer) + [V.EOS]
+        logits = predictor.model.apply(predictor.variables, jnp.array([source]), pixels, jnp.ones((1,), bool),
+                                       jnp.array([[V.BOS] + target[:-1]]))
+        logprobs = jax.nn.log_softmax(logits[0], axis=-1)
+        totals.append(float(sum(logprobs[i, t] for i, t in enumerate(target))))
+    assert result['answer'] == answers[int(np.argmax(totals))]
+    assert result['score'] == pytest.approx(max(totals), abs=1e-3)
+
+
+def test_trie_keeps_beam_answers_among_the_candidates(predictor):
+    answers = ['circle', 'blue square', 'two']
+    results = predictor.vqa([rgb(32, 32, 2), rgb(32, 32, 3)], ['what shape is red', 'how many'], answers, mode='trie')
+    assert all(r['answer'] in answers for r in results)
+
+
+def test_bad_items_get_errors_and_the_rest_is_answered(predictor, tmp_path):
+    good = rgb(40, 40)
+    results = predictor.vqa([good, str(tmp_path / 'missing.png'), good, np.zeros((4, 4), np.float32)],
+                            ['what is red', 'what is red', '   ', 'what is red'], max_length=4)
+    assert 'answer' in results[0] and 'error' not in results[0]
+    assert 'missing.png' in results[1]['error'] and 'cannot be read' in results[1]['error']
+    assert results[2] == {'error': 'question is empty'}
+    assert 'uint8' in results[3]['error']
+    # The same good item alone gets the same answer: padding rows do not leak into it.
+    assert predictor.vqa([good], ['what is red'], max_length=4)[0] == results[0]
+    with pytest.raises(ValueError, match='one entry per item'):
+        predictor.vqa([good], ['a', 'b'])
+    with pytest.raises(ValueError, match='labels must be a non-empty list'):
+        predictor.classify([good], [])
+
+
+def test_entail_classify_and_text_tasks_answer_from_their_choices(predictor):
+    image = rgb(32, 32, 4)
+    entail = predictor.entail([image, image], ['there is a red circle', 'a dog'], ['a scene', 'a scene'])
+    assert [r['answer'] in api.ENTAIL_ANSWERS for r in entail] == [True, True]
+    assert predictor.classify([image], ['circle', 'square'])[0]['label'] in ('circle', 'square')
+    [infilled, empty] = predictor.infill(['a red <mask> left of a <mask>', ''], max_length=6)
+    assert isinstance(infilled['text'], str) and empty == {'error': 'text is empty'}
+    assert isinstance(predictor.summarize(['a long article about shapes'], max_length=6)[0]['summary'], str)
+
+
+def test_evaluate_writes_predictions_and_metrics(workdir, tmp_path):
+    path, _ = workdir
+    config = small_config()
+    config.data.world_seed = 1000  # scenes the training never saw
+    scores = evaluate.evaluate(config, str(path), str(tmp_path / 'eval'), max_examples=3, batch_size=4)
+    assert set(scores) == {'world_caption', 'world_vqa', 'world_grounding'}
+    assert set(scores['world_caption']) == {'cider', 'bleu4', 'examples', 'dropped'}
+    for task in scores.values():
+        assert task['examples'] == 3
+        assert all(0.0 <= v <= 10.0 for k, v in task.items() if k not in ('examples', 'dropped'))
+    with open(tmp_path / 'eval' / 'metrics.json') as f:
+        assert json.load(f) == scores
+    with open(tmp_path / 'eval' / 'predictions.jsonl') as f:
+        lines = [json.loads(line) for line in f]
+    assert len(lines) == 9 and {line['task'] for line in lines} == set(scores)
+    grounding = [line for line in lines if line['task'] == 'world_grounding']
+    assert all(len(line['prediction']) == 4 and len(line['reference']) == 4 for line in grounding)
+    assert all(isinstance(line['prediction'], str) for line in lines if line['task'] == 'world_caption')
