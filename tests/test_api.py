@@ -7,16 +7,17 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from ofa_jax import api, evaluate, train
+from ofa_jax import api, evaluate, predict, train
 from ofa_jax.checkpoint import save_model
 from ofa_jax.data import boxes as B
 from ofa_jax.data import tasks as data_tasks
 from ofa_jax.data import vocab as V
 from ofa_jax.data.vocab import default_vocabulary
-from ofa_jax.model import model_config
+from ofa_jax.model import OFA, model_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'configs'))
@@ -37,9 +38,19 @@ def small_config(**changes):
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-    """A training workdir of two real trainer steps, keeping an EMA; every test's model comes from it."""
+    """A workdir as the trainer checkpoints it (orbax items state and config; no steps run, to keep the test fast),
+    whose EMA parameters differ from its parameters. Every call below answers two items, so they share compiled
+    programs."""
     path = tmp_path_factory.mktemp('train')
-    state = train.train(small_config(), str(path))
+    config = small_config()
+    model = OFA(model_config(config.model, **config.model_overrides))
+    state = train.initial_state(model, train.make_optimizer(config), config, IMAGE_SIZE)
+    state = state.replace(step=jnp.array(2, jnp.int32),
+                          ema_params=jax.tree_util.tree_map(lambda p: p * 0.5, state.params))
+    manager = ocp.CheckpointManager(str(path / 'checkpoints'), item_names=('state', 'config'))
+    manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            config=ocp.args.JsonSave(config.to_dict())))
+    manager.wait_until_finished()
     return path, state
 
 
@@ -114,33 +125,40 @@ def test_loads_a_training_workdir_with_its_ema(workdir):
 
 
 def test_ground_maps_boxes_back_through_the_resize(predictor):
-    image = rgb(48, 80)  # resized to 32 x 32: x shrinks by 2.5, y by 1.5
-    [result] = predictor.ground([image], ['the red circle'])
-    source_ids = predictor.vocab.encode(data_tasks.GROUNDING.format('the red circle'))
-    resized = predictor.prepare_image(image, 'ground')[0]
-    [in_model_pixels] = predictor.answer('ground', [api.ModelInput(source_ids, resized)])
-    np.testing.assert_allclose(result['box'], np.array(in_model_pixels['box']) * [2.5, 1.5, 2.5, 1.5])
-    assert result['score'] == pytest.approx(in_model_pixels['score'])
+    images = [rgb(48, 80), rgb(32, 32, 1)]  # the first is resized to 32 x 32: x shrinks by 2.5, y by 1.5
+    results = predictor.ground(images, ['the red circle', 'the blue square'])
+    inputs = [api.ModelInput(predictor.vocab.encode(data_tasks.GROUNDING.format(text)),
+                             predictor.prepare_image(image, 'ground')[0])
+              for image, text in zip(images, ['the red circle', 'the blue square'])]
+    in_model_pixels = predictor.answer('ground', inputs)  # scale 1: boxes in the model's 32-pixel image
+    np.testing.assert_allclose(results[0]['box'], np.array(in_model_pixels[0]['box']) * [2.5, 1.5, 2.5, 1.5])
+    np.testing.assert_allclose(results[1]['box'], in_model_pixels[1]['box'])
+    assert results[0]['score'] == pytest.approx(in_model_pixels[0]['score'])
     # Four bins of OFA's 512-pixel grid: multiples of 512 / 999 in the model's pixels.
-    bins = np.array(in_model_pixels['box']) / 512 * 999
+    bins = np.array([r['box'] for r in in_model_pixels]) / 512 * 999
     np.testing.assert_allclose(bins, np.round(bins), atol=1e-6)
 
 
 def test_all_candidates_picks_the_most_probable_answer(predictor):
-    image, question, answers = rgb(32, 32, 1), 'what shape is red', ['circle', 'a blue square', 'two', 'yes']
-    [result] = predictor.vqa([image], [question], answers)
-    # The answers' log-probabilities computed here from the model's logits, teacher-forced.
-    source = [V.BOS, *predictor.vocab.encode(' what shape is red?'), V.EOS]
-    pixels = jnp.asarray(predictor.prepare_image(image, 'vqa')[0])[None]
-    totals = []
-    for answer in answers:
-        target = predictor.vocab.encode(' ' + answer) + [V.EOS]
-        logits = predictor.model.apply(predictor.variables, jnp.array([source]), pixels, jnp.ones((1,), bool),
-                                       jnp.array([[V.BOS] + target[:-1]]))
-        logprobs = jax.nn.log_softmax(logits[0], axis=-1)
-        totals.append(float(sum(logprobs[i, t] for i, t in enumerate(target))))
-    assert result['answer'] == answers[int(np.argmax(totals))]
-    assert result['score'] == pytest.approx(max(totals), abs=1e-3)
+    images, questions = [rgb(32, 32, 1), rgb(32, 32, 2)], ['what shape is red', 'how many shapes']
+    answers = ['circle', 'a blue square', 'two', 'yes']
+    results = predictor.vqa(images, questions, answers)
+    # Every answer's log-probability, teacher-forced, from the model's logits in one batch of 2 x 4 rows.
+    vocab = predictor.vocab
+    sources = [[V.BOS, *vocab.encode(f' {q}?'), V.EOS] for q in questions]
+    targets = [vocab.encode(' ' + a) + [V.EOS] for a in answers]
+    length = max(map(len, targets))
+    source = np.full((8, max(map(len, sources))), V.PAD, np.int32)
+    previous, target = np.full((8, length), V.PAD, np.int32), np.full((8, length), V.PAD, np.int32)
+    for row in range(8):
+        q, a = sources[row // 4], targets[row % 4]
+        source[row, :len(q)], target[row, :len(a)], previous[row, :len(a)] = q, a, [V.BOS, *a[:-1]]
+    pixels = np.repeat(np.stack([predictor.prepare_image(i, 'vqa')[0] for i in images]), 4, axis=0)
+    logits = jax.jit(predictor.model.apply)(predictor.variables, source, pixels, np.ones(8, bool), previous)
+    logprobs = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), target[..., None], axis=-1)[..., 0]
+    totals = np.where(target != V.PAD, logprobs, 0.0).sum(axis=1).reshape(2, 4)
+    assert [r['answer'] for r in results] == [answers[i] for i in totals.argmax(axis=1)]
+    np.testing.assert_allclose([r['score'] for r in results], totals.max(axis=1), atol=1e-3)
 
 
 def test_trie_keeps_beam_answers_among_the_candidates(predictor):
@@ -151,45 +169,72 @@ def test_trie_keeps_beam_answers_among_the_candidates(predictor):
 
 def test_bad_items_get_errors_and_the_rest_is_answered(predictor, tmp_path):
     good = rgb(40, 40)
-    results = predictor.vqa([good, str(tmp_path / 'missing.png'), good, np.zeros((4, 4), np.float32)],
-                            ['what is red', 'what is red', '   ', 'what is red'], max_length=4)
-    assert 'answer' in results[0] and 'error' not in results[0]
+    results = predictor.vqa([good, str(tmp_path / 'missing.png'), good, np.zeros((4, 4), np.float32), good],
+                            ['what is red', 'what is red', '   ', 'what is red', 'what is blue'])
+    assert [sorted(r) for r in results] == [['answer', 'score'], ['error'], ['error'], ['error'], ['answer', 'score']]
     assert 'missing.png' in results[1]['error'] and 'cannot be read' in results[1]['error']
     assert results[2] == {'error': 'question is empty'}
     assert 'uint8' in results[3]['error']
-    # The same good item alone gets the same answer: padding rows do not leak into it.
-    assert predictor.vqa([good], ['what is red'], max_length=4)[0] == results[0]
+    assert predictor.summarize(['  ']) == [{'error': 'text is empty'}]
     with pytest.raises(ValueError, match='one entry per item'):
         predictor.vqa([good], ['a', 'b'])
     with pytest.raises(ValueError, match='labels must be a non-empty list'):
         predictor.classify([good], [])
 
 
-def test_entail_classify_and_text_tasks_answer_from_their_choices(predictor):
-    image = rgb(32, 32, 4)
-    entail = predictor.entail([image, image], ['there is a red circle', 'a dog'], ['a scene', 'a scene'])
-    assert [r['answer'] in api.ENTAIL_ANSWERS for r in entail] == [True, True]
-    assert predictor.classify([image], ['circle', 'square'])[0]['label'] in ('circle', 'square')
-    [infilled, empty] = predictor.infill(['a red <mask> left of a <mask>', ''], max_length=6)
-    assert isinstance(infilled['text'], str) and empty == {'error': 'text is empty'}
-    assert isinstance(predictor.summarize(['a long article about shapes'], max_length=6)[0]['summary'], str)
+def test_entail_classify_and_infill_answer_from_their_choices(predictor):
+    images = [rgb(32, 32, 4), rgb(32, 32, 5)]
+    entail = predictor.entail(images, ['there is a red circle', 'a dog'], ['a scene', 'a scene'])
+    assert all(r['answer'] in api.ENTAIL_ANSWERS for r in entail)
+    labels = ['circle', 'square', 'triangle', 'star']
+    assert all(r['label'] in labels for r in predictor.classify(images, labels))
+    infilled = predictor.infill(['a red <mask> left of a <mask>', '', 'the <mask> is blue'], max_length=6)
+    assert infilled[1] == {'error': 'text is empty'}
+    assert all(isinstance(r['text'], str) and r['score'] <= 0 for r in (infilled[0], infilled[2]))
 
 
-def test_evaluate_writes_predictions_and_metrics(workdir, tmp_path):
-    path, _ = workdir
+def test_evaluate_writes_predictions_and_metrics(predictor, tmp_path):
     config = small_config()
     config.data.world_seed = 1000  # scenes the training never saw
-    scores = evaluate.evaluate(config, str(path), str(tmp_path / 'eval'), max_examples=3, batch_size=4)
+    scores = evaluate.evaluate(config, '', str(tmp_path / 'eval'), max_examples=2, predictor=predictor)
     assert set(scores) == {'world_caption', 'world_vqa', 'world_grounding'}
     assert set(scores['world_caption']) == {'cider', 'bleu4', 'examples', 'dropped'}
     for task in scores.values():
-        assert task['examples'] == 3
+        assert task['examples'] == 2
         assert all(0.0 <= v <= 10.0 for k, v in task.items() if k not in ('examples', 'dropped'))
     with open(tmp_path / 'eval' / 'metrics.json') as f:
         assert json.load(f) == scores
     with open(tmp_path / 'eval' / 'predictions.jsonl') as f:
         lines = [json.loads(line) for line in f]
-    assert len(lines) == 9 and {line['task'] for line in lines} == set(scores)
+    assert len(lines) == 6 and {line['task'] for line in lines} == set(scores)
     grounding = [line for line in lines if line['task'] == 'world_grounding']
     assert all(len(line['prediction']) == 4 and len(line['reference']) == 4 for line in grounding)
     assert all(isinstance(line['prediction'], str) for line in lines if line['task'] == 'world_caption')
+
+
+def test_draw_boxes_outlines_each_box_in_red():
+    image = np.zeros((40, 60, 3), np.uint8)
+    drawing = np.asarray(predict.draw_boxes(image, [[10, 5, 30, 25]], ['x']))
+    assert drawing.shape == image.shape
+    red = (drawing[..., 0] > 200) & (drawing[..., 1] < 50)
+    assert red[5, 10:31].all() and red[25, 10:31].all() and red[5:26, 10].all() and red[5:26, 30].all()
+    assert not red[15, 20] and not red[35, 50]
+
+
+def test_predict_cli_prints_json_and_draws_the_boxes(workdir, tmp_path, capsys):
+    paths = []
+    for i, (height, width) in enumerate(((48, 80), (32, 32))):
+        paths.append(tmp_path / f'scene{i}.png')
+        Image.fromarray(rgb(height, width, i)).save(paths[-1])
+    predict.main(['--checkpoint', str(workdir[0]), '--task', 'ground', '--image', str(paths[0]), '--image',
+                  str(paths[1]), '--text', 'the red circle', '--text', 'the blue square',
+                  '--draw', str(tmp_path / 'boxes.png')])
+    results = json.loads(capsys.readouterr().out)
+    assert [r['image'] for r in results] == [str(p) for p in paths]
+    for i, result in enumerate(results):
+        assert len(result['box']) == 4 and result['drawing'] == str(tmp_path / f'boxes_{i}.png')
+        expected = predict.draw_boxes(np.asarray(Image.open(paths[i])), [result['box']], [result['text']])
+        np.testing.assert_array_equal(np.asarray(Image.open(result['drawing'])), np.asarray(expected))
+    with pytest.raises(SystemExit):
+        predict.main(['--checkpoint', str(workdir[0]), '--task', 'vqa', '--image', str(paths[0])])
+    assert 'one --text per --image' in capsys.readouterr().err
