@@ -7,7 +7,8 @@ Every evaluable task of the config (caption, VQA, grounding, SNLI-VE, ImageNet-s
 source once, in order, through the task's own preprocessing, in batches split over the devices of the mesh
 (config.mesh) of this one process. Outputs: predictions.jsonl (one line per example: task, id, prediction, reference) and metrics.json
 (CIDEr and BLEU-4 for captions, VQA score, grounding accuracy at IoU 0.5, accuracy for entailment and classification).
-Boxes are in the pixels of the model's input image (IoU does not change under the resize).
+Boxes are in the pixels of the model's input image (IoU does not change under the resize). VQA answers by free beam
+search; classification chooses among the labels of the evaluated examples.
 """
 import collections
 import json
