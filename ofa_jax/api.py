@@ -12,7 +12,6 @@ finetuning evaluation prepares them (bicubic square resize, normalization to [-1
 """
 import dataclasses
 import functools
-import io
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence

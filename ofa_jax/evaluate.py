@@ -5,8 +5,9 @@
 
 Every evaluable task of the config (caption, VQA, grounding, SNLI-VE, ImageNet-style classification) is run over its
 source once, in order, through the task's own preprocessing, in batches split over the devices of the mesh
-(config.mesh) of this one process. Outputs: predictions.jsonl (one line per example: task, id, prediction, reference) and metrics.json
-(CIDEr and BLEU-4 for captions, VQA score, grounding accuracy at IoU 0.5, accuracy for entailment and classification).
+(config.mesh) of this one process. Outputs: predictions.jsonl (one line per example: task, id, prediction,
+reference) and metrics.json (CIDEr and BLEU-4 for captions, VQA score, grounding accuracy at IoU 0.5, accuracy for
+entailment and classification).
 Boxes are in the pixels of the model's input image (IoU does not change under the resize). VQA answers by free beam
 search; classification chooses among the labels of the evaluated examples.
 """
@@ -15,18 +16,16 @@ import json
 import os
 from typing import Any, Optional
 
-import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from ofa_jax import api, metrics, sharding, train
-from ofa_jax.data import boxes as B
+from ofa_jax import api, metrics, sharding
+from ofa_jax import train  # noqa: F401 - defines the --config and --workdir flags this tool reads
 from ofa_jax.data import pipeline
 from ofa_jax.data import tasks as data_tasks
 from ofa_jax.data.vocab import default_vocabulary
 
-# --config (whose data section names the tasks) and --workdir (where the outputs go) are the trainer's flags.
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'A save_model directory or a training workdir.')
 _MAX_EXAMPLES = flags.DEFINE_integer('max_examples', 0, 'Examples per task (0: the whole source).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 0, 'Examples per model call (0: the config\'s batch_size).')
