@@ -7,7 +7,6 @@ import json
 import os
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,14 +35,16 @@ def evaluate(config: ml_collections.ConfigDict, state: Any, workdir: str, count:
     world = World(size=count, seed=config.data.world_seed + 1000, image_size=config.data.image_size)
     spec = pipeline.BatchSpec(count, config.data.image_size, config.data.max_source_length,
                               config.data.max_target_length)
-    generate = jax.jit(decode.greedy, static_argnums=(0, 5))
+    # Greedy; a box is exactly four bins, then eos.
+    settings = {'grounding': decode.DecodeSettings(beam_size=1, max_length=5, min_length=4)}
     predictions, scores = {}, {}
     for name in EVALUATED:
         examples = _examples(f'world_{name}', world, count)
         batch = pipeline.to_batch(examples, spec, [f'world_{name}'])
-        tokens = np.asarray(generate(model, variables, batch['src_tokens'], batch['patch_images'],
-                                     batch['patch_masks'], 4 if name == 'grounding' else 16,
-                                     batch['constraint_ranges'] if name == 'grounding' else None))
+        tokens, _ = decode.generate(model, variables, batch['src_tokens'], batch['patch_images'],
+                                    batch['patch_masks'], settings.get(name, decode.DecodeSettings(beam_size=1)),
+                                    constraint_ranges=batch['constraint_ranges'] if name == 'grounding' else None)
+        tokens = np.asarray(tokens[:, 0])
         if name == 'grounding':
             predicted = np.stack([boxes.dequantize(np.clip(t[:4] - vocab.bin_id(0), 0, 999)) for t in tokens])
             truth = np.stack([boxes.dequantize(boxes.quantize(e['region'])) for e in examples])

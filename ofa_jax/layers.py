@@ -5,7 +5,7 @@ Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`, `voca
 mesh axes; activations are constrained with the same names.
 """
 import math
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -58,11 +58,16 @@ class MultiHeadAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array, mask: jax.Array,
-                 deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array, mask: jax.Array, deterministic: bool,
+                 cache: Optional[str] = None, decode_position: Optional[jax.Array] = None,
+                 cache_length: int = 0) -> jax.Array:
         """x: [batch, q_len, embed]; kv: [batch, kv_len, embed]; bias: float32 broadcastable to
         [batch, heads, q_len, kv_len]; mask: bool broadcastable to the same, True where attending is allowed.
-        Returns [batch, q_len, embed]."""
+        Returns [batch, q_len, embed].
+
+        Incremental decoding: cache='self' writes the keys/values of kv (one position) at decode_position of a
+        [batch, cache_length] cache (collection 'cache') and attends over all of it; cache='cross' projects kv on
+        the first call only and keeps the keys/values in the collection 'encoder_cache'."""
         d_model = x.shape[-1]
         head_dim = d_model // self.num_heads
 
@@ -73,8 +78,23 @@ class MultiHeadAttention(nn.Module):
 
         qkv_axes = ('batch', 'length', 'heads', 'kv')
         q = nn.with_logical_constraint(projection('q_proj')(x), qkv_axes) * (head_dim * self.scale_factor) ** -0.5
-        k = nn.with_logical_constraint(projection('k_proj')(kv), qkv_axes)
-        v = nn.with_logical_constraint(projection('v_proj')(kv), qkv_axes)
+
+        def keys_values():
+            return (nn.with_logical_constraint(projection('k_proj')(kv), qkv_axes),
+                    nn.with_logical_constraint(projection('v_proj')(kv), qkv_axes))
+
+        if cache == 'cross':
+            k, v = computed_once(self, 'keys_values', keys_values)
+        elif cache == 'self':
+            k, v = keys_values()
+            shape = (k.shape[0], cache_length) + k.shape[2:]
+            cached_k = self.variable('cache', 'key', jnp.zeros, shape, k.dtype)
+            cached_v = self.variable('cache', 'value', jnp.zeros, shape, v.dtype)
+            cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k, decode_position, axis=1)
+            cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v, decode_position, axis=1)
+            k, v = cached_k.value, cached_v.value
+        else:
+            k, v = keys_values()
         logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) + bias
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1)
@@ -91,14 +111,14 @@ class MultiHeadAttention(nn.Module):
 
 def attention_block(x: jax.Array, kv: Optional[jax.Array], bias: jax.Array, mask: jax.Array, *, prefix: str,
                     num_heads: int, scale_factor: float, dropout: float, attention_dropout: float,
-                    drop_path: DropPath, deterministic: bool, dtype: jnp.dtype) -> jax.Array:
+                    drop_path: DropPath, deterministic: bool, dtype: jnp.dtype, **cache_args) -> jax.Array:
     """Pre-LN NormFormer attention: x + DropPath(Dropout(mid_LN(Attn(LN(x))))). Self-attention when kv is None.
 
     Called inside a layer's compact method; submodules are named `{prefix}`, `{prefix}_layer_norm` and
-    `{prefix}_mid_layer_norm` as in OFA's checkpoints."""
+    `{prefix}_mid_layer_norm` as in OFA's checkpoints. cache_args go to MultiHeadAttention (incremental decoding)."""
     h = layer_norm(dtype, f'{prefix}_layer_norm')(x)
     h = MultiHeadAttention(num_heads, scale_factor, attention_dropout, dtype, name=prefix)(
-        h, h if kv is None else kv, bias, mask, deterministic)
+        h, h if kv is None else kv, bias, mask, deterministic, **cache_args)
     h = layer_norm(dtype, f'{prefix}_mid_layer_norm')(h)
     h = nn.Dropout(dropout)(h, deterministic=deterministic)
     return x + drop_path(h, deterministic)
@@ -166,15 +186,29 @@ def gather_table(table: nn.Embed, buckets: np.ndarray | jax.Array) -> jax.Array:
     return jnp.moveaxis(values, -1, -3)
 
 
-def position_bias(q_linear: nn.Dense, k_linear: nn.Dense, q_pos: jax.Array, k_pos: jax.Array,
-                  num_heads: int, scale_factor: float) -> jax.Array:
+def position_keys(k_linear: nn.Dense, k_pos: jax.Array, num_heads: int) -> jax.Array:
+    """Key side of the absolute-position bias: k_pos [b, k_len, embed] -> [b, k_len, heads, head_dim]."""
+    return k_linear(k_pos).reshape(*k_pos.shape[:2], num_heads, k_pos.shape[-1] // num_heads)
+
+
+def position_bias(q_linear: nn.Dense, keys: jax.Array, q_pos: jax.Array, num_heads: int,
+                  scale_factor: float) -> jax.Array:
     """Disentangled absolute-position bias: (W_q p_i)(W_k p_j) per head.
 
-    q_pos: [b, q_len, embed], k_pos: [b, k_len, embed] (b may be 1) -> float32 [b, heads, q_len, k_len]."""
+    keys: `position_keys` of the key positions [b, k_len, heads, head_dim]; q_pos: [b, q_len, embed] (either b may
+    be 1) -> float32 [b, heads, q_len, k_len]."""
     head_dim = q_pos.shape[-1] // num_heads
     q = q_linear(q_pos).reshape(*q_pos.shape[:2], num_heads, head_dim) * (head_dim * scale_factor) ** -0.5
-    k = k_linear(k_pos).reshape(*k_pos.shape[:2], num_heads, head_dim)
-    return jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
+    return jnp.einsum('bqhd,bkhd->bhqk', q, keys).astype(jnp.float32)
+
+
+def computed_once(module: nn.Module, name: str, compute: Callable[[], Any]) -> Any:
+    """compute() on the first decoding call, kept in the module's 'encoder_cache' collection for the later ones."""
+    if module.has_variable('encoder_cache', name):
+        return module.get_variable('encoder_cache', name)
+    value = compute()
+    module.put_variable('encoder_cache', name, value)
+    return value
 
 
 def linear_rates(rate: float, num: int) -> Sequence[float]:

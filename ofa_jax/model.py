@@ -125,14 +125,19 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, self_bias: jax.Array, self_mask: jax.Array, encoder_hidden: jax.Array,
-                 cross_bias: jax.Array, cross_mask: jax.Array) -> jax.Array:
+                 cross_bias: jax.Array, cross_mask: jax.Array, decode_position: Optional[jax.Array] = None,
+                 cache_length: int = 0) -> jax.Array:
         cfg, deterministic = self.config, self.deterministic
+        decoding = decode_position is not None
         drop_path = layers.DropPath(self.drop_path_rate)
         common = dict(num_heads=cfg.num_heads, scale_factor=cfg.attn_scale_factor, dropout=cfg.dropout,
                       attention_dropout=cfg.attention_dropout, drop_path=drop_path, deterministic=deterministic,
                       dtype=cfg.compute_dtype)
-        x = layers.attention_block(x, None, self_bias, self_mask, prefix='self_attn', **common)
-        x = layers.attention_block(x, encoder_hidden, cross_bias, cross_mask, prefix='cross_attn', **common)
+        x = layers.attention_block(x, None, self_bias, self_mask, prefix='self_attn', **common,
+                                   **(dict(cache='self', decode_position=decode_position, cache_length=cache_length)
+                                      if decoding else {}))
+        x = layers.attention_block(x, encoder_hidden, cross_bias, cross_mask, prefix='cross_attn', **common,
+                                   **(dict(cache='cross') if decoding else {}))
         x = layers.feed_forward_block(
             x, ffn_dim=cfg.ffn_dim, dropout=cfg.dropout, activation_dropout=cfg.activation_dropout,
             drop_path=drop_path, deterministic=deterministic, dtype=cfg.compute_dtype)
@@ -195,9 +200,10 @@ class Encoder(nn.Module):
 
         x = x * valid[..., None].astype(x.dtype)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-        abs_bias = layers.position_bias(layers.dense(cfg.d_model, dtype, 'pos_q_linear'),
-                                        layers.dense(cfg.d_model, dtype, 'pos_k_linear'),
-                                        pos, pos, cfg.num_heads, cfg.attn_scale_factor)
+        abs_bias = layers.position_bias(
+            layers.dense(cfg.d_model, dtype, 'pos_q_linear'),
+            layers.position_keys(layers.dense(cfg.d_model, dtype, 'pos_k_linear'), pos, cfg.num_heads),
+            pos, cfg.num_heads, cfg.attn_scale_factor)
         mask = valid[:, None, None, :]
         token_buckets = layers.token_relative_buckets(cfg.token_bucket_size, cfg.max_positions)[
             :text_len, :text_len]
@@ -237,21 +243,35 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, prev_output_tokens: jax.Array, encoder_out: EncoderOutput, code_masks: Optional[jax.Array],
-                 train: bool) -> jax.Array:
+                 train: bool, decode_position: Optional[jax.Array] = None, cache_length: int = 0) -> jax.Array:
+        """Logits [batch, length, vocab]. Incremental decoding (decode_position given): prev_output_tokens
+        [batch, 1] is the token at decode_position of a sequence of at most cache_length tokens; attention keys and
+        values live in the collections 'cache' (per position) and 'encoder_cache' (computed on the first call)."""
         cfg = self.config
         dtype = cfg.compute_dtype
         batch, length = prev_output_tokens.shape
-        pos_bias = dict(num_heads=cfg.num_heads, scale_factor=cfg.attn_scale_factor)
+        decoding = decode_position is not None
+        positions = cache_length if decoding else length  # key positions of the self-attention
+        heads, scale = cfg.num_heads, cfg.attn_scale_factor
         self_q = layers.dense(cfg.d_model, dtype, 'self_pos_q_linear')
         self_k = layers.dense(cfg.d_model, dtype, 'self_pos_k_linear')
         cross_q = layers.dense(cfg.d_model, dtype, 'cross_pos_q_linear')
         cross_k = layers.dense(cfg.d_model, dtype, 'cross_pos_k_linear')
-        src_pos = encoder_out.position_embedding
 
+        def once(name, compute):
+            return layers.computed_once(self, name, compute) if decoding else compute()
+
+        def query_rows(table, axis):  # the rows of the queries: all positions, or the one being decoded
+            return jax.lax.dynamic_slice_in_dim(table, decode_position, 1, axis) if decoding else table
+
+        src_keys = once('cross_position_keys', lambda: layers.position_keys(cross_k, encoder_out.position_embedding,
+                                                                            heads))
         text_pos = layers.layer_norm(dtype, 'pos_ln')(
-            layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions')(jnp.arange(length)))[None]
-        self_bias = layers.position_bias(self_q, self_k, text_pos, text_pos, **pos_bias)
-        cross_bias = layers.position_bias(cross_q, cross_k, text_pos, src_pos, **pos_bias)
+            layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions')(
+                jnp.arange(positions)))[None]
+        text_keys = once('self_position_keys', lambda: layers.position_keys(self_k, text_pos, heads))
+        self_bias = layers.position_bias(self_q, text_keys, query_rows(text_pos, 1), heads, scale)
+        cross_bias = layers.position_bias(cross_q, src_keys, query_rows(text_pos, 1), heads, scale)
         x = self.embed_tokens(prev_output_tokens)
         text_x = layers.layer_norm(dtype, 'layernorm_embedding')(x)
 
@@ -261,29 +281,35 @@ class Decoder(nn.Module):
         if with_codes:
             if code_masks is None:
                 code_masks = jnp.zeros((batch,), bool)
-            code_ids = layers.code_position_ids(length, cfg.code_image_size, cfg.image_bucket_size)
+            code_ids = layers.code_position_ids(positions, cfg.code_image_size, cfg.image_bucket_size)
             code_pos = layers.layer_norm(dtype, 'image_pos_ln')(
                 layers.embedding(cfg.image_bucket_size ** 2 + 1, cfg.d_model, dtype, 'embed_image_positions')(
                     jnp.asarray(code_ids)))[None]
+            code_keys = once('self_code_position_keys', lambda: layers.position_keys(self_k, code_pos, heads))
             is_code = code_masks[:, None, None, None]
-            self_bias = jnp.where(is_code, layers.position_bias(self_q, self_k, code_pos, code_pos, **pos_bias),
-                                  self_bias)
-            cross_bias = jnp.where(is_code, layers.position_bias(cross_q, cross_k, code_pos, src_pos, **pos_bias),
-                                   cross_bias)
+            self_bias = jnp.where(is_code, layers.position_bias(self_q, code_keys, query_rows(code_pos, 1), heads,
+                                                                scale), self_bias)
+            cross_bias = jnp.where(is_code, layers.position_bias(cross_q, src_keys, query_rows(code_pos, 1), heads,
+                                                                 scale), cross_bias)
             code_x = layers.layer_norm(dtype, 'code_layernorm_embedding')(x)
             x = jnp.where(code_masks[:, None, None], code_x, text_x)
-            image_buckets = layers.image_relative_buckets(code_ids, code_ids, cfg.image_bucket_size)
+            image_buckets = query_rows(jnp.asarray(layers.image_relative_buckets(code_ids, code_ids,
+                                                                                 cfg.image_bucket_size)), 0)
         else:
             x = text_x
         x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
-        causal = jnp.tril(jnp.ones((length, length), bool))
-        self_mask = causal[None, None] & (prev_output_tokens != PAD_ID)[:, None, None, :]
+        if decoding:  # earlier positions only; the tokens fed so far are never padding
+            self_mask = (jnp.arange(positions) <= decode_position)[None, None, None, :]
+        else:
+            causal = jnp.tril(jnp.ones((length, length), bool))
+            self_mask = causal[None, None] & (prev_output_tokens != PAD_ID)[:, None, None, :]
         cross_mask = ~encoder_out.padding_mask[:, None, None, :]
-        token_buckets = layers.token_relative_buckets(cfg.token_bucket_size, cfg.max_positions)[:length, :length]
+        token_buckets = query_rows(jnp.asarray(
+            layers.token_relative_buckets(cfg.token_bucket_size, cfg.max_positions)[:positions, :positions]), 0)
 
-        layer_cls = _layer_class(DecoderLayer, cfg.remat)
+        layer_cls = DecoderLayer if decoding else _layer_class(DecoderLayer, cfg.remat)  # remat only pays in training
         rates = layers.linear_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
         for i in range(cfg.decoder_layers):
             token_table = layers.embedding(2 * cfg.token_bucket_size - 1, cfg.num_heads, dtype,
@@ -294,7 +320,8 @@ class Decoder(nn.Module):
                                                f'image_rel_pos_table_{i}', ('rel_buckets', 'heads'))
                 rel = jnp.where(is_code, layers.gather_table(image_table, image_buckets)[None], rel)
             x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(
-                x, self_bias + rel, self_mask, encoder_out.hidden, cross_bias, cross_mask)
+                x, self_bias + rel, self_mask, encoder_out.hidden, cross_bias, cross_mask,
+                *((decode_position, cache_length) if decoding else ()))
         x = layers.layer_norm(dtype, 'layer_norm')(x)
         logits = self.embed_tokens.attend(x).astype(jnp.float32)
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
@@ -334,6 +361,14 @@ class OFA(nn.Module):
                code_masks: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
         validate_target(self.config, prev_output_tokens, code_masks, encoder_out.hidden.shape[0])
         return self.decoder(jnp.asarray(prev_output_tokens), encoder_out, code_masks, train)
+
+    def decode_step(self, encoder_out: EncoderOutput, tokens: jax.Array, position: jax.Array, cache_length: int,
+                    code_masks: Optional[jax.Array] = None) -> jax.Array:
+        """Logits [batch, vocab] after feeding tokens [batch] at decoder position `position` (< cache_length).
+
+        Apply with mutable=['cache', 'encoder_cache'] at position 0, then with the returned collections and
+        mutable=['cache'] at each following position; the result equals `decode` over the whole prefix."""
+        return self.decoder(jnp.asarray(tokens)[:, None], encoder_out, code_masks, False, position, cache_length)[:, 0]
 
 
 def _is_concrete(x: Any) -> bool:

@@ -1,0 +1,237 @@
+"""The Python API: checkpoint kinds, image reading, boxes back in original pixels, detection parsing, candidate
+scoring, per-item errors, and the evaluation over a tiny split of the synthetic world (nano model)."""
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from ofa_jax import api, evaluate, predict, train
+from ofa_jax.checkpoint import save_model
+from ofa_jax.data import boxes as B
+from ofa_jax.data import tasks as data_tasks
+from ofa_jax.data import vocab as V
+from ofa_jax.data.vocab import default_vocabulary
+from ofa_jax.model import OFA, model_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'configs'))
+import demo as demo_config  # noqa: E402
+
+IMAGE_SIZE = 32
+
+
+def small_config(**changes):
+    config = demo_config.get_config()
+    # One layer each side: every compiled program is smaller, and nothing here depends on depth.
+    config.model_overrides = dict(dropout=0.0, code_image_size=16, freeze_batch_norm=True, encoder_layers=1,
+                                  decoder_layers=1)
+    config.data.update(dict(image_size=IMAGE_SIZE, world_size=64, max_source_length=24, max_target_length=16))
+    config.update(dict(batch_size=8, total_steps=2, log_every=1, checkpoint_every=2, demo_evaluation=False,
+                       warmup_steps=1, ema_decay=0.5))
+    config.update(changes)
+    return config
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+    """A workdir as the trainer checkpoints it (orbax items state and config; no steps run, to keep the test fast),
+    whose EMA parameters differ from its parameters. Every call below answers two items, so they share compiled
+    programs."""
+    path = tmp_path_factory.mktemp('train')
+    config = small_config()
+    model = OFA(model_config(config.model, **config.model_overrides))
+    state = train.initial_state(model, train.make_optimizer(config), config, IMAGE_SIZE)
+    state = state.replace(step=jnp.array(2, jnp.int32),
+                          ema_params=jax.tree_util.tree_map(lambda p: p * 0.5, state.params))
+    manager = ocp.CheckpointManager(str(path / 'checkpoints'), item_names=('state', 'config'))
+    manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            config=ocp.args.JsonSave(config.to_dict())))
+    manager.wait_until_finished()
+    return path, state
+
+
+@pytest.fixture(scope='module')
+def predictor(workdir):
+    return api.Predictor.load(workdir[0], batch_size=4)
+
+
+def rgb(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8)
+
+
+def test_read_image_takes_paths_bytes_pil_and_arrays(tmp_path):
+    image = rgb(20, 30)
+    path = tmp_path / 'image.png'
+    Image.fromarray(image).save(path)
+    for given in (str(path), path, path.read_bytes(), Image.fromarray(image), image):
+        np.testing.assert_array_equal(api.read_image(given), image)
+    gray = api.read_image(image[..., 0])
+    assert gray.shape == (20, 30, 3) and np.array_equal(gray[..., 2], image[..., 0])
+
+
+def test_read_image_errors_say_what_was_wrong(tmp_path):
+    (tmp_path / 'broken.jpg').write_bytes(b'not an image')
+    with pytest.raises(ValueError, match='cannot be read'):
+        api.read_image(str(tmp_path / 'missing.jpg'))
+    with pytest.raises(ValueError, match='not a readable image file'):
+        api.read_image(str(tmp_path / 'broken.jpg'))
+    with pytest.raises(ValueError, match='uint8'):
+        api.read_image(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match='path, bytes, a PIL image'):
+        api.read_image(3)
+
+
+def test_batches_pad_to_power_of_two_buckets():
+    assert [api._bucket(n, 16, 1) for n in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert [api._bucket(n, 6, 4) for n in (1, 3, 5)] == [4, 4, 8]
+
+
+def test_parse_detection_reads_boxes_and_labels_in_original_pixels():
+    vocab = default_vocabulary()
+    scale = (0.5, 2.0)  # the resize halved the width and doubled the height
+    first, second = [10.0, 20.0, 50.0, 60.0], [0.0, 5.0, 30.0, 40.0]
+    tokens = (B.box_to_tokens(first, vocab) + vocab.encode(' red circle') + B.box_to_tokens(second, vocab)
+              + vocab.encode(' blue square') + B.box_to_tokens(first, vocab)[:3] + [V.EOS, 7, 8])
+    found, labels = api.parse_detection(tokens, vocab, scale)
+    assert labels == ['red circle', 'blue square']  # the cut-off third box and what follows eos are ignored
+    expected = [B.dequantize(B.quantize(b)) / [0.5, 2.0, 0.5, 2.0] for b in (first, second)]
+    np.testing.assert_allclose(found, expected)
+    assert api.parse_detection(B.box_to_tokens(first, vocab) + [V.EOS], vocab)[1] == []  # a box with no label
+
+
+def test_loads_a_model_directory(workdir, tmp_path):
+    config = model_config('nano', **small_config().model_overrides)
+    variables = {'params': workdir[1].params, 'batch_stats': workdir[1].batch_stats}
+    save_model(tmp_path / 'model', config, variables)
+    checkpoint = api.load_checkpoint(tmp_path / 'model')
+    assert checkpoint.config == config and checkpoint.image_size is None
+    jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables, variables)
+    with pytest.raises(ValueError, match='neither a model directory'):
+        api.load_checkpoint(tmp_path)
+
+
+def test_loads_a_training_workdir_with_its_ema(workdir):
+    path, state = workdir
+    checkpoint = api.load_checkpoint(path)
+    assert checkpoint.step == 2 and checkpoint.image_size == IMAGE_SIZE and checkpoint.max_source_length == 24
+    jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['params'], state.ema_params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['batch_stats'], state.batch_stats)
+    assert not np.array_equal(checkpoint.variables['params']['embed_tokens']['embedding'],
+                              state.params['embed_tokens']['embedding'])
+
+
+def test_ground_maps_boxes_back_through_the_resize(predictor):
+    images = [rgb(48, 80), rgb(32, 32, 1)]  # the first is resized to 32 x 32: x shrinks by 2.5, y by 1.5
+    results = predictor.ground(images, ['the red circle', 'the blue square'])
+    inputs = [api.ModelInput(predictor.vocab.encode(data_tasks.GROUNDING.format(text)),
+                             predictor.prepare_image(image, 'ground')[0])
+              for image, text in zip(images, ['the red circle', 'the blue square'])]
+    in_model_pixels = predictor.answer('ground', inputs)  # scale 1: boxes in the model's 32-pixel image
+    np.testing.assert_allclose(results[0]['box'], np.array(in_model_pixels[0]['box']) * [2.5, 1.5, 2.5, 1.5])
+    np.testing.assert_allclose(results[1]['box'], in_model_pixels[1]['box'])
+    assert results[0]['score'] == pytest.approx(in_model_pixels[0]['score'])
+    # Four bins of OFA's 512-pixel grid: multiples of 512 / 999 in the model's pixels.
+    bins = np.array([r['box'] for r in in_model_pixels]) / 512 * 999
+    np.testing.assert_allclose(bins, np.round(bins), atol=1e-6)
+
+
+def test_all_candidates_picks_the_most_probable_answer(predictor):
+    images, questions = [rgb(32, 32, 1), rgb(32, 32, 2)], ['what shape is red', 'how many shapes']
+    answers = ['circle', 'two', 'yes']  # one token each, as entail's and classify's: one compiled scoring program
+    results = predictor.vqa(images, questions, answers)
+    # Every answer's log-probability, teacher-forced, from the model's logits in one batch of 2 x 3 rows.
+    vocab = predictor.vocab
+    sources = [[V.BOS, *vocab.encode(f' {q}?'), V.EOS] for q in questions]
+    targets = [vocab.encode(' ' + a) + [V.EOS] for a in answers]
+    length = max(map(len, targets))
+    source = np.full((6, max(map(len, sources))), V.PAD, np.int32)
+    previous, target = np.full((6, length), V.PAD, np.int32), np.full((6, length), V.PAD, np.int32)
+    for row in range(6):
+        q, a = sources[row // 3], targets[row % 3]
+        source[row, :len(q)], target[row, :len(a)], previous[row, :len(a)] = q, a, [V.BOS, *a[:-1]]
+    pixels = np.repeat(np.stack([predictor.prepare_image(i, 'vqa')[0] for i in images]), 3, axis=0)
+    logits = jax.jit(predictor.model.apply)(predictor.variables, source, pixels, np.ones(6, bool), previous)
+    logprobs = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), target[..., None], axis=-1)[..., 0]
+    totals = np.where(target != V.PAD, logprobs, 0.0).sum(axis=1).reshape(2, 3)
+    assert [r['answer'] for r in results] == [answers[i] for i in totals.argmax(axis=1)]
+    np.testing.assert_allclose([r['score'] for r in results], totals.max(axis=1), atol=1e-3)
+
+
+def test_bad_items_get_errors_and_trie_answers_stay_among_the_candidates(predictor, tmp_path):
+    good, answers = rgb(40, 40), ['circle', 'blue square', 'two']
+    results = predictor.vqa([good, str(tmp_path / 'missing.png'), good, np.zeros((4, 4), np.float32), good],
+                            ['what is red', 'what is red', '   ', 'what is red', 'how many'], answers, mode='trie')
+    assert [sorted(r) for r in results] == [['answer', 'score'], ['error'], ['error'], ['error'], ['answer', 'score']]
+    assert results[0]['answer'] in answers and results[4]['answer'] in answers
+    assert 'missing.png' in results[1]['error'] and 'cannot be read' in results[1]['error']
+    assert results[2] == {'error': 'question is empty'}
+    assert 'uint8' in results[3]['error']
+    assert predictor.summarize(['  ']) == [{'error': 'text is empty'}]
+    with pytest.raises(ValueError, match='one entry per item'):
+        predictor.vqa([good], ['a', 'b'])
+    with pytest.raises(ValueError, match='labels must be a non-empty list'):
+        predictor.classify([good], [])
+
+
+def test_entail_classify_and_infill_answer_from_their_choices(predictor):
+    images = [rgb(32, 32, 4), rgb(32, 32, 5)]
+    entail = predictor.entail(images, ['there is a red circle', 'a dog'], ['a scene', 'a scene'])
+    assert all(r['answer'] in api.ENTAIL_ANSWERS for r in entail)
+    labels = ['circle', 'square', 'star']
+    assert all(r['label'] in labels for r in predictor.classify(images, labels))
+    infilled = predictor.infill(['a red <mask> left of a <mask>', '', 'the <mask> is blue'], max_length=6)
+    assert infilled[1] == {'error': 'text is empty'}
+    assert all(isinstance(r['text'], str) and r['score'] <= 0 for r in (infilled[0], infilled[2]))
+
+
+def test_evaluate_writes_predictions_and_metrics(predictor, tmp_path):
+    config = small_config()
+    config.data.world_seed = 1000  # scenes the training never saw
+    scores = evaluate.evaluate(config, '', str(tmp_path / 'eval'), max_examples=2, predictor=predictor)
+    assert set(scores) == {'world_caption', 'world_vqa', 'world_grounding'}
+    assert set(scores['world_caption']) == {'cider', 'bleu4', 'examples', 'dropped'}
+    for task in scores.values():
+        assert task['examples'] == 2
+        assert all(0.0 <= v <= 10.0 for k, v in task.items() if k not in ('examples', 'dropped'))
+    with open(tmp_path / 'eval' / 'metrics.json') as f:
+        assert json.load(f) == scores
+    with open(tmp_path / 'eval' / 'predictions.jsonl') as f:
+        lines = [json.loads(line) for line in f]
+    assert len(lines) == 6 and {line['task'] for line in lines} == set(scores)
+    grounding = [line for line in lines if line['task'] == 'world_grounding']
+    assert all(len(line['prediction']) == 4 and len(line['reference']) == 4 for line in grounding)
+    assert all(isinstance(line['prediction'], str) for line in lines if line['task'] == 'world_caption')
+
+
+def test_draw_boxes_outlines_each_box_in_red():
+    image = np.zeros((40, 60, 3), np.uint8)
+    drawing = np.asarray(predict.draw_boxes(image, [[10, 5, 30, 25]], ['x']))
+    assert drawing.shape == image.shape
+    red = (drawing[..., 0] > 200) & (drawing[..., 1] < 50)
+    assert red[5, 10:31].all() and red[25, 10:31].all() and red[5:26, 10].all() and red[5:26, 30].all()
+    assert not red[15, 20] and not red[35, 50]
+
+
+def test_predict_cli_prints_json_and_draws_the_boxes(workdir, tmp_path, capsys):
+    paths = []
+    for i, (height, width) in enumerate(((48, 80), (32, 32))):
+        paths.append(tmp_path / f'scene{i}.png')
+        Image.fromarray(rgb(height, width, i)).save(paths[-1])
+    predict.main(['--checkpoint', str(workdir[0]), '--task', 'ground', '--image', str(paths[0]), '--image',
+                  str(paths[1]), '--text', 'the red circle', '--text', 'the blue square',
+                  '--draw', str(tmp_path / 'boxes.png')])
+    results = json.loads(capsys.readouterr().out)
+    assert [r['image'] for r in results] == [str(p) for p in paths]
+    for i, result in enumerate(results):
+        assert len(result['box']) == 4 and result['drawing'] == str(tmp_path / f'boxes_{i}.png')
+        expected = predict.draw_boxes(np.asarray(Image.open(paths[i])), [result['box']], [result['text']])
+        np.testing.assert_array_equal(np.asarray(Image.open(result['drawing'])), np.asarray(expected))
+    with pytest.raises(SystemExit):
+        predict.main(['--checkpoint', str(workdir[0]), '--task', 'vqa', '--image', str(paths[0])])
+    assert 'one --text per --image' in capsys.readouterr().err

@@ -1,0 +1,113 @@
+"""Beam search, greedy decoding, sampling and candidate scoring on a random nano model."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ofa_jax.data import vocab as V
+from ofa_jax.decode import DecodeSettings, Trie, generate, score_candidates
+from ofa_jax.model import OFA, init_variables, model_config
+
+VOCAB = 600  # a small vocabulary keeps the output projection cheap; ids 4.. are ordinary tokens
+
+
+@pytest.fixture(scope='module')
+def setup():
+    config = model_config('nano', vocab_size=VOCAB, dropout=0.0)
+    variables = nn.meta.unbox(init_variables(config, jax.random.key(0)))
+    # Sharper output distributions than N(0, 0.02) weights give, so beams differ and ties are unlikely.
+    variables['params']['embed_tokens']['embedding'] *= 20.0
+    rng = np.random.default_rng(0)
+    src = np.concatenate([np.zeros((3, 1)), rng.integers(4, VOCAB, (3, 6)), np.full((3, 1), V.EOS)], 1)
+    images = rng.uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+    return OFA(config), variables, jnp.asarray(src, jnp.int32), jnp.asarray(images)
+
+
+def run(setup, settings, **kwargs):
+    model, variables, src, images = setup
+    tokens, scores = generate(model, variables, src, images, None, settings, **kwargs)
+    return np.asarray(tokens), np.asarray(scores)
+
+
+def generated(row):
+    """The ids before eos."""
+    row = list(row)
+    return row[:row.index(V.EOS)] if V.EOS in row else row
+
+
+def test_cache_gives_the_tokens_and_scores_of_recomputation(setup):
+    settings = DecodeSettings(beam_size=3, max_length=7, min_length=2, length_penalty=0.7, no_repeat_ngram_size=2)
+    prefix = np.array([[50, 60], [70, V.PAD], [V.PAD, V.PAD]], np.int32)  # rows force 2, 1 and 0 tokens
+    cached = run(setup, settings, prefix_tokens=prefix)
+    recomputed = run(setup, settings, prefix_tokens=prefix, use_cache=False)
+    np.testing.assert_array_equal(cached[0], recomputed[0])
+    np.testing.assert_allclose(cached[1], recomputed[1], rtol=1e-5)
+    tokens, scores = cached
+    assert tokens.shape == (3, 3, 7) and scores.shape == (3, 3)
+    assert np.all(np.diff(scores, axis=1) <= 0)  # best first
+    for row in tokens.reshape(-1, 7):
+        ids = generated(row)
+        assert len(ids) >= 2 and V.PAD not in ids  # min_length; pad never chosen
+        assert all(t == V.PAD for t in row[len(ids) + 1:])
+        bigrams = list(zip(ids, ids[1:]))
+        assert len(bigrams) == len(set(bigrams))
+
+
+def test_greedy_scores_are_the_teacher_forced_log_probs(setup):
+    model, variables, src, images = setup
+    tokens, scores = run(setup, DecodeSettings(beam_size=1, max_length=6))
+    answers = [generated(row) for row in tokens[:, 0]]
+    forced = score_candidates(model, variables, src, images, None, answers, batch_size=4)
+    lengths = np.array([len(a) + 1 for a in answers])
+    np.testing.assert_allclose(scores[:, 0] * lengths, np.diag(np.asarray(forced)), rtol=1e-5)
+
+
+def test_constraint_ranges_and_trie_restrict_the_tokens(setup):
+    ranges = np.array([[100, 120], [300, 310], [4, VOCAB]], np.int32)
+    tokens, _ = run(setup, DecodeSettings(beam_size=2, max_length=5, min_length=4), constraint_ranges=ranges)
+    for row, (low, high) in zip(tokens, ranges):
+        for hypothesis in row:
+            assert all(low <= t < high for t in hypothesis[:4]) and hypothesis[4] == V.EOS
+
+    answers = [[10, 11], [10, 12, 13], [20]]
+    tokens, scores = run(setup, DecodeSettings(beam_size=4, max_length=5), trie=Trie.from_sequences(answers))
+    for row, row_scores in zip(tokens, scores):
+        found = [generated(h) for h, s in zip(row, row_scores) if np.isfinite(s)]
+        assert sorted(found) == sorted(answers)  # three candidates fill three of four beams
+        assert np.all(row[3] == V.PAD) and row_scores[3] == -np.inf
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(setup):
+    settings = DecodeSettings(beam_size=3, max_length=6, sampling=True, top_p=0.9, temperature=1.5)
+    first = run(setup, settings, rng=jax.random.key(1))
+    again = run(setup, settings, rng=jax.random.key(1))
+    other = run(setup, settings, rng=jax.random.key(2))
+    np.testing.assert_array_equal(first[0], again[0])
+    assert not np.array_equal(first[0], other[0])
+    assert np.all(np.diff(first[1], axis=1) <= 0)
+
+    greedy = run(setup, DecodeSettings(beam_size=1, max_length=6))
+    sampled = run(setup, DecodeSettings(beam_size=2, max_length=6, sampling=True, top_k=1), rng=jax.random.key(3))
+    for k in range(2):
+        np.testing.assert_array_equal(sampled[0][:, k], greedy[0][:, 0])
+        np.testing.assert_allclose(sampled[1][:, k], greedy[1][:, 0], rtol=1e-5)
+
+
+def test_bad_arguments_are_named(setup):
+    model, variables, src, images = setup
+    with pytest.raises(ValueError, match='min_length'):
+        DecodeSettings(max_length=4, min_length=4)
+    with pytest.raises(ValueError, match='top_p'):
+        DecodeSettings(top_p=0.0)
+    with pytest.raises(ValueError, match='rng'):
+        generate(model, variables, src, images, None, DecodeSettings(sampling=True))
+    with pytest.raises(ValueError, match='prefix_tokens'):
+        generate(model, variables, src, images, None, DecodeSettings(),
+                 prefix_tokens=np.array([[V.PAD, 5]] * 3, np.int32))
+    with pytest.raises(ValueError, match='constraint_ranges'):
+        generate(model, variables, src, images, None, DecodeSettings(), constraint_ranges=np.zeros((2, 2), np.int32))
+    with pytest.raises(ValueError, match='Trie'):
+        Trie.from_sequences([])
+    with pytest.raises(ValueError, match='candidates'):
+        score_candidates(model, variables, src, images, None, [[]])
