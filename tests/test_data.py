@@ -265,3 +265,80 @@ def test_finetuning_tasks_from_a_config_read_ofa_tsv(tmp_path):
     assert example['image'].shape == (96, 96, 3) and rates == [1.0]
     back = boxes.tokens_to_box(example['target_ids'], default_vocabulary(), scale=96 / 64)
     assert np.abs(back - world[2]['region']).max() <= 512 / 999 / 2 / (96 / 64) + 1e-3
+
+
+def _png_base64(image: np.ndarray) -> str:
+    import base64
+    import io as io_module
+
+    from PIL import Image
+    buffer = io_module.BytesIO()
+    Image.fromarray(image).save(buffer, format='PNG')
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
+    import ml_collections
+    world = World(size=9, image_size=64)
+    image = [_png_base64(world[i]['image']) for i in range(9)]
+    question = world[1]['question']
+    x0, y0, x1, y1 = world[2]['region']
+    vl_rows = [  # uniq-id, image, caption, question, refs, gt objects, dataset, type
+        ['0', image[0], world[0]['caption'], '', '', '', 'coco', 'caption'],
+        ['1', image[1], '', question, '0.6|!+green&&1.0|!+blue', '', 'vqa', 'qa'],
+        ['2', image[2], world[2]['text'], '', f'{x0},{y0},{x1},{y1}', '', 'refcoco', 'visual_grounding'],
+        ['3', image[3], 'a caption', '', '', '', 'coco', 'ocr'],  # a type OFA does not have: counted, dropped
+        ['4', image[4], world[4]['caption'], '', '', '', 'coco', 'caption'],
+        ['5', image[5], '', 'what is it?', '1.0|!+red', '', 'vqa', 'qa'],
+        ['6', image[6], world[6]['caption'], '', '', '', 'coco', 'caption'],
+        ['7', image[7], '', 'what is it?', '1.0|!+red', '', 'vqa', 'qa'],
+        ['8', image[8], world[8]['caption'], '', '', '', 'coco', 'caption']]
+    paths = dict(vision_language=tmp_path / 'vl.tsv', text=tmp_path / 'text.tsv', image=tmp_path / 'image.tsv',
+                 detection=tmp_path / 'det.tsv')
+    paths['vision_language'].write_text('\n'.join('\t'.join(row) for row in vl_rows) + '\n')
+    paths['text'].write_text('0\tthe quick brown fox jumps over the lazy dog near the river bank\n')
+    codes = ' '.join(str(i) for i in range(16))
+    paths['image'].write_text(f'0\t{image[0]}\t{codes}\n')
+    paths['detection'].write_text(f'0\t{image[2]}\t{x0},{y0},{x1},{y1},3,red square\n')
+    data = ml_collections.ConfigDict(dict(source='ofa_pretrain', image_size=64, **{
+        f'{role}_path': str(path) for role, path in paths.items()}))
+    task_list, rates = tasks.register_from_config(data)
+    by_name = dict(zip([t.name for t in task_list], task_list))
+    assert dict(zip(by_name, rates)) == {'ofa_vl_first': 8, 'ofa_vl_second': 8, 'ofa_text_infill': 2,
+                                         'ofa_image_infill': 1, 'ofa_detection': 1}
+
+    def sample(task_name, index, seed=0):
+        task = by_name[task_name]
+        example = task.preprocess(task.source[index], np.random.default_rng(seed))
+        return vocab.decode(example['source_ids']), example
+
+    assert sample('ofa_vl_first', 0)[0] == tasks.CAPTION
+    source, vqa = sample('ofa_vl_first', 1)
+    assert source == ' ' + tasks.clean_text(question) and vqa['loss_weight'] == 1.0
+    assert vocab.decode(vqa['target_ids']) == ' blue'
+    assert sample('ofa_vl_first', 2)[0] == tasks.GROUNDING.format(tasks.clean_text(world[2]['text']))
+    assert sample('ofa_vl_second', 2)[0].startswith(tasks.GROUNDED_CAPTION)
+    seen = collections.Counter()
+    for seed in range(12):
+        text, example = sample('ofa_vl_second', 1, seed)
+        answer = vocab.decode(example['target_ids'])
+        if answer == ' yes':
+            assert text == tasks.ANSWER_MATCH.format(tasks.clean_text(question), 'blue')
+        else:
+            assert text == tasks.ANSWER_MATCH.format(tasks.clean_text(question), 'red') and answer == ' no'
+        text, example = sample('ofa_vl_second', 0, seed)
+        assert text.startswith(' does the image describe "')
+        seen[answer] += 1
+    assert set(seen) == {' yes', ' no'}
+    infill = sample('ofa_image_infill', 0)[1]
+    assert infill['target_ids'] == [vocab.code_id(i) for i in range(16)] and infill['image'].shape == (64, 64, 3)
+    assert sample('ofa_detection', 0)[0] == tasks.DETECTION
+    assert sample('ofa_text_infill', 0)[0].startswith(' what is the complete text of "')
+
+    spec = pipeline.BatchSpec(batch_size=8, image_size=64, max_source_length=48, max_target_length=24)
+    batch = next(iter(pipeline.batches(task_list, rates, spec, seed=0)))
+    assert batch['patch_images'].shape == (8, 64, 64, 3)
+    assert all(reason.endswith('/bad_type') for reason in batch['dropped'])
+    data.vision_language_path = str(tmp_path / 'missing.tsv')
+    with pytest.raises(ValueError, match='vision_language file .*missing.tsv'):
+        tasks.register_from_config(data)

@@ -5,6 +5,7 @@ a task is its source plus a chain of them, ending in 'source_ids' / 'target_ids'
 'image' (float32 [S, S, 3] in [-1, 1]). Templates are OFA's, leading spaces included.
 """
 import io
+import os
 import re
 from typing import Any, Callable, Optional
 
@@ -23,6 +24,7 @@ from ofa_jax.data.world import COLORS, SHAPES, World, WorldText
 GROUNDING = ' which region does the text " {} " describe?'
 GROUNDED_CAPTION = '  what does the region describe? region:'
 IMAGE_TEXT_MATCH = ' does the image describe " {} "?'
+ANSWER_MATCH = ' what is the answer to question " {} ". is " {} "?'
 CAPTION = ' what does the image describe?'
 DETECTION = ' what are the objects in the image?'
 IMAGE_INFILL = ' what is the image in the middle part?'
@@ -152,6 +154,18 @@ def grounded_caption(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
     return preprocess
 
 
+def _other_value(records: Any, rng: np.random.Generator, value: Callable[[dict], str], current: str,
+                 reason: str, scan: int = 64) -> str:
+    """A non-empty value(record) other than `current`, from the records after a random one (records without a
+    value, such as other row types, are passed over); DropExample(reason) when `scan` records have none."""
+    start = int(rng.integers(len(records)))
+    for offset in range(min(scan, len(records))):
+        other = value(records[(start + offset) % len(records)])
+        if other and other != current:
+            return other
+    raise DropExample(reason)
+
+
 def image_text_match(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (),
                      max_words: int = 30) -> Preprocessor:
     """Half the examples keep their caption (' yes'); the others (' no') get a caption with one object word swapped
@@ -168,14 +182,8 @@ def image_text_match(vocab: Vocabulary, negatives: Any, object_words: tuple[str,
                 words[i] = rng.choice([w for w in object_words if w != words[i]])
                 text = ' '.join(words)
             else:
-                other = text
-                for _ in range(10):  # a different record, whose caption differs
-                    other = clean_text(negatives[int(rng.integers(len(negatives)))]['caption'], max_words)
-                    if other != text:
-                        break
-                if other == text:
-                    raise DropExample('no_negative_caption')
-                text = other
+                text = _other_value(negatives, rng, lambda r: clean_text(r.get('caption') or '', max_words), text,
+                                    'no_negative_caption')
         return {**example, 'source_ids': vocab.encode(IMAGE_TEXT_MATCH.format(text)),
                 'target_ids': vocab.encode(answer)}
     return preprocess
@@ -196,6 +204,27 @@ def vqa(vocab: Vocabulary, add_question_mark: bool = False, max_words: int = 30)
     return preprocess
 
 
+def answer_match(vocab: Vocabulary, negatives: Any, max_words: int = 30) -> Preprocessor:
+    """OFA's second sample of a VQA row: is the best answer (' yes', half the time) or another record's best answer
+    (' no') the answer to the question?"""
+    def best(example):
+        answers = example.get('answers')
+        return max(answers, key=answers.get).strip() if isinstance(answers, dict) and answers else ''
+
+    def preprocess(example, rng):
+        answer = best(example)
+        if not answer:
+            raise DropExample('missing_answers')
+        target = ' yes'
+        if rng.random() < 0.5:
+            target = ' no'
+            answer = _other_value(negatives, rng, best, answer, 'no_negative_answer')
+        question = clean_text(example['question'], max_words)
+        return {**example, 'source_ids': vocab.encode(ANSWER_MATCH.format(question, answer)),
+                'target_ids': vocab.encode(target)}
+    return preprocess
+
+
 def detection(vocab: Vocabulary) -> Preprocessor:
     """Target: for each box, four bins then the label's tokens."""
     def preprocess(example, rng):
@@ -208,15 +237,21 @@ def detection(vocab: Vocabulary) -> Preprocessor:
     return preprocess
 
 
-def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer) -> Preprocessor:
-    """Source: the image with its centre half (per side) blanked; target: the image codes of that centre.
+def image_infill(vocab: Vocabulary, tokenizer: Optional[ImageTokenizer]) -> Preprocessor:
+    """Source: the image with its centre half (per side) blanked; target: the image codes of that centre, from the
+    record's 'codes' (OFA's image TSV) or else from `tokenizer`.
 
     Runs on the uint8 image of the model's input size; leaves the normalized image in 'image'."""
     def preprocess(example, rng):
         image = example['image']
         size = image.shape[0]
         lo, hi = size // 4, size - size // 4
-        codes = tokenizer.encode(image[None, lo:hi, lo:hi])[0].reshape(-1)
+        if 'codes' in example:
+            codes = np.asarray(example['codes']).reshape(-1)
+        elif tokenizer is not None:
+            codes = tokenizer.encode(image[None, lo:hi, lo:hi])[0].reshape(-1)
+        else:
+            raise DropExample('missing_codes')
         masked = image.astype(np.float32) / 127.5 - 1.0
         masked[lo:hi, lo:hi] = 0.0
         return {**example, 'image': masked, 'source_ids': vocab.encode(IMAGE_INFILL),
@@ -308,6 +343,70 @@ def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, pre
                                replace=replace)
 
 
+def per_type(chains: dict[str, tuple[Preprocessor, ...]]) -> Preprocessor:
+    """Runs the chain named by the record's 'type' (the rows of OFA's vision-language pretraining file)."""
+    def preprocess(example, rng):
+        chain = chains.get(example.get('type'))
+        if chain is None:
+            raise DropExample('bad_type', repr(example.get('type')))
+        for step in chain:
+            example = step(example, rng)
+        return example
+    return preprocess
+
+
+def square_image(size: int) -> Preprocessor:
+    """uint8 'image' -> uint8 [size, size, 3] (bicubic), for preprocessors that work on pixels."""
+    def preprocess(example, rng):
+        return {**example, 'image': T.resize_image(example['image'], size, size)[0]}
+    return preprocess
+
+
+PRETRAIN_FILES = ('vision_language', 'text', 'image', 'detection')
+
+
+def register_ofa_pretraining(vocab: Vocabulary, paths: dict[str, str], image_size: int = 384,
+                             prefix: str = 'ofa') -> Mixture:
+    """OFA's pretraining over its released TSV files, as the mixture `{prefix}_pretrain`.
+
+    paths: 'vision_language' (required; rows typed caption / qa / visual_grounding), and optionally 'text', 'image'
+    (with the centre's VQGAN codes) and 'detection'. As in OFA's unify dataset, each vision-language row gives two
+    samples (caption + image-text match; VQA weighted by answer confidence + answer match; grounding + grounded
+    caption) and every 8 rows add 2 text-infilling, 1 image-infilling and 1 detection sample. Unlike OFA, the
+    negatives of image-text matching are other rows' captions only (OFA also swaps object words from a global list),
+    and every sample has the same image size (OFA gives image infilling and detection a 256-pixel sub-batch)."""
+    unknown = set(paths) - set(PRETRAIN_FILES)
+    if unknown or 'vision_language' not in paths:
+        raise ValueError(f'pretraining files {sorted(paths)}: need vision_language, may have {PRETRAIN_FILES[1:]}')
+    for role, path in paths.items():
+        if not os.path.exists(path):
+            raise ValueError(f'pretraining {role} file {path!r} does not exist')
+    vl = sources.OFATsvSource(paths['vision_language'], 'pretrain_vl')
+    image_text = transform_image(image_transform(T.pretrain_image_text_transform(image_size)))
+    region = transform_image(image_transform(T.pretrain_grounding_transform(image_size)), with_region=True)
+    first = per_type({'caption': (require_text('caption'), image_text, caption(vocab)),
+                      'qa': (require_text('question'), image_text, vqa(vocab)),
+                      'visual_grounding': (require_text('text'), region, visual_grounding(vocab))})
+    second = per_type({'caption': (require_text('caption'), image_text, image_text_match(vocab, vl)),
+                       'qa': (require_text('question'), image_text, answer_match(vocab, vl)),
+                       'visual_grounding': (require_text('text'), region, grounded_caption(vocab))})
+    tasks = {'vl_first': (vl, (decode_image, first), 8), 'vl_second': (vl, (decode_image, second), 8)}
+    if 'text' in paths:
+        tasks['text_infill'] = (sources.OFATsvSource(paths['text'], 'pretrain_text'),
+                                (require_text('text'), text_infill(vocab)), 2)
+    if 'image' in paths:
+        tasks['image_infill'] = (sources.OFATsvSource(paths['image'], 'pretrain_image'),
+                                 (decode_image, square_image(image_size), image_infill(vocab, None)), 1)
+    if 'detection' in paths:
+        boxes = image_transform(T.Compose([T.RandomHorizontalFlip(), T.Resize(image_size), T.Normalize()]))
+        tasks['detection'] = (sources.OFATsvSource(paths['detection'], 'pretrain_detection'),
+                              (decode_image, transform_image(boxes, with_boxes=True), detection(vocab)), 1)
+    for name, (source, steps, _) in tasks.items():
+        TaskRegistry.add(Task(f'{prefix}_{name}', source, steps), replace=True)
+    return MixtureRegistry.add(Mixture(f'{prefix}_pretrain', {f'{prefix}_{k}': v[2] for k, v in tasks.items()}),
+                               replace=True)
+
+
 def finetune_task(name: str, kind: str, source: Any, vocab: Vocabulary, image_size: int = 480,
                   transform: Optional[ImageTransform] = None, replace: bool = False) -> Task:
     """Registers a finetuning task of `kind` (caption, vqa, refcoco, snli_ve, imagenet, sst2, mnli, rte, qqp,
@@ -361,6 +460,8 @@ def register_from_config(data: Any) -> tuple[list[Task], list[float]]:
 
     data.source 'world': the synthetic world (data.world_size scenes of data.image_size pixels, data.world_seed),
     with mixture 'world_pretrain' and tasks 'world_<task>'; data.mixture names the mixture or task to train on.
+    data.source 'ofa_pretrain': OFA's pretraining TSV files data.{vision_language,text,image,detection}_path (see
+    register_ofa_pretraining).
     data.source 'tasks': data.tasks lists finetuning tasks, each {name, kind, rate, format, ...source fields}
     (see source_from_config), mixed at their rates."""
     vocab = OFAVocabulary(data.bpe_dir) if data.get('bpe_dir') else default_vocabulary()
@@ -368,8 +469,11 @@ def register_from_config(data: Any) -> tuple[list[Task], list[float]]:
         world = World(size=data.world_size, seed=data.world_seed, image_size=data.image_size)
         register_world(vocab, world, world_codebook(world))
         return get_tasks(data.mixture)
+    if data.source == 'ofa_pretrain':
+        paths = {role: data[f'{role}_path'] for role in PRETRAIN_FILES if data.get(f'{role}_path')}
+        return get_tasks(register_ofa_pretraining(vocab, paths, data.image_size).name)
     if data.source == 'tasks':
         registered = [finetune_task(spec['name'], spec['kind'], source_from_config(spec), vocab, data.image_size,
                                     replace=True) for spec in data.tasks]
         return registered, [float(spec.get('rate', 1.0)) for spec in data.tasks]
-    raise ValueError(f'data.source {data.source!r}: expected "world" or "tasks"')
+    raise ValueError(f'data.source {data.source!r}: expected "world", "ofa_pretrain" or "tasks"')
