@@ -446,6 +446,9 @@ def world_codebook(world: Any, num_codes: int = 256, num_images: int = 64) -> Pa
 def source_from_config(spec: Any) -> Any:
     """A source from a config entry: format 'tsv' (path, tsv_kind), 'jsonl' (path, image_root) or 'tfds'
     (dataset, split, data_dir)."""
+    if spec['format'] in ('tsv', 'jsonl') and not spec.get('path'):
+        raise ValueError(f'data task {spec.get("name")!r} has no path: set its file, e.g. '
+                         f'--config.data.tasks.{spec.get("kind")}.path=FILE')
     if spec['format'] == 'tsv':
         return sources.OFATsvSource(spec['path'], spec['tsv_kind'])
     if spec['format'] == 'jsonl':
@@ -462,7 +465,7 @@ def register_from_config(data: Any) -> tuple[list[Task], list[float]]:
     with mixture 'world_pretrain' and tasks 'world_<task>'; data.mixture names the mixture or task to train on.
     data.source 'ofa_pretrain': OFA's pretraining TSV files data.{vision_language,text,image,detection}_path (see
     register_ofa_pretraining).
-    data.source 'tasks': data.tasks lists finetuning tasks, each {name, kind, rate, format, ...source fields}
+    data.source 'tasks': data.tasks lists (or maps by name) finetuning tasks, each {name, kind, rate, format, ...}
     (see source_from_config), mixed at their rates."""
     vocab = OFAVocabulary(data.bpe_dir) if data.get('bpe_dir') else default_vocabulary()
     if data.source == 'world':
@@ -470,10 +473,14 @@ def register_from_config(data: Any) -> tuple[list[Task], list[float]]:
         register_world(vocab, world, world_codebook(world))
         return get_tasks(data.mixture)
     if data.source == 'ofa_pretrain':
+        if not data.get('vision_language_path'):
+            raise ValueError('data.vision_language_path is empty: point it at OFA\'s vision-language pretraining TSV '
+                             '(--config.data.vision_language_path=FILE)')
         paths = {role: data[f'{role}_path'] for role in PRETRAIN_FILES if data.get(f'{role}_path')}
         return get_tasks(register_ofa_pretraining(vocab, paths, data.image_size).name)
     if data.source == 'tasks':
+        specs = list(data.tasks.values()) if hasattr(data.tasks, 'values') else list(data.tasks)
         registered = [finetune_task(spec['name'], spec['kind'], source_from_config(spec), vocab, data.image_size,
-                                    replace=True) for spec in data.tasks]
-        return registered, [float(spec.get('rate', 1.0)) for spec in data.tasks]
+                                    replace=True) for spec in specs]
+        return registered, [float(spec.get('rate', 1.0)) for spec in specs]
     raise ValueError(f'data.source {data.source!r}: expected "world", "ofa_pretrain" or "tasks"')

@@ -1,0 +1,52 @@
+"""OFA pretraining with OFA's recipe, for one size: tiny, medium, base, large or huge.
+
+Recipe (OFA): AdamW lr 1e-4 with 1% warmup and linear decay, clip 5.0, no label smoothing, 196 sampled image
+patches, source 80 / target 30 tokens, bf16 compute. Data: OFA's pretraining TSV files; only the vision-language
+file is required.
+
+    python -m ofa_jax.train --config configs/pretrain.py:base --workdir gs://BUCKET/ofa_base \\
+        --config.data.vision_language_path=vision_language_examples.tsv \\
+        --config.data.text_path=pure_text_examples.tsv \\
+        --config.data.image_path=pure_image_examples.tsv \\
+        --config.data.detection_path=detection_examples.tsv
+    bash launch/tpu_pod.sh TPU_NAME ZONE configs/pretrain.py:large gs://BUCKET/ofa_large --config.data...
+"""
+import ml_collections
+
+from ofa_jax.train_config import default_config
+
+# Global batch, image side (OFA-Huge starts at 256 px), and how far parameters are sharded (fsdp; data takes the
+# rest of the devices). The larger sizes recompute layers in the backward pass to fit activations.
+SIZES = {
+    'tiny': dict(batch_size=1024, image_size=384, fsdp=1, remat=False),
+    'medium': dict(batch_size=1024, image_size=384, fsdp=1, remat=False),
+    'base': dict(batch_size=2048, image_size=384, fsdp=1, remat=False),
+    'large': dict(batch_size=2048, image_size=384, fsdp=8, remat=True),
+    'huge': dict(batch_size=2048, image_size=256, fsdp=16, remat=True),
+}
+
+
+def get_config(size: str = 'base') -> ml_collections.ConfigDict:
+    if size not in SIZES:
+        raise ValueError(f'configs/pretrain.py:{size}: the size must be one of {", ".join(SIZES)}')
+    settings = SIZES[size]
+    config = default_config()
+    config.model = size
+    config.model_overrides = dict(dtype='bfloat16', remat=settings['remat'])
+    config.data = ml_collections.ConfigDict(dict(
+        source='ofa_pretrain', vision_language_path='', text_path='', image_path='', detection_path='',
+        image_size=settings['image_size'], max_source_length=80, max_target_length=30, workers=8, strict=False))
+
+    config.batch_size = settings['batch_size']
+    config.total_steps = 200_000
+    config.learning_rate = 1e-4
+    config.warmup_steps = config.total_steps // 100
+    config.clip_norm = 5.0
+    config.label_smoothing = 0.0
+    config.sample_patch_num = 196
+    config.mesh = dict(replica=1, data=-1, fsdp=settings['fsdp'], tensor=1)
+
+    config.log_every = 100
+    config.checkpoint_every = 2000
+    config.keep_every_steps = 20_000
+    return config
