@@ -1,5 +1,6 @@
 """The trainer: its loss, schedule and layout checks, and whole runs of the nano model on the synthetic world
-(meshes agree, accumulation equals the large batch, resume is exact, SIGTERM saves, the demo learns)."""
+(meshes agree, a checkpoint resumes on another mesh, accumulation equals the large batch, resume is exact, SIGTERM
+saves, the demo learns)."""
 import json
 import os
 import pathlib
@@ -95,10 +96,16 @@ MESH_SCRIPT = textwrap.dedent('''
     from test_train import small_config
     from ofa_jax import train
     results = {}
+    def run(name, steps, mesh):
+        return train.train(small_config(total_steps=steps, mesh={**dict(replica=1, fsdp=1, tensor=1), **mesh}),
+                           sys.argv[2] + '/' + name)
     for name, mesh in [('one', dict(num_devices=1, data=1)), ('data8', dict(data=8)),
-                       ('data2_fsdp4', dict(data=2, fsdp=4)), ('data2_fsdp2_tensor2', dict(data=2, fsdp=2, tensor=2))]:
-        state = train.train(small_config(total_steps=3, mesh={**dict(replica=1, fsdp=1, tensor=1), **mesh}),
-                            sys.argv[2] + '/' + name)
+                       ('data2_fsdp4', dict(data=2, fsdp=4)), ('data2_fsdp2_tensor2_resumed_on_data8', None)]:
+        if mesh is None:  # two steps on one mesh, the checkpoint restored onto another for the third
+            run(name, 2, dict(data=2, fsdp=2, tensor=2))
+            state = run(name, 3, dict(data=8))
+        else:
+            state = run(name, 3, mesh)
         leaves = jax.tree_util.tree_leaves(jax.device_get(state.params))
         results[name] = [float(np.sum(np.abs(leaf))) for leaf in leaves[:40]] + [
             json.loads(line)['loss'] for line in open(sys.argv[2] + '/' + name + '/metrics.jsonl')]
