@@ -10,36 +10,22 @@ modelscope).
 import argparse
 import json
 import os
-import statistics
-import sys
 import time
 
 import jax
 import numpy as np
+from forward_vs_reference import median_seconds  # also puts tests/ on the path for `reference`
+from reference import OFAConfig, OFAModel, reference_generate, torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'tests'))
-from reference import OFAConfig, OFAModel, reference_generate, torch  # noqa: E402
-
-from ofa_jax.convert import from_torch_state_dict  # noqa: E402
-from ofa_jax.decode import DecodeSettings, generate  # noqa: E402
-from ofa_jax.model import OFA  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from ofa_jax.convert import from_torch_state_dict
+from ofa_jax.decode import DecodeSettings, generate
+from ofa_jax.model import OFA
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--threads', type=int, default=os.cpu_count())
-    parser.add_argument('--batch', type=int, default=16)
-    parser.add_argument('--image-size', type=int, default=256)
+    for flag, default in (('--repeats', 3), ('--threads', os.cpu_count()), ('--batch', 16), ('--image-size', 256)):
+        parser.add_argument(flag, type=int, default=default)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
