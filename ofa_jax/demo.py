@@ -72,8 +72,8 @@ def _draw(world: World, predictions: dict[str, Any], path: str, shown: int = 6) 
         left = i * (size + 10)
         canvas.paste(Image.fromarray(record['image']).resize((size, size), Image.NEAREST), (left, 0))
         for box, color in ((record['region'], 'lime'), (predictions['grounding'][i], 'red')):
-            draw.rectangle([left + c * SCALE for c in box[::2]][:1] + [c * SCALE for c in box[1::2]][:1]
-                           + [left + box[2] * SCALE, box[3] * SCALE], outline=color, width=2)
+            (x0, x1), (y0, y1) = sorted(box[0::2]), sorted(box[1::2])  # a predicted box may come corners swapped
+            draw.rectangle([left + x0 * SCALE, y0 * SCALE, left + x1 * SCALE, y1 * SCALE], outline=color, width=2)
         lines = [predictions['caption'][i], f'{record["question"]} {predictions["vqa"][i]}', record['text']]
         for row, line in enumerate(lines):
             draw.text((left, size + 4 + 20 * row), line[:40], fill='black')
