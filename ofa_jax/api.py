@@ -200,11 +200,16 @@ class Predictor:
     def __init__(self, config: OFAConfig, variables: dict[str, Any], *, image_size: Optional[int] = None,
                  max_source_length: int = DEFAULT_MAX_SOURCE_LENGTH, batch_size: int = 16,
                  vocab: Optional[Vocabulary] = None, mesh: Optional[jax.sharding.Mesh] = None,
-                 logical_axis_rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES):
+                 logical_axis_rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES, prompt_type: str = 'none'):
         """image_size: the square side images are resized to (None: OFA's per-task sides, 480 or 512).
-        mesh: where the model runs (default: every device, data parallel); batches split over its batch axes."""
+        mesh: where the model runs (default: every device, data parallel); batches split over its batch axes.
+        prompt_type: what precedes the answer in the decoder, as the model was finetuned (OFA's --prompt-type):
+        'none' (bos only), 'src' (the whole instruction) or 'prev_output' (the instruction without its eos)."""
         if batch_size < 1:
             raise ValueError(f'batch_size must be positive, got {batch_size}')
+        if prompt_type not in decode.PROMPT_TYPES:
+            raise ValueError(f'prompt_type must be one of {decode.PROMPT_TYPES}, got {prompt_type!r}')
+        self.prompt_type = prompt_type
         self.model = OFA(config)
         self.vocab = vocab or default_vocabulary()
         self.image_size, self.max_source_length, self.batch_size = image_size, max_source_length, batch_size
@@ -391,10 +396,13 @@ class Predictor:
             with self.mesh, nn.logical_axis_rules(self.rules):
                 tokens, scores = decode.generate(self.model, self.variables, batch['src_tokens'],
                                                  batch['patch_images'], batch['patch_masks'], settings,
-                                                 constraint_ranges=ranges, trie=trie)
+                                                 constraint_ranges=ranges, trie=trie, prefix_tokens=self._prefix(batch))
             tokens, scores = np.asarray(tokens), np.asarray(scores)
             outputs += [(tokens[row, 0], float(scores[row, 0])) for row in range(rows)]
         return outputs
+
+    def _prefix(self, batch: dict[str, Any]) -> Optional[np.ndarray]:
+        return decode.prompt_prefix(np.asarray(batch['src_tokens']), self.prompt_type)
 
     def _score(self, inputs: Sequence[ModelInput], candidates: Sequence[str]) -> list[np.ndarray]:
         """Log-probability [n_candidates] of every candidate answer per input (teacher-forced, summed)."""
@@ -403,6 +411,7 @@ class Predictor:
         for rows, batch in self._batches(inputs):
             with self.mesh, nn.logical_axis_rules(self.rules):
                 scores = decode.score_candidates(self.model, self.variables, batch['src_tokens'],
-                                                 batch['patch_images'], batch['patch_masks'], candidate_ids)
+                                                 batch['patch_images'], batch['patch_masks'], candidate_ids,
+                                                 prefix_tokens=self._prefix(batch))
             outputs += list(np.asarray(scores)[:rows])
         return outputs

@@ -316,11 +316,30 @@ def _repeated_ngrams(tokens: jax.Array, step: jax.Array, size: int, vocab: int) 
         match.astype(jnp.int32)) > 0
 
 
+PROMPT_TYPES = ('none', 'src', 'prev_output')
+
+
+def prompt_prefix(src_tokens: np.ndarray, prompt_type: str) -> Optional[np.ndarray]:
+    """The forced decoder prefix of OFA's prompt types, PAD-padded on the right, or None for 'none'.
+
+    src_tokens [b, s] (bos, ids, eos, PAD...): 'src' puts the whole source after the decoder's bos (eos included),
+    'prev_output' the source without its eos; the answer follows."""
+    if prompt_type not in PROMPT_TYPES:
+        raise ValueError(f'prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}')
+    if prompt_type == 'none':
+        return None
+    prefix = np.asarray(src_tokens)[:, 1:].copy()
+    if prompt_type == 'prev_output':
+        prefix[prefix == V.EOS] = V.PAD
+    return prefix
+
+
 def score_candidates(model: OFA, variables: Any, src_tokens: jax.Array, patch_images: Optional[jax.Array],
                      patch_masks: Optional[jax.Array], candidates: Sequence[Sequence[int]],
-                     batch_size: int = 256) -> jax.Array:
+                     batch_size: int = 256, prefix_tokens: Optional[np.ndarray] = None) -> jax.Array:
     """OFA's "all candidates" scoring: scores [b, n_candidates], each the summed log-prob of the candidate
-    (ids without bos/eos) followed by eos, teacher-forced.
+    (ids without bos/eos) followed by eos, teacher-forced after bos and the row's prefix_tokens [b, p] (PAD-padded on
+    the right, see `prompt_prefix`; not scored).
 
     batch_size bounds the (row, candidate) pairs of one decoder pass, and so the memory of its logits."""
     validate_source(model.config, src_tokens, patch_images, patch_masks)
@@ -329,20 +348,25 @@ def score_candidates(model: OFA, variables: Any, src_tokens: jax.Array, patch_im
     if batch_size < 1:
         raise ValueError(f'score_candidates: batch_size must be >= 1, got {batch_size}')
     batch, count = src_tokens.shape[0], len(candidates)
-    length = max(len(c) for c in candidates) + 1
-    inputs = np.full((count, length), V.PAD, np.int32)
-    targets = np.full((count, length), V.PAD, np.int32)
-    for i, candidate in enumerate(candidates):
-        inputs[i, :len(candidate) + 1] = [V.BOS, *candidate]
-        targets[i, :len(candidate) + 1] = [*candidate, V.EOS]
+    prefix = np.zeros((batch, 0), np.int32) if prefix_tokens is None else np.asarray(prefix_tokens)
+    if prefix.ndim != 2 or prefix.shape[0] != batch:
+        raise ValueError(f'score_candidates: prefix_tokens must be [{batch}, p], got {prefix.shape}')
+    prefixes = [[int(t) for t in row if t != V.PAD] for row in prefix]
+    length = max(map(len, prefixes)) + max(len(c) for c in candidates) + 1
     pairs = batch * count
     chunk = min(batch_size, pairs)
     padded = -(-pairs // chunk) * chunk
     pair_rows = np.arange(padded) // count % batch
     pair_candidates = np.arange(padded) % count
+    inputs = np.full((padded, length), V.PAD, np.int32)
+    targets = np.full((padded, length), V.PAD, np.int32)
+    for i, (row, candidate) in enumerate(zip(pair_rows, pair_candidates)):
+        forced, answer = prefixes[row], candidates[candidate]
+        inputs[i, :len(forced) + len(answer) + 1] = [V.BOS, *forced, *answer]
+        targets[i, len(forced):len(forced) + len(answer) + 1] = [*answer, V.EOS]
     encoder_out = _encode(model, variables, jnp.asarray(src_tokens, jnp.int32), patch_images, patch_masks)
-    scores = [_score_chunk(model, variables, encoder_out, pair_rows[i:i + chunk], inputs[pair_candidates[i:i + chunk]],
-                           targets[pair_candidates[i:i + chunk]]) for i in range(0, padded, chunk)]
+    scores = [_score_chunk(model, variables, encoder_out, pair_rows[i:i + chunk], inputs[i:i + chunk],
+                           targets[i:i + chunk]) for i in range(0, padded, chunk)]
     return jnp.concatenate(scores)[:pairs].reshape(batch, count)
 
 

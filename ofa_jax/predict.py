@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ofa_jax import api
+from ofa_jax import api, decode
 
 VISION_TASKS = ('caption', 'vqa', 'ground', 'entail', 'classify', 'detect')
 TEXT_TASKS = ('infill', 'summarize')
@@ -68,6 +68,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--beam_size', type=int, help='override the task\'s beam size')
     parser.add_argument('--max_length', type=int, help='override the task\'s maximum output length')
     parser.add_argument('--batch_size', type=int, default=16)
+    parser.add_argument('--prompt_type', choices=decode.PROMPT_TYPES, default='none',
+                        help='what precedes the answer in the decoder, as the model was finetuned')
     args = parser.parse_args(argv)
     if args.task in VISION_TASKS and not args.image:
         parser.error(f'--task {args.task} needs at least one --image')
@@ -83,7 +85,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The results of the task the arguments name, each with its inputs ('image', 'text') added."""
-    kwargs = {'batch_size': args.batch_size}
+    kwargs = {'batch_size': args.batch_size, 'prompt_type': args.prompt_type}
     if args.image_size:
         kwargs['image_size'] = args.image_size
     predictor = api.Predictor.load(args.checkpoint, **kwargs)

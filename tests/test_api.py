@@ -190,6 +190,16 @@ def test_entail_classify_and_infill_answer_from_their_choices(predictor):
     assert all(isinstance(r['text'], str) and r['score'] <= 0 for r in (infilled[0], infilled[2]))
 
 
+def test_prompt_types_put_the_instruction_before_the_answer(predictor, workdir):
+    images, hypotheses = [rgb(32, 32, 4), rgb(32, 32, 5)], ['there is a red circle', 'a dog']
+    prompted = api.Predictor.load(workdir[0], batch_size=4, prompt_type='prev_output').entail(images, hypotheses)
+    plain = predictor.entail(images, hypotheses)
+    assert all(r['answer'] in api.ENTAIL_ANSWERS for r in prompted)
+    assert [r['score'] for r in prompted] != pytest.approx([r['score'] for r in plain])
+    with pytest.raises(ValueError, match='prompt_type'):
+        api.Predictor.load(workdir[0], prompt_type='source')
+
+
 def test_evaluate_writes_predictions_and_metrics(predictor, tmp_path):
     config = small_config()
     config.data.world_seed = 1000  # scenes the training never saw

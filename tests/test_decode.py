@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ofa_jax import decode
 from ofa_jax.data import vocab as V
 from ofa_jax.decode import DecodeSettings, Trie, generate, score_candidates
 from ofa_jax.model import OFA, init_variables, model_config
@@ -111,3 +112,24 @@ def test_bad_arguments_are_named(setup):
         Trie.from_sequences([])
     with pytest.raises(ValueError, match='candidates'):
         score_candidates(model, variables, src, images, None, [[]])
+
+
+def test_prompt_prefixes_are_forced_in_decoding_and_scoring(setup):
+    model, variables, src, images = setup
+    src = np.asarray(src).copy()
+    src[2, 5:] = [V.EOS, V.PAD, V.PAD]  # a shorter source
+    prefix = decode.prompt_prefix(src, 'prev_output')
+    np.testing.assert_array_equal(prefix[2], [*src[2, 1:5], V.PAD, V.PAD, V.PAD])
+    np.testing.assert_array_equal(decode.prompt_prefix(src, 'src')[2], [*src[2, 1:6], V.PAD, V.PAD])
+    assert decode.prompt_prefix(src, 'none') is None
+    with pytest.raises(ValueError, match='prompt_type'):
+        decode.prompt_prefix(src, 'prefix')
+    tokens, scores = generate(model, variables, jnp.asarray(src), None, None,
+                              DecodeSettings(beam_size=1, max_length=5), prefix_tokens=prefix)
+    answers = [generated(row) for row in np.asarray(tokens)[:, 0]]
+    forced = np.asarray(score_candidates(model, variables, jnp.asarray(src), None, None, answers, batch_size=4,
+                                         prefix_tokens=prefix))
+    lengths = np.array([len(a) + 1 for a in answers])
+    np.testing.assert_allclose(np.asarray(scores)[:, 0] * lengths, np.diag(forced), rtol=1e-5)
+    unprompted = np.asarray(score_candidates(model, variables, jnp.asarray(src), None, None, answers, batch_size=4))
+    assert not np.allclose(np.diag(forced), np.diag(unprompted))
