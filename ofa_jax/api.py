@@ -30,6 +30,7 @@ from ofa_jax.data import boxes as B
 from ofa_jax.data import pipeline
 from ofa_jax.data import tasks as data_tasks
 from ofa_jax.data import transforms as T
+from ofa_jax.data.image_codes import ImageTokenizer, images_from_code_tokens
 from ofa_jax.data.registry import DropExample
 from ofa_jax.data.vocab import Vocabulary, default_vocabulary
 from ofa_jax.model import OFA, PATCH_SIZE, OFAConfig, abstract_variables, model_config
@@ -52,7 +53,7 @@ DECODE_SETTINGS: dict[str, dict[str, Any]] = {
 }
 # The field each task's result carries its answer in.
 RESULT_KEYS = {'caption': 'caption', 'vqa': 'answer', 'ground': 'box', 'entail': 'answer', 'classify': 'label',
-               'detect': 'boxes', 'infill': 'text', 'summarize': 'summary'}
+               'detect': 'boxes', 'infill': 'text', 'summarize': 'summary', 'text2image': 'images'}
 # OFA's finetuning image sides: 480 for caption, VQA, SNLI-VE and ImageNet; 512 for RefCOCO.
 IMAGE_SIZES = {'ground': 512}
 DEFAULT_IMAGE_SIZE = 480
@@ -289,6 +290,15 @@ class Predictor:
             lambda t=t: self.vocab.encode(_fill(data_tasks.GIGAWORD, 'text', t, max_words=100)) for t in texts],
             **settings)
 
+    def text_to_image(self, texts: Sequence[str], tokenizer: ImageTokenizer, samples: int = 1, seed: int = 0,
+                      **settings: Any) -> list[Result]:
+        """OFA's text-to-image: [{'images': uint8 [samples, S, S, 3], 'scores': [samples]}] per text. Each sample is
+        exactly (code_image_size / 8)^2 code tokens drawn by top-k sampling (k 256 unless overridden), constrained
+        to the tokenizer's codes, and drawn by `tokenizer` (OFA's VQGAN, `VQGANTokenizer.load(...)`)."""
+        return self._text_only('text2image', [
+            lambda t=t: self.vocab.encode(_fill(data_tasks.TEXT_TO_IMAGE, 'text', t)) for t in texts],
+            tokenizer=tokenizer, samples=samples, seed=seed, **settings)
+
     def answer(self, task: str, inputs: Sequence[ModelInput], candidates: Optional[Sequence[str]] = None,
                mode: str = 'all', **settings: Any) -> list[Result]:
         """Runs `task` on prepared inputs, one result per input.
@@ -308,6 +318,8 @@ class Predictor:
             candidates = _candidates(candidates, 'answers' if task == 'vqa' else 'labels')
         if not inputs:
             return []
+        if task == 'text2image':
+            return self._draw_images(inputs, **settings)
         if candidates is not None:
             if task != 'vqa' or mode == 'all':
                 return [{key: candidates[int(np.argmax(s))], 'score': float(np.max(s))}
@@ -400,6 +412,27 @@ class Predictor:
             tokens, scores = np.asarray(tokens), np.asarray(scores)
             outputs += [(tokens[row, 0], float(scores[row, 0])) for row in range(rows)]
         return outputs
+
+    def _draw_images(self, inputs: Sequence[ModelInput], tokenizer: ImageTokenizer, samples: int = 1, seed: int = 0,
+                     **overrides: Any) -> list[Result]:
+        side = self.model.config.code_image_size // 8
+        count = side * side
+        settings = decode.DecodeSettings(**{'top_k': 256, **overrides, 'beam_size': samples, 'sampling': True,
+                                            'min_length': count, 'max_length': count + 1})
+        codes = np.array([self.vocab.code_id(0), self.vocab.code_id(tokenizer.num_codes)], np.int32)
+        results = []
+        for index, (rows, batch) in enumerate(self._batches(inputs)):
+            size = len(batch['src_tokens'])
+            with self.mesh, nn.logical_axis_rules(self.rules):
+                tokens, scores = decode.generate(
+                    self.model, self.variables, batch['src_tokens'], None, None, settings,
+                    constraint_ranges=np.tile(codes, (size, 1)), prefix_tokens=self._prefix(batch),
+                    rng=jax.random.key(seed + index), code_masks=np.ones((size,), bool))
+            tokens = np.asarray(tokens)[:rows, :, :count]
+            images = images_from_code_tokens(self.vocab, tokenizer, tokens.reshape(rows * samples, count))
+            images = images.reshape(rows, samples, *images.shape[1:])
+            results += [{'images': images[row], 'scores': np.asarray(scores)[row].tolist()} for row in range(rows)]
+        return results
 
     def _prefix(self, batch: dict[str, Any]) -> Optional[np.ndarray]:
         return decode.prompt_prefix(np.asarray(batch['src_tokens']), self.prompt_type)

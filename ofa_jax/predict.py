@@ -5,9 +5,12 @@
         [--answers answers.txt]
     python -m ofa_jax.predict --checkpoint DIR --task ground --image cat.jpg --text "the cat" --draw boxes.png
 
+    python -m ofa_jax.predict --checkpoint DIR --task text2image --text "a red circle" --vqgan VQGAN_DIR \
+        --samples 4 --draw drawing.png
+
 --image and --text repeat, one --text per --image. --answers is a file with one candidate per line (VQA answers,
 classify labels). For ground and detect, --draw writes the image with the predicted boxes (with several images,
-`_<index>` goes before the extension).
+`_<index>` goes before the extension); for text2image it names the drawings (`_<text>_<sample>` added).
 """
 import argparse
 import json
@@ -20,9 +23,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ofa_jax import api, decode
+from ofa_jax.data.image_codes import VQGANTokenizer
 
 VISION_TASKS = ('caption', 'vqa', 'ground', 'entail', 'classify', 'detect')
-TEXT_TASKS = ('infill', 'summarize')
+TEXT_TASKS = ('infill', 'summarize', 'text2image')
 NEEDS_TEXT = ('vqa', 'ground', 'entail')
 
 
@@ -68,6 +72,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument('--beam_size', type=int, help='override the task\'s beam size')
     parser.add_argument('--max_length', type=int, help='override the task\'s maximum output length')
     parser.add_argument('--batch_size', type=int, default=16)
+    parser.add_argument('--vqgan', help='text2image: a converted VQGAN directory (python -m ofa_jax.vqgan convert)')
+    parser.add_argument('--samples', type=int, default=1, help='text2image: images per text')
+    parser.add_argument('--seed', type=int, default=0, help='text2image: the sampling seed')
     parser.add_argument('--prompt_type', choices=decode.PROMPT_TYPES, default='none',
                         help='what precedes the answer in the decoder, as the model was finetuned')
     args = parser.parse_args(argv)
@@ -78,6 +85,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if args.task in NEEDS_TEXT and len(args.text) != len(args.image):
         parser.error(f'--task {args.task} needs one --text per --image, got {len(args.text)} for '
                      f'{len(args.image)} images')
+    if args.task == 'text2image' and not args.vqgan:
+        parser.error('--task text2image needs --vqgan (the image tokenizer that draws the codes)')
     if args.task == 'classify' and not args.answers:
         parser.error('--task classify needs --answers (the candidate labels)')
     return args
@@ -106,8 +115,11 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
         results = predictor.detect(images, **settings)
     elif args.task == 'infill':
         results = predictor.infill(texts, **settings)
-    else:
+    elif args.task == 'summarize':
         results = predictor.summarize(texts, **settings)
+    else:
+        tokenizer = VQGANTokenizer.load(args.vqgan)
+        results = predictor.text_to_image(texts, tokenizer, samples=args.samples, seed=args.seed)
     inputs = [{'image': image} for image in images] or [{} for _ in texts]
     for given, text in zip(inputs, texts):
         given['text'] = text
@@ -120,6 +132,14 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
             found = result['boxes'] if args.task == 'detect' else [result['box']]
             draw_boxes(api.read_image(images[i]), found, result.get('labels', [result.get('text', '')])).save(path)
             result['drawing'] = path
+    if args.task == 'text2image':
+        stem, extension = os.path.splitext(args.draw)
+        for i, result in enumerate(results):
+            if 'error' in result:
+                continue
+            result['drawings'] = [f'{stem}_{i}_{j}{extension or ".png"}' for j in range(len(result['images']))]
+            for image, path in zip(result.pop('images'), result['drawings']):
+                Image.fromarray(image).save(path)
     return results
 
 

@@ -11,11 +11,12 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from ofa_jax import api, evaluate, predict, train
+from ofa_jax import api, evaluate, predict, train, vqgan
 from ofa_jax.checkpoint import save_model
 from ofa_jax.data import boxes as B
 from ofa_jax.data import tasks as data_tasks
 from ofa_jax.data import vocab as V
+from ofa_jax.data.image_codes import PatchCodebook
 from ofa_jax.data.vocab import default_vocabulary
 from ofa_jax.model import OFA, model_config
 
@@ -200,6 +201,20 @@ def test_prompt_types_put_the_instruction_before_the_answer(predictor, workdir):
         api.Predictor.load(workdir[0], prompt_type='source')
 
 
+def test_text_to_image_samples_exactly_the_code_grid_and_draws_it(predictor):
+    # The fixture's model has 16-pixel code images: a 2x2 grid of codes, drawn here by a patch codebook.
+    codebook = PatchCodebook.fit(np.stack([rgb(16, 16, seed) for seed in range(4)]), num_codes=8)
+    results = predictor.text_to_image(['a red circle', '  ', 'two blue squares'], codebook, samples=3, seed=1)
+    assert results[1] == {'error': 'text is empty'}
+    for result in (results[0], results[2]):
+        assert result['images'].shape == (3, 16, 16, 3) and result['images'].dtype == np.uint8
+        assert len(result['scores']) == 3 and all(np.isfinite(result['scores']))
+        drawn = {codebook.decode(codebook.encode(image[None]))[0].tobytes() for image in result['images']}
+        assert drawn == {image.tobytes() for image in result['images']}  # every image is made of codebook patches
+    again = predictor.text_to_image(['a red circle'], codebook, samples=3, seed=1)[0]
+    np.testing.assert_array_equal(again['images'], results[0]['images'])
+
+
 def test_evaluate_writes_predictions_and_metrics(predictor, tmp_path):
     config = small_config()
     config.data.world_seed = 1000  # scenes the training never saw
@@ -245,3 +260,19 @@ def test_predict_cli_prints_json_and_draws_the_boxes(workdir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         predict.main(['--checkpoint', str(workdir[0]), '--task', 'vqa', '--image', str(paths[0])])
     assert 'one --text per --image' in capsys.readouterr().err
+
+
+def test_predict_cli_draws_text_to_image_samples(workdir, tmp_path, capsys):
+    config = vqgan.VQGANConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(), resolution=16,
+                               z_channels=32, embed_dim=32, n_embed=16)  # f=8: the model's 2x2 codes -> 16 pixels
+    variables = vqgan.VQGAN(config).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    save_model(tmp_path / 'vqgan', config, variables)
+    predict.main(['--checkpoint', str(workdir[0]), '--task', 'text2image', '--text', 'a red circle',
+                  '--vqgan', str(tmp_path / 'vqgan'), '--samples', '2', '--draw', str(tmp_path / 'drawn.png')])
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result['drawings'] == [str(tmp_path / f'drawn_0_{j}.png') for j in range(2)]
+    assert all(np.asarray(Image.open(path)).shape == (16, 16, 3) for path in result['drawings'])
+    with pytest.raises(SystemExit):
+        predict.main(['--checkpoint', str(workdir[0]), '--task', 'text2image', '--text', 'a red circle'])
+    assert 'needs --vqgan' in capsys.readouterr().err
+
