@@ -96,3 +96,12 @@ def test_train_command_reads_a_config_argument_and_names_the_missing_file(tmp_pa
          '--workdir', str(tmp_path / 'run')], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert 'data.tasks.refcoco.path' in result.stderr
+
+
+def test_text_to_image_demo_config_matches_its_code_grid():
+    _, config = load('demo_text2image')
+    assert_trainer_keys(config)
+    (task,), _ = tasks.register_from_config(config.data)
+    example = task.preprocess(task.source[0], np.random.default_rng(0))
+    grid = config.model_overrides['code_image_size'] // 8
+    assert len(example['target_ids']) == grid * grid < config.data.max_target_length

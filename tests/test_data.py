@@ -19,9 +19,17 @@ def vocab():
 
 
 @pytest.fixture(scope='module')
-def world_mixture(vocab):
-    world = World(size=300, image_size=64)
-    codebook = PatchCodebook.fit(np.stack([world[i]['image'] for i in range(24)]), num_codes=64)
+def world():
+    return World(size=300, image_size=64)
+
+
+@pytest.fixture(scope='module')
+def codebook(world):
+    return PatchCodebook.fit(np.stack([world[i]['image'] for i in range(24)]), num_codes=64)
+
+
+@pytest.fixture(scope='module')
+def world_mixture(vocab, world, codebook):
     mixture = tasks.register_world(vocab, world, codebook, prefix='testworld')
     return get_tasks(mixture.name)
 
@@ -342,3 +350,17 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
     data.vision_language_path = str(tmp_path / 'missing.tsv')
     with pytest.raises(ValueError, match='vision_language file .*missing.tsv'):
         tasks.register_from_config(data)
+
+
+def test_text_to_image_targets_are_the_codes_of_the_whole_scene(vocab, world_mixture, codebook):
+    task = TaskRegistry.get('testworld_text_to_image')
+    record = task.source[3]
+    example = task.preprocess(record, np.random.default_rng(0))
+    assert vocab.decode(example['source_ids']) == tasks.TEXT_TO_IMAGE.format(tasks.clean_text(record['caption']))
+    assert 'image' not in example and example['code_target'] and example['constraint'] == 'codes'
+    assert example['target_ids'] == [vocab.code_id(int(c)) for c in codebook.encode(record['image'][None]).ravel()]
+    assert len(example['target_ids']) == (64 // 8) ** 2
+    spec = pipeline.BatchSpec(batch_size=4, image_size=64, max_source_length=48, max_target_length=65)
+    batch = next(iter(pipeline.batches([task], [1.0], spec, seed=0)))
+    assert not batch['patch_masks'].any() and batch['code_masks'].all()
+

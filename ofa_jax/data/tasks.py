@@ -259,6 +259,17 @@ def image_infill(vocab: Vocabulary, tokenizer: Optional[ImageTokenizer]) -> Prep
     return preprocess
 
 
+def text_to_image(vocab: Vocabulary, tokenizer: ImageTokenizer, max_words: int = 30) -> Preprocessor:
+    """Source: the caption in OFA's text-to-image instruction, no image; target: the codes of the whole uint8 image
+    (a grid of side image / downsample, as the model's code_image_size must match)."""
+    def preprocess(example, rng):
+        codes = tokenizer.encode(example['image'][None])[0].reshape(-1)
+        out = {k: v for k, v in example.items() if k != 'image'}
+        return {**out, 'source_ids': vocab.encode(TEXT_TO_IMAGE.format(clean_text(example['caption'], max_words))),
+                'target_ids': [vocab.code_id(int(c)) for c in codes], 'code_target': True, 'constraint': 'codes'}
+    return preprocess
+
+
 def text_infill(vocab: Vocabulary, mask_ratio: float = 0.3, poisson_lambda: float = 3.0,
                 max_tokens: int = 64) -> Preprocessor:
     """BART span masking over whole words: spans of Poisson(3) words replace 30% of the words, each by one <mask>."""
@@ -314,7 +325,8 @@ def text_classification(vocab: Vocabulary, template: str, fields: tuple[str, ...
 
 def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, prefix: str = 'world',
                    replace: bool = True) -> Mixture:
-    """Registers the eight pretraining tasks on a synthetic world, and their mixture `{prefix}_pretrain`.
+    """Registers the eight pretraining tasks on a synthetic world, and their mixture `{prefix}_pretrain`; also
+    `{prefix}_text_to_image` (captions to the codes of the whole scene), outside the mixture.
 
     Rates follow OFA's recipe: each image-text record gives two vision-language samples, and every 8th record adds two
     text-infilling, one image-infilling and one detection sample."""
@@ -339,6 +351,9 @@ def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, pre
         TaskRegistry.add(Task(f'{prefix}_{name}', world, steps), replace=replace)
     TaskRegistry.add(Task(f'{prefix}_text_infill', WorldText(world), (require_text('text'), text_infill(vocab))),
                      replace=replace)
+    # Not in the pretraining mixture (nor in OFA's): a finetuning task, configs/demo_text2image.py.
+    TaskRegistry.add(Task(f'{prefix}_text_to_image', world, (decode_image, require_text('caption'),
+                                                             text_to_image(vocab, tokenizer))), replace=replace)
     return MixtureRegistry.add(Mixture(f'{prefix}_pretrain', {f'{prefix}_{k}': v for k, v in rates.items()}),
                                replace=replace)
 
