@@ -415,21 +415,15 @@ class Predictor:
 
     def _draw_images(self, inputs: Sequence[ModelInput], tokenizer: ImageTokenizer, samples: int = 1, seed: int = 0,
                      **overrides: Any) -> list[Result]:
-        side = self.model.config.code_image_size // 8
-        count = side * side
-        settings = decode.DecodeSettings(**{'top_k': 256, **overrides, 'beam_size': samples, 'sampling': True,
-                                            'min_length': count, 'max_length': count + 1})
-        codes = np.array([self.vocab.code_id(0), self.vocab.code_id(tokenizer.num_codes)], np.int32)
+        code_range = (self.vocab.code_id(0), self.vocab.code_id(tokenizer.num_codes))
         results = []
         for index, (rows, batch) in enumerate(self._batches(inputs)):
-            size = len(batch['src_tokens'])
             with self.mesh, nn.logical_axis_rules(self.rules):
-                tokens, scores = decode.generate(
-                    self.model, self.variables, batch['src_tokens'], None, None, settings,
-                    constraint_ranges=np.tile(codes, (size, 1)), prefix_tokens=self._prefix(batch),
-                    rng=jax.random.key(seed + index), code_masks=np.ones((size,), bool))
-            tokens = np.asarray(tokens)[:rows, :, :count]
-            images = images_from_code_tokens(self.vocab, tokenizer, tokens.reshape(rows * samples, count))
+                tokens, scores = decode.sample_codes(self.model, self.variables, batch['src_tokens'], code_range,
+                                                     samples, jax.random.key(seed + index),
+                                                     prefix_tokens=self._prefix(batch), **overrides)
+            tokens = np.asarray(tokens)[:rows]
+            images = images_from_code_tokens(self.vocab, tokenizer, tokens.reshape(rows * samples, -1))
             images = images.reshape(rows, samples, *images.shape[1:])
             results += [{'images': images[row], 'scores': np.asarray(scores)[row].tolist()} for row in range(rows)]
         return results

@@ -126,6 +126,24 @@ def generate(model: OFA, variables: Any, src_tokens: jax.Array, patch_images: Op
                      patch_masks, constraint_ranges, trie, prefix_tokens, rng, code_masks)
 
 
+def sample_codes(model: OFA, variables: Any, src_tokens: jax.Array, code_range: tuple[int, int], samples: int,
+                 rng: jax.Array, *, prefix_tokens: Optional[jax.Array] = None,
+                 **settings: Any) -> tuple[jax.Array, jax.Array]:
+    """OFA's text-to-image decoding: `samples` code grids per row, each exactly (code_image_size / 8)^2 code tokens
+    drawn by top-k sampling (k 256 unless `settings` overrides it) among the ids [lo, hi) of `code_range`.
+
+    src_tokens [b, s] (text only). Returns tokens [b, samples, side * side] int32 (no eos), scores [b, samples]."""
+    side = model.config.code_image_size // 8
+    count = side * side
+    settings = DecodeSettings(**{'top_k': 256, **settings, 'beam_size': samples, 'sampling': True,
+                                 'min_length': count, 'max_length': count + 1})
+    batch = np.shape(src_tokens)[0]
+    tokens, scores = generate(model, variables, src_tokens, None, None, settings,
+                              constraint_ranges=np.tile(np.asarray(code_range, np.int32), (batch, 1)),
+                              prefix_tokens=prefix_tokens, rng=rng, code_masks=np.ones((batch,), bool))
+    return tokens[:, :, :count], scores
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _generate(model, settings, use_cache, variables, src_tokens, patch_images, patch_masks, constraint_ranges, trie,
               prefix_tokens, rng, code_masks):
