@@ -1,7 +1,9 @@
 """Demo: the nano OFA learns to draw the synthetic world's scenes from their captions (text-to-image), on a CPU.
 
-Targets are the 8x8 codes of each 64-pixel scene from the world's patch codebook (as OFA's are its VQGAN's codes);
-afterwards `Predictor.load(workdir).text_to_image(captions, world_codebook(World(...)))` draws new ones.
+Targets are the 8x8 codes of each 64-pixel scene from the world's patch codebook (as OFA's are its VQGAN's codes).
+At the end it draws the captions of unseen scenes beside the true scenes (workdir/drawings.png) and scores how many
+drawings show exactly the colours their caption names; `Predictor.load(workdir).text_to_image(captions,
+world_codebook(World(...)))` draws more.
 
     python -m ofa_jax.train --config configs/demo_text2image.py --workdir workdir/text2image
 """
@@ -25,4 +27,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every = 20
     config.checkpoint_every = 200
     config.keep_checkpoints = 2
+    config.demo_evaluation = True
     return config

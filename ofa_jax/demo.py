@@ -1,21 +1,26 @@
 """The demo's closing evaluation: the trained model answers unseen scenes of the synthetic world.
 
 Captions, answers and grounds scenes the training never saw (another world seed), scores them, and draws a few
-predictions (predicted boxes red, true boxes green) to `predictions.png` in the workdir.
+predictions (predicted boxes red, true boxes green) to `predictions.png` in the workdir. A text-to-image demo instead
+draws the captions of unseen scenes, scores whether each drawing shows exactly the colours its caption names, and puts
+a few beside the true scenes in `drawings.png`.
 """
 import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ofa_jax import decode, metrics
 from ofa_jax.data import boxes, pipeline
+from ofa_jax.data.image_codes import images_from_code_tokens
 from ofa_jax.data.registry import TaskRegistry
+from ofa_jax.data.tasks import world_codebook
 from ofa_jax.data.vocab import default_vocabulary
-from ofa_jax.data.world import World
+from ofa_jax.data.world import World, colors_drawn
 from ofa_jax.model import OFA, model_config
 
 EVALUATED = ('caption', 'vqa', 'grounding')
@@ -27,12 +32,23 @@ def _examples(task_name: str, world: World, count: int) -> list[dict]:
     return [task.preprocess(world[i], np.random.default_rng(i)) for i in range(count)]
 
 
-def evaluate(config: ml_collections.ConfigDict, state: Any, workdir: str, count: int = 32) -> dict[str, float]:
-    vocab = default_vocabulary()
-    model = OFA(model_config(config.model, **config.model_overrides))
+def _model_and_variables(config: ml_collections.ConfigDict, state: Any) -> tuple[OFA, dict[str, Any]]:
     variables = {'params': state.ema_params if state.ema_params is not None else state.params,
                  'batch_stats': state.batch_stats}
-    world = World(size=count, seed=config.data.world_seed + 1000, image_size=config.data.image_size)
+    return OFA(model_config(config.model, **config.model_overrides)), variables
+
+
+def _unseen_world(config: ml_collections.ConfigDict, count: int) -> World:
+    return World(size=count, seed=config.data.world_seed + 1000, image_size=config.data.image_size)
+
+
+def evaluate(config: ml_collections.ConfigDict, state: Any, workdir: str, count: int = 32) -> dict[str, float]:
+    """Scores the trained `state` on `count` unseen scenes; a text-to-image mixture goes to evaluate_drawing."""
+    if config.data.mixture.endswith('text_to_image'):
+        return evaluate_drawing(config, state, workdir, count)
+    vocab = default_vocabulary()
+    model, variables = _model_and_variables(config, state)
+    world = _unseen_world(config, count)
     spec = pipeline.BatchSpec(count, config.data.image_size, config.data.max_source_length,
                               config.data.max_target_length)
     # Greedy; a box is exactly four bins, then eos.
@@ -57,6 +73,31 @@ def evaluate(config: ml_collections.ConfigDict, state: Any, workdir: str, count:
             predictions[name] = texts
     if config.get('demo_png', True):
         _draw(world, predictions, os.path.join(workdir, 'predictions.png'))
+    return _report(scores, workdir)
+
+
+def evaluate_drawing(config: ml_collections.ConfigDict, state: Any, workdir: str, count: int = 32,
+                     seed: int = 0) -> dict[str, float]:
+    """Draws the captions of `count` unseen scenes (one top-k sample each, decoded by the training world's
+    codebook) and scores the fraction whose drawing shows exactly the colours the caption names."""
+    vocab = default_vocabulary()
+    model, variables = _model_and_variables(config, state)
+    codebook = world_codebook(World(config.data.world_size, config.data.world_seed, config.data.image_size))
+    world = _unseen_world(config, count)
+    examples = _examples(config.data.mixture, world, count)
+    spec = pipeline.BatchSpec(count, config.data.image_size, config.data.max_source_length,
+                              config.data.max_target_length)
+    batch = pipeline.to_batch(examples, spec, [config.data.mixture])
+    tokens, _ = decode.sample_codes(model, variables, batch['src_tokens'],
+                                    (vocab.code_id(0), vocab.code_id(codebook.num_codes)), 1, jax.random.key(seed))
+    drawings = images_from_code_tokens(vocab, codebook, np.asarray(tokens[:, 0]))
+    matches = [colors_drawn(drawing) == {s.color for s in world.shapes(i)} for i, drawing in enumerate(drawings)]
+    if config.get('demo_png', True):
+        _draw_drawings(world, drawings, os.path.join(workdir, 'drawings.png'))
+    return _report({'drawing_color_match': float(np.mean(matches))}, workdir)
+
+
+def _report(scores: dict[str, float], workdir: str) -> dict[str, float]:
     with open(os.path.join(workdir, 'evaluation.json'), 'w') as f:
         json.dump(scores, f, indent=2)
     print('evaluation on unseen scenes:', json.dumps(scores))
@@ -77,4 +118,17 @@ def _draw(world: World, predictions: dict[str, Any], path: str, shown: int = 6) 
         lines = [predictions['caption'][i], f'{record["question"]} {predictions["vqa"][i]}', record['text']]
         for row, line in enumerate(lines):
             draw.text((left, size + 4 + 20 * row), line[:40], fill='black')
+    canvas.save(path)
+
+
+def _draw_drawings(world: World, drawings: np.ndarray, path: str, shown: int = 6) -> None:
+    """The true scene above the model's drawing of its caption, for the first `shown` scenes."""
+    size = world.image_size * SCALE
+    canvas = Image.new('RGB', (shown * (size + 10), 2 * size + 30), 'white')
+    draw = ImageDraw.Draw(canvas)
+    for i in range(min(shown, len(drawings))):
+        left = i * (size + 10)
+        canvas.paste(Image.fromarray(world[i]['image']).resize((size, size), Image.NEAREST), (left, 0))
+        canvas.paste(Image.fromarray(drawings[i]).resize((size, size), Image.NEAREST), (left, size + 4))
+        draw.text((left, 2 * size + 10), world[i]['caption'][:40], fill='black')
     canvas.save(path)

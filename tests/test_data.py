@@ -8,7 +8,7 @@ from ofa_jax.data import boxes, pipeline, tasks
 from ofa_jax.data.image_codes import PatchCodebook
 from ofa_jax.data.registry import DropExample, Task, TaskRegistry, get_tasks
 from ofa_jax.data.vocab import default_vocabulary
-from ofa_jax.data.world import COLORS, World, WorldText
+from ofa_jax.data.world import BACKGROUND, COLORS, World, WorldText, colors_drawn
 
 SPEC = pipeline.BatchSpec(batch_size=8, image_size=64, max_source_length=48, max_target_length=24)
 
@@ -350,6 +350,19 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
     data.vision_language_path = str(tmp_path / 'missing.tsv')
     with pytest.raises(ValueError, match='vision_language file .*missing.tsv'):
         tasks.register_from_config(data)
+
+
+def test_colors_drawn_finds_exactly_the_captioned_colours_in_scenes_and_their_codes(world):
+    images = np.stack([world[i]['image'] for i in range(100, 140)])
+    fitted = tasks.world_codebook(world)
+    redrawn = fitted.decode(fitted.encode(images))
+    for i, (image, again) in enumerate(zip(images, redrawn)):
+        named = {s.color for s in world.shapes(100 + i)}
+        assert colors_drawn(image) == named and colors_drawn(again) == named, world[100 + i]['caption']
+    blank = np.full_like(images[0], BACKGROUND)
+    assert colors_drawn(blank) == set()
+    blank[:2, :2] = COLORS['red']  # a few stray pixels are not a shape
+    assert colors_drawn(blank) == set()
 
 
 def test_text_to_image_targets_are_the_codes_of_the_whole_scene(vocab, world_mixture, codebook):

@@ -10,17 +10,21 @@ import sys
 import textwrap
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ofa_jax import train
+from ofa_jax import demo, train
+from ofa_jax.data import tasks
+from ofa_jax.model import init_variables, model_config
 from ofa_jax.sharding import make_mesh
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'configs'))
 import demo as demo_config  # noqa: E402
+import demo_text2image  # noqa: E402
 
 
 def small_config(**changes):
@@ -149,7 +153,6 @@ def test_demo_learns_and_draws_its_predictions(tmp_path):
     state = train.train(config, str(tmp_path))
     curve = losses(tmp_path)
     assert curve[120] < 0.75 * curve[40]
-    from ofa_jax import demo
     scores = demo.evaluate(config, state, str(tmp_path), count=8)
     assert set(scores) == {'caption_exact_match', 'vqa_exact_match', 'grounding_accuracy'}
     assert (tmp_path / 'predictions.png').stat().st_size > 1000
@@ -158,3 +161,16 @@ def test_demo_learns_and_draws_its_predictions(tmp_path):
     assert {'step', 'loss', 'learning_rate', 'examples_per_second', 'tokens_per_second', 'mfu',
             'dropped_examples'} <= set(row)
     assert list((tmp_path / 'tb').iterdir())
+
+
+def test_text_to_image_demo_draws_the_captions_of_unseen_scenes(tmp_path):
+    config = demo_text2image.get_config()
+    config.data.world_size = 100
+    tasks.register_from_config(config.data)
+    variables = init_variables(model_config(config.model, **config.model_overrides), jax.random.key(0), 64)
+    state = train.TrainState(step=0, params=nn.unbox(variables['params']), batch_stats=variables['batch_stats'],
+                             opt_state=None, ema_params=None, rng=None)
+    scores = demo.evaluate(config, state, str(tmp_path), count=4)
+    assert set(scores) == {'drawing_color_match'} and 0 <= scores['drawing_color_match'] <= 1
+    assert (tmp_path / 'drawings.png').stat().st_size > 1000
+    assert json.loads((tmp_path / 'evaluation.json').read_text()) == scores

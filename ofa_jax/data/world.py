@@ -62,6 +62,14 @@ def draw(shapes: list[Shape], image_size: int) -> np.ndarray:
     return image
 
 
+def colors_drawn(image: np.ndarray, min_fraction: float = 0.01, tolerance: int = 40) -> set[str]:
+    """The world's colours covering at least min_fraction of uint8 image [h, w, 3] (every channel within
+    tolerance): what a drawing of a scene shows, to compare with the colours its caption names."""
+    pixels = image.reshape(-1, 3).astype(np.int32)
+    return {name for name, rgb in COLORS.items()
+            if np.mean(np.all(np.abs(pixels - np.array(rgb)) <= tolerance, axis=1)) >= min_fraction}
+
+
 def caption(shapes: list[Shape]) -> str:
     names = [f'a {s.label}' for s in shapes]
     return names[0] if len(names) == 1 else ', '.join(names[:-1]) + ' and ' + names[-1]
