@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 from forward_vs_reference import median_seconds  # also puts tests/ on the path for `reference`
-from reference import OFAConfig, OFAModel, reference_generate, torch
+from reference import reference_generate, tiny_reference, torch
 
 from ofa_jax.convert import from_torch_state_dict
 from ofa_jax.decode import DecodeSettings, generate
@@ -29,10 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    reference = OFAModel(OFAConfig(d_model=256, encoder_layers=4, decoder_layers=4, encoder_attention_heads=4,
-                                   decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
-                                   resnet_type='resnet50')).eval()
+    reference = tiny_reference()
     config, variables = from_torch_state_dict(reference.state_dict())
     model = OFA(config)
     settings = DecodeSettings(beam_size=5, max_length=16, min_length=1, no_repeat_ngram_size=3)

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'tests'))
-from reference import OFAConfig, OFAModel, torch  # noqa: E402
+from reference import tiny_reference, torch  # noqa: E402
 
 from ofa_jax.convert import from_torch_state_dict  # noqa: E402
 from ofa_jax.model import OFA  # noqa: E402
@@ -40,9 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    reference = OFAModel(OFAConfig(d_model=256, encoder_layers=4, decoder_layers=4, encoder_attention_heads=4,
-                                   decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
-                                   resnet_type='resnet50')).eval()
+    reference = tiny_reference()
     config, variables = from_torch_state_dict(reference.state_dict())
     model = OFA(config)
 

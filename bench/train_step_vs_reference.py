@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'tests'))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
 import demo as demo_config  # noqa: E402
 from forward_vs_reference import median_seconds  # noqa: E402
-from reference import OFAConfig, OFAModel, torch  # noqa: E402
+from reference import tiny_reference, torch  # noqa: E402
 
 from ofa_jax import train  # noqa: E402
 from ofa_jax.model import OFA, model_config  # noqa: E402
@@ -63,9 +63,7 @@ def main() -> None:
 
     ours = median_seconds(jax_step, args.repeats)
 
-    reference = OFAModel(OFAConfig(d_model=256, encoder_layers=4, decoder_layers=4, encoder_attention_heads=4,
-                                   decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
-                                   resnet_type='resnet50', dropout=0.1)).train()
+    reference = tiny_reference(dropout=0.1).train()
     torch_optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
                                         weight_decay=0.01)
     inputs = dict(input_ids=torch.from_numpy(src), patch_images=torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
