@@ -50,7 +50,8 @@ from modelscope.models.multi_modal.ofa.configuration_ofa import OFAConfig  # noq
 from modelscope.models.multi_modal.ofa.generate.sequence_generator import SequenceGenerator  # noqa: E402
 from modelscope.models.multi_modal.ofa.modeling_ofa import OFAModel  # noqa: E402
 
-__all__ = ['torch', 'OFAConfig', 'OFAModel', 'SequenceGenerator', 'IdsOnlyTokenizer', 'reference_generate', 'tiny_reference']
+__all__ = ['torch', 'OFAConfig', 'OFAModel', 'SequenceGenerator', 'IdsOnlyTokenizer', 'reference_generate',
+           'tiny_reference']
 
 
 @dataclasses.dataclass

@@ -89,7 +89,8 @@ def test_state_dict_round_trip_and_errors(small):
     with pytest.raises(ValueError, match=r'does not use: \[.encoder\.extra\.weight.\]'):
         vqgan.from_state_dict({**state, 'encoder.extra.weight': np.zeros(3)}, config)
     misshapen = {**state, 'quantize.embed.weight': np.zeros((SMALL.n_embed + 1, SMALL.embed_dim), np.float32)}
-    with pytest.raises(ValueError, match=r'quantize\.embed\.weight has shape \(513, 64\), the config needs \(512, 64\)'):
+    with pytest.raises(ValueError,
+                       match=r'quantize\.embed\.weight has shape \(513, 64\), the config needs \(512, 64\)'):
         vqgan.from_state_dict(misshapen, config)
     # The full OFA config reads its weights under the same names: 301 of them.
     assert len(vqgan.to_state_dict(jax.tree.map(np.zeros_like, vqgan.abstract_variables(vqgan.PRESETS['ofa'])))) == 301

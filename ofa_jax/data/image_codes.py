@@ -1,7 +1,8 @@
 """Image tokenizers: images <-> grids of discrete codes, the targets of image infilling and text-to-image.
 
-OFA uses a VQGAN (f=8, 8192 codes): `VQGANTokenizer`. For the embedded world the project fits its own tokenizer on that world: a patch
-codebook, k-means over 8x8 pixel patches, which is exact enough to draw flat-coloured shapes back.
+OFA uses a VQGAN (f=8, 8192 codes): `VQGANTokenizer`. For the embedded world the project fits its own tokenizer on
+that world: a patch codebook, k-means over 8x8 pixel patches, which is exact enough to draw flat-coloured shapes
+back.
 """
 import dataclasses
 import functools

@@ -61,7 +61,8 @@ def shard_path(out_dir: str | os.PathLike, shard: int) -> pathlib.Path:
     return pathlib.Path(out_dir) / f'codes-{shard:05d}.tsv'
 
 
-def _batches(source: Any, indices: range, size: int, batch_size: int) -> Iterator[list[tuple[str, Optional[np.ndarray]]]]:
+def _batches(source: Any, indices: range, size: int,
+             batch_size: int) -> Iterator[list[tuple[str, Optional[np.ndarray]]]]:
     batch = []
     for index in indices:
         record = source[index]
