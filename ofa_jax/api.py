@@ -415,7 +415,7 @@ class Predictor:
 
     def _draw_images(self, inputs: Sequence[ModelInput], tokenizer: ImageTokenizer, samples: int = 1, seed: int = 0,
                      **overrides: Any) -> list[Result]:
-        code_range = (self.vocab.code_id(0), self.vocab.code_id(tokenizer.num_codes))
+        code_range = self.vocab.code_range(tokenizer.num_codes)
         results = []
         for index, (rows, batch) in enumerate(self._batches(inputs)):
             with self.mesh, nn.logical_axis_rules(self.rules):

@@ -89,7 +89,7 @@ def evaluate_drawing(config: ml_collections.ConfigDict, state: Any, workdir: str
                               config.data.max_target_length)
     batch = pipeline.to_batch(examples, spec, [config.data.mixture])
     tokens, _ = decode.sample_codes(model, variables, batch['src_tokens'],
-                                    (vocab.code_id(0), vocab.code_id(codebook.num_codes)), 1, jax.random.key(seed))
+                                    vocab.code_range(codebook.num_codes), 1, jax.random.key(seed))
     drawings = images_from_code_tokens(vocab, codebook, np.asarray(tokens[:, 0]))
     matches = [colors_drawn(drawing) == {s.color for s in world.shapes(i)} for i, drawing in enumerate(drawings)]
     if config.get('demo_png', True):

@@ -115,6 +115,11 @@ def test_ofa_special_code_and_bin_ids(ofa_vocab):
             v.code_id(bad)
     with pytest.raises(ValueError, match='bin index'):
         v.bin_id(V.NUM_BINS)
+    # Every code of OFA's VQGAN, or the first 256 of a smaller tokenizer: the ids text-to-image samples within.
+    assert v.code_range() == (50265, 58457) and v.code_range(256) == (50265, 50521)
+    for bad in (0, V.NUM_CODES + 1):
+        with pytest.raises(ValueError, match='num_codes'):
+            v.code_range(bad)
 
 
 def test_ofa_decode_renders_and_skips_specials(ofa_vocab):

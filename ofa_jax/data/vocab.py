@@ -97,6 +97,12 @@ class Vocabulary(abc.ABC):
             raise ValueError(f'code index {i} is outside [0, {NUM_CODES})')
         return self._code_offset + int(i)
 
+    def code_range(self, num_codes: int = NUM_CODES) -> tuple[int, int]:
+        """Token ids [lo, hi) of image codes 0 .. num_codes - 1 (a tokenizer may use fewer than 8192 codes)."""
+        if not 0 < num_codes <= NUM_CODES:
+            raise ValueError(f'num_codes {num_codes} is outside [1, {NUM_CODES}]')
+        return self._code_offset, self._code_offset + num_codes
+
     def bin_id(self, i: int) -> int:
         """Token id of location bin `i` (0 <= i < 1000)."""
         if not 0 <= i < NUM_BINS:
