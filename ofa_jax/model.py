@@ -306,8 +306,10 @@ class Decoder(nn.Module):
             causal = jnp.tril(jnp.ones((length, length), bool))
             self_mask = causal[None, None] & (prev_output_tokens != PAD_ID)[:, None, None, :]
         cross_mask = ~encoder_out.padding_mask[:, None, None, :]
-        token_buckets = query_rows(jnp.asarray(
-            layers.token_relative_buckets(cfg.token_bucket_size, cfg.max_positions)[:positions, :positions]), 0)
+        token_buckets = layers.token_relative_buckets(cfg.token_bucket_size, cfg.max_positions)
+        if positions > cfg.max_positions:  # code rows feed their last code to the forced eos: max_positions + 1
+            token_buckets = np.pad(token_buckets, (0, positions - cfg.max_positions), mode='edge')
+        token_buckets = query_rows(jnp.asarray(token_buckets[:positions, :positions]), 0)
 
         layer_cls = DecoderLayer if decoding else _layer_class(DecoderLayer, cfg.remat)  # remat only pays in training
         rates = layers.linear_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)

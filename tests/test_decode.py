@@ -95,6 +95,17 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(setup):
         np.testing.assert_allclose(sampled[1][:, k], greedy[1][:, 0], rtol=1e-5)
 
 
+def test_sample_codes_fills_a_code_grid_as_long_as_the_decoder_positions(setup):
+    # 16 codes then the forced eos: the decoder sees 17 positions, one past max_positions (OFA's 1,024 codes).
+    config = model_config('nano', vocab_size=VOCAB, dropout=0.0, max_positions=16, code_image_size=32)
+    variables = nn.meta.unbox(init_variables(config, jax.random.key(0)))
+    tokens, scores = decode.sample_codes(OFA(config), variables, setup[2], (100, 140), 2, jax.random.key(0),
+                                         top_k=8)
+    tokens = np.asarray(tokens)
+    assert tokens.shape == (3, 2, 16) and np.all((tokens >= 100) & (tokens < 140))
+    assert np.all(np.isfinite(np.asarray(scores)))
+
+
 def test_bad_arguments_are_named(setup):
     model, variables, src, images = setup
     with pytest.raises(ValueError, match='min_length'):
