@@ -1,18 +1,25 @@
-"""Model checkpoints on disk: an orbax tree of variables plus the model's config as JSON.
+"""Model checkpoints on disk, and reading a model for inference from either of the two layouts that hold one.
 
-A converted OFA checkpoint and a model saved for inference share this layout, so the trainer, the decoder and the
-converter all start from the same thing.
+A model directory (`save_model`, also what `python -m ofa_jax.convert` writes) is an orbax tree of variables plus the
+model's config as JSON. A training workdir holds the trainer's checkpoints (`checkpoints/STEP/{state,data,config}`);
+`load_checkpoint` reads only the model's variables out of its latest one (an orbax partial restore: the optimizer
+state and the data iterator are never read), so inference does not depend on how the trainer or its optimizer is built.
 """
+import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Optional
 
+import flax.linen as nn
+import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
-from ofa_jax.model import OFAConfig
+from ofa_jax.model import OFA, OFAConfig, abstract_variables, model_config
 
 CONFIG_FILE = 'config.json'
 VARIABLES_DIR = 'variables'
+TRAINING_CHECKPOINTS = 'checkpoints'  # under a training workdir
 
 
 def save_model(directory: str | os.PathLike, config: Any, variables: dict[str, Any]) -> None:
@@ -37,3 +44,54 @@ def load_model(directory: str | os.PathLike, config_type: type = OFAConfig) -> t
         config = config_type.from_dict(json.load(f))
     variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
     return config, variables
+
+
+def model_from_config(config: ml_collections.ConfigDict) -> OFA:
+    """The model a training config describes (`config.model` preset with `config.model_overrides`)."""
+    return OFA(model_config(config.model, **config.model_overrides))
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint holds for inference. `train_config` (with `step`) only when it came from a training workdir:
+    it says how the model was trained (image size, source length, vocabulary)."""
+    config: OFAConfig
+    variables: dict[str, Any]  # {'params', 'batch_stats'}, unboxed; the EMA parameters when the run kept them
+    train_config: Optional[ml_collections.ConfigDict] = None
+    step: Optional[int] = None
+
+
+def is_training_workdir(path: str | os.PathLike) -> bool:
+    return os.path.isdir(os.path.join(path, TRAINING_CHECKPOINTS))
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Reads a model directory written by `save_model` (or `python -m ofa_jax.convert`), or a training workdir (its
+    latest step, with the EMA parameters when the run kept them), onto the first device."""
+    path = os.path.abspath(path)
+    if os.path.exists(os.path.join(path, CONFIG_FILE)) and os.path.isdir(os.path.join(path, VARIABLES_DIR)):
+        config, variables = load_model(path)
+        return Checkpoint(config, variables)
+    if not is_training_workdir(path):
+        raise ValueError(f'checkpoint {path!r} is neither a model directory ({CONFIG_FILE} + {VARIABLES_DIR}/) nor '
+                         f'a training workdir ({TRAINING_CHECKPOINTS}/)')
+    manager = ocp.CheckpointManager(os.path.join(path, TRAINING_CHECKPOINTS), item_names=('state', 'config'))
+    step = manager.latest_step()
+    if step is None:
+        raise ValueError(f'checkpoint {path!r}: the training workdir has no saved step yet')
+    train_config = ml_collections.ConfigDict(
+        manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
+    model = model_from_config(train_config)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                      nn.meta.unbox(abstract_variables(model.config)))
+    wanted = {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
+    if train_config.ema_decay:
+        wanted['ema_params'] = abstract['params']
+    # Only the model's leaves of the saved TrainState are read; their placement comes from the target, so restoring
+    # needs no knowledge of the training mesh.
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True))).state
+    manager.close()
+    params = restored.get('ema_params', restored['params'])
+    return Checkpoint(model.config, {'params': params, 'batch_stats': restored['batch_stats']}, train_config, step)
