@@ -284,3 +284,47 @@ def accuracy(preds: Mapping[Hashable, str], targets: Mapping[Hashable, str]) -> 
     _check_texts(preds, 'preds')
     _check_texts({key: targets[key] for key in preds}, 'targets')
     return sum(pred.strip() == targets[key].strip() for key, pred in preds.items()) / len(preds)
+
+
+def exact_match(preds: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> float:
+    """Fraction of `preds` equal (stripped) to one of their references."""
+    _check_ids(references, preds, 'references', 'preds')
+    _check_texts(preds, 'preds')
+    return sum(pred.strip() in [r.strip() for r in references[key]] for key, pred in preds.items()) / len(preds)
+
+
+def vqa_score(preds: Mapping[Hashable, str], answers: Mapping[Hashable, Mapping[str, float]]) -> float:
+    """OFA's VQA validation score: the mean confidence (VQA v2's soft accuracy per question) of each predicted answer
+    among its question's answers {answer: confidence}, answers compared after `normalize_vqa_answer`.
+    `vqa_accuracy` computes the official score from the annotators' raw answers instead."""
+    _check_ids(answers, preds, 'answers', 'preds')
+    _check_texts(preds, 'preds')
+    scores = []
+    for key, pred in preds.items():
+        confidences = {normalize_vqa_answer(a): c for a, c in answers[key].items()}
+        scores.append(float(confidences.get(normalize_vqa_answer(pred), 0.0)))
+    return sum(scores) / len(scores)
+
+
+def detection_f1(preds: Mapping[Hashable, tuple[np.ndarray, Sequence[str]]],
+                 targets: Mapping[Hashable, tuple[np.ndarray, Sequence[str]]], threshold: float = 0.5) -> float:
+    """F1 of detected objects over all images: a predicted (box [4], label) is a true positive when it matches an
+    unmatched target object of the same label with IoU >= `threshold` (greedily, predictions in order).
+
+    preds, targets: image id -> (boxes [N, 4] as (x0, y0, x1, y1), N labels)."""
+    _check_ids(targets, preds, 'targets', 'preds')
+    true_positives = predicted = expected = 0
+    for key, (boxes, labels) in preds.items():
+        target_boxes, target_labels = targets[key]
+        boxes, target_boxes = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(target_boxes).reshape(-1, 4)
+        predicted, expected = predicted + len(boxes), expected + len(target_boxes)
+        free = list(range(len(target_boxes)))
+        for box, label in zip(boxes, labels):
+            for j in free:
+                if target_labels[j] == label and box_iou(box, target_boxes[j]) >= threshold:
+                    free.remove(j)
+                    true_positives += 1
+                    break
+    if not predicted + expected:
+        return 1.0
+    return 2 * true_positives / (predicted + expected)

@@ -17,12 +17,9 @@ from absl import flags
 from ofa_jax.data import vocab as V
 from ofa_jax.data.registry import DropExample, Task
 
-# Token ranges a target may be constrained to (end exclusive); eos is always allowed besides.
-CONSTRAINTS = {
-    None: (0, V.OFA_VOCAB_SIZE),
-    'bins': (V.BIN_OFFSET, V.BIN_OFFSET + V.NUM_BINS),
-    'codes': (V.CODE_OFFSET, V.CODE_OFFSET + V.NUM_CODES),
-}
+# The constraint range of an unconstrained target: every token id (preprocessors set 'constraint_range' from their
+# vocabulary otherwise).
+UNCONSTRAINED = (0, np.iinfo(np.int32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +67,7 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
     """Fixed-shape model inputs from preprocessed examples (fewer than batch_size: the rest is padding).
 
     Examples hold 'source_ids' and 'target_ids' (no bos/eos), optionally 'image' float32 [S, S, 3] in [-1, 1],
-    'loss_weight', 'code_target' and 'constraint' (a key of CONSTRAINTS). Returns src_tokens [B, Ls],
+    'loss_weight', 'code_target' and 'constraint_range' (the token ids [lo, hi) the target may take besides eos). Returns src_tokens [B, Ls],
     patch_images [B, S, S, 3], patch_masks [B], prev_output_tokens / target_tokens [B, Lt], loss_weights [B],
     code_masks [B], constraint_ranges [B, 2], task_ids [B], example_mask [B]."""
     b, ls, lt, s = spec.batch_size, spec.max_source_length, spec.max_target_length, spec.image_size
@@ -82,7 +79,7 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
         'target_tokens': np.full((b, lt), V.PAD, np.int32),
         'loss_weights': np.zeros((b,), np.float32),
         'code_masks': np.zeros((b,), bool),
-        'constraint_ranges': np.tile(np.array(CONSTRAINTS[None], np.int32), (b, 1)),
+        'constraint_ranges': np.tile(np.array(UNCONSTRAINED, np.int32), (b, 1)),
         'task_ids': np.zeros((b,), np.int32),
         'example_mask': np.zeros((b,), bool),
     }
@@ -97,10 +94,20 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
             batch['patch_masks'][row] = True
         batch['loss_weights'][row] = example.get('loss_weight', 1.0)
         batch['code_masks'][row] = example.get('code_target', False)
-        batch['constraint_ranges'][row] = CONSTRAINTS[example.get('constraint')]
+        batch['constraint_ranges'][row] = example.get('constraint_range', UNCONSTRAINED)
         batch['task_ids'][row] = task_names.index(example['task'])
         batch['example_mask'][row] = True
     return batch
+
+
+def to_source_batch(source_ids: Sequence[Sequence[int]], images: Sequence[Optional[np.ndarray]], batch_size: int,
+                    image_size: int, max_source_length: int) -> dict[str, np.ndarray]:
+    """The model's inputs alone, for inference: src_tokens [B, Ls], patch_images [B, S, S, 3], patch_masks [B];
+    rows past len(source_ids) are padding."""
+    examples = [{'source_ids': ids, 'target_ids': [], 'task': '', 'image': image}
+                for ids, image in zip(source_ids, images)]
+    batch = to_batch(examples, BatchSpec(batch_size, image_size, max_source_length, 1), [''])
+    return {k: batch[k] for k in ('src_tokens', 'patch_images', 'patch_masks')}
 
 
 def _check_shapes(example: dict, spec: BatchSpec) -> Optional[str]:

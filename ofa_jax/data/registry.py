@@ -1,17 +1,18 @@
 """Tasks and mixtures declared as data, seqio-style, without seqio's TensorFlow.
 
 A Task names a source of raw records, the small pure preprocessors that turn one record into a model example, and
-how its outputs are scored. A Mixture samples tasks at fixed rates. Both live in registries looked up by name.
+its kind: the declaration in `ofa_jax.data.tasks.TASKS` that says how it is prompted, decoded and scored. A Mixture
+samples tasks at fixed rates. Both live in registries looked up by name.
 """
 import dataclasses
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 # A preprocessor maps one example to the next stage, given a generator seeded by (pipeline seed, task, position),
 # so the same seed always gives the same examples. It raises DropExample for a record it cannot use.
 Preprocessor = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
-MetricFn = Callable[[Sequence[Any], Sequence[Any]], dict[str, float]]
 
 
 class DropExample(Exception):
@@ -28,8 +29,7 @@ class Task:
     name: str
     source: Any  # random access: len() and [index] -> raw record dict (see ofa_jax.data.sources)
     preprocessors: Sequence[Preprocessor]
-    metric_fns: Sequence[MetricFn] = ()
-    postprocess_fn: Optional[Callable[[str], Any]] = None
+    kind: str = ''  # a name in ofa_jax.data.tasks.TASKS; '' for a task of mixed kinds (OFA's vision-language rows)
 
     def preprocess(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         example = dict(record)

@@ -1,24 +1,27 @@
-"""OFA's tasks as data: instruction templates, small pure preprocessors, and task/mixture registration.
+"""OFA's tasks, each declared once: its instruction, preprocessing, output constraint, decoding, postprocessing and
+metrics. Training (through these preprocessors), `ofa_jax.evaluate`, `ofa_jax.predict` and the Python API
+(`ofa_jax.api.Predictor`) all read the declarations in `TASKS`, so a prompt cannot differ between training and
+inference.
 
 Every preprocessor takes an example dict and a numpy Generator and returns the next example (or raises DropExample);
-a task is its source plus a chain of them, ending in 'source_ids' / 'target_ids' (no bos/eos) and, where it has one,
-'image' (float32 [S, S, 3] in [-1, 1]). Templates are OFA's, leading spaces included.
+a task's chain ends in 'source_ids' / 'target_ids' (no bos/eos) and, where it has one, 'image' (float32 [S, S, 3] in
+[-1, 1]). Templates are OFA's, leading spaces included. Source mixtures and registration from a config live in
+`ofa_jax.data.mixtures`.
 """
+import dataclasses
 import io
-import os
-import re
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 
+from ofa_jax import metrics
 from ofa_jax.data import boxes as B
-from ofa_jax.data import sources
 from ofa_jax.data import transforms as T
-from ofa_jax.data.image_codes import ImageTokenizer, PatchCodebook
-from ofa_jax.data.registry import DropExample, Mixture, MixtureRegistry, Task, TaskRegistry, get_tasks
-from ofa_jax.data.vocab import OFAVocabulary, Vocabulary, default_vocabulary
-from ofa_jax.data.world import COLORS, SHAPES, World, WorldText
+from ofa_jax.data.image_codes import ImageTokenizer
+from ofa_jax.data.registry import DropExample
+from ofa_jax.data.vocab import Vocabulary
 
 # Pretraining instructions (OFA's unify dataset).
 GROUNDING = ' which region does the text " {} " describe?'
@@ -31,14 +34,16 @@ IMAGE_INFILL = ' what is the image in the middle part?'
 TEXT_INFILL = ' what is the complete text of " {} "?'
 # Finetuning instructions.
 SNLI_VE = ' does the image describe " {} "?'
+SNLI_VE_WITH_PREMISE = ' can image and text1 " {} " imply text2 " {} "?'  # OFA's snli_ve with add_caption
 TEXT_TO_IMAGE = ' what is the complete image? caption: {}'
 SST2 = ' is the sentiment of text " {} " positive or negative?'
 TEXT_PAIR_ENTAILMENT = ' can text1 " {} " imply text2 " {} "?'  # MNLI, RTE
 QQP = ' is question " {} " and question " {} " equivalent?'
 GIGAWORD = ' what is the summary of article " {} "?'
 
-MAX_IMAGE_SIZE = 512  # box coordinates are quantized relative to this side, as OFA does
+MAX_IMAGE_SIZE = B.MAX_IMAGE_SIZE
 SNLI_ANSWERS = {'entailment': 'yes', 'contradiction': 'no', 'neutral': 'maybe'}
+MASK = '<mask>'  # marks a missing span in text infilling's input
 
 Preprocessor = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
 # (uint8 image [H, W, 3], boxes [N, 4], rng) -> (float32 image [S, S, 3] in [-1, 1], boxes [N, 4], keep [N] bool)
@@ -52,6 +57,286 @@ def clean_text(text: str, max_words: Optional[int] = None) -> str:
     words = text.split()
     return ' '.join(words[:max_words] if max_words else words)
 
+
+def _text(value: Any, name: str, max_words: Optional[int] = 30) -> str:
+    """`value` cleaned for an instruction; ValueError names an input that is not a non-empty string."""
+    if not isinstance(value, str):
+        raise ValueError(f'{name} must be a string, got {type(value).__name__}')
+    text = clean_text(value, max_words)
+    if not text:
+        raise ValueError(f'{name} is empty')
+    return text
+
+
+# ---- instructions: raw inputs -> source ids, shared by the training preprocessors and the API ------------------
+
+def caption_instruction(vocab: Vocabulary) -> list[int]:
+    return vocab.encode(CAPTION)
+
+
+def vqa_instruction(vocab: Vocabulary, question: str, add_question_mark: bool = True) -> list[int]:
+    """The cleaned question itself; OFA's finetuning ends it in a question mark, its pretraining does not."""
+    text = _text(question, 'question')
+    if add_question_mark and not text.endswith('?'):
+        text += '?'
+    return vocab.encode(' ' + text)
+
+
+def grounding_instruction(vocab: Vocabulary, text: str) -> list[int]:
+    return vocab.encode(GROUNDING.format(_text(text, 'text')))
+
+
+def grounded_caption_instruction(vocab: Vocabulary, region: Sequence[float]) -> list[int]:
+    """region: [4] (x0, y0, x1, y1) in the pixels of the model's input image."""
+    return vocab.encode(GROUNDED_CAPTION) + B.box_to_tokens(region, vocab, MAX_IMAGE_SIZE)
+
+
+def itm_instruction(vocab: Vocabulary, text: str) -> list[int]:
+    return vocab.encode(IMAGE_TEXT_MATCH.format(_text(text, 'text')))
+
+
+def answer_match_instruction(vocab: Vocabulary, question: str, answer: str) -> list[int]:
+    if not isinstance(answer, str) or not answer.strip():
+        raise ValueError('answer must be a non-empty string')
+    return vocab.encode(ANSWER_MATCH.format(_text(question, 'question'), answer.strip()))
+
+
+def detection_instruction(vocab: Vocabulary) -> list[int]:
+    return vocab.encode(DETECTION)
+
+
+def image_infill_instruction(vocab: Vocabulary) -> list[int]:
+    return vocab.encode(IMAGE_INFILL)
+
+
+def text_infill_instruction(vocab: Vocabulary, text: str) -> list[int]:
+    """`text` with each missing span marked by '<mask>' (one mask token per span)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError('text is empty' if isinstance(text, str) else
+                         f'text must be a string, got {type(text).__name__}')
+    prefix, suffix = TEXT_INFILL.split('{}')
+    body = []
+    for i, part in enumerate(clean_text(text).split(MASK)):
+        part = part.strip()
+        body += ([vocab.mask_id] if i else []) + (vocab.encode(' ' + part) if part else [])
+    return vocab.encode(prefix.rstrip()) + body + vocab.encode(suffix)
+
+
+def text_to_image_instruction(vocab: Vocabulary, text: str) -> list[int]:
+    return vocab.encode(TEXT_TO_IMAGE.format(_text(text, 'text')))
+
+
+def snli_ve_instruction(vocab: Vocabulary, hypothesis: str, premise: Optional[str] = None) -> list[int]:
+    """Does the image (and the text premise, when given) imply the hypothesis?"""
+    if premise is None:
+        return vocab.encode(SNLI_VE.format(_text(hypothesis, 'hypothesis')))
+    return vocab.encode(SNLI_VE_WITH_PREMISE.format(_text(premise, 'premise'), _text(hypothesis, 'hypothesis')))
+
+
+def sst2_instruction(vocab: Vocabulary, text: str) -> list[int]:
+    return vocab.encode(SST2.format(_text(text, 'text', 100)))
+
+
+def text_pair_instruction(template: str) -> Callable[..., list[int]]:
+    def instruction(vocab: Vocabulary, premise: str, hypothesis: str) -> list[int]:
+        return vocab.encode(template.format(_text(premise, 'premise', 100), _text(hypothesis, 'hypothesis', 100)))
+    return instruction
+
+
+def summarization_instruction(vocab: Vocabulary, text: str) -> list[int]:
+    return vocab.encode(GIGAWORD.format(_text(text, 'text', 100)))
+
+
+# ---- outputs: answer tokens -> result fields ---------------------------------------------------------------------
+
+def _until_eos(tokens: Sequence[int], vocab: Vocabulary) -> list[int]:
+    ids = [int(t) for t in tokens]
+    return ids[:ids.index(vocab.eos_id)] if vocab.eos_id in ids else ids
+
+
+def text_output(key: str) -> Callable[[Sequence[int], Vocabulary, B.Scale], dict[str, Any]]:
+    def output(tokens, vocab, scale):
+        return {key: vocab.decode(_until_eos(tokens, vocab)).strip()}
+    return output
+
+
+def box_output(tokens: Sequence[int], vocab: Vocabulary, scale: B.Scale) -> dict[str, Any]:
+    return {'box': B.tokens_to_box(list(tokens)[:4], vocab, MAX_IMAGE_SIZE, scale).tolist()}
+
+
+def objects_output(tokens: Sequence[int], vocab: Vocabulary, scale: B.Scale) -> dict[str, Any]:
+    found, labels = B.tokens_to_objects(tokens, vocab, scale)
+    return {'boxes': found.tolist(), 'labels': labels}
+
+
+# ---- references: what a prediction of a preprocessed example is scored against ----------------------------------
+
+def _target_text(example: dict, vocab: Vocabulary) -> str:
+    return vocab.decode(example['target_ids']).strip()
+
+
+def caption_references(example: dict, vocab: Vocabulary) -> list[str]:
+    return [clean_text(r) for r in example.get('references', [])] or [_target_text(example, vocab)]
+
+
+def vqa_references(example: dict, vocab: Vocabulary) -> dict[str, float]:
+    return dict(example['answers'])
+
+
+def box_reference(example: dict, vocab: Vocabulary) -> list[float]:
+    return np.asarray(example['region'], np.float64).tolist()
+
+
+def objects_reference(example: dict, vocab: Vocabulary) -> tuple[list, list[str]]:
+    return np.asarray(example['boxes'], np.float64).tolist(), [clean_text(label) for label in example['labels']]
+
+
+def text_reference(example: dict, vocab: Vocabulary) -> list[str]:
+    return [_target_text(example, vocab)]
+
+
+def label_reference(example: dict, vocab: Vocabulary) -> str:
+    return _target_text(example, vocab)
+
+
+def codes_reference(example: dict, vocab: Vocabulary) -> list[int]:
+    return [int(t) - vocab.code_id(0) for t in example['target_ids']]
+
+
+# ---- metrics: {id: prediction}, {id: reference} -> {name: value} ------------------------------------------------
+
+def caption_metrics(predictions: Mapping[str, str], references: Mapping[str, list[str]]) -> dict[str, float]:
+    return {'cider': metrics.cider(references, predictions), 'bleu4': metrics.bleu4(references, predictions),
+            'exact_match': metrics.exact_match(predictions, references)}
+
+
+def exact_match_metrics(predictions: Mapping[str, str], references: Mapping[str, list[str]]) -> dict[str, float]:
+    return {'exact_match': metrics.exact_match(predictions, references)}
+
+
+def vqa_metrics(predictions: Mapping[str, str], references: Mapping[str, dict[str, float]]) -> dict[str, float]:
+    return {'accuracy': metrics.vqa_score(predictions, references)}
+
+
+def grounding_metrics(predictions: Mapping[str, list], references: Mapping[str, list]) -> dict[str, float]:
+    keys = list(predictions)
+    return {'accuracy': metrics.grounding_accuracy(np.array([predictions[k] for k in keys]),
+                                                   np.array([references[k] for k in keys]))}
+
+
+def detection_metrics(predictions: Mapping[str, tuple], references: Mapping[str, tuple]) -> dict[str, float]:
+    return {'f1': metrics.detection_f1(predictions, references)}
+
+
+def code_metrics(predictions: Mapping[str, list[int]], references: Mapping[str, list[int]]) -> dict[str, float]:
+    """The fraction of codes predicted right, per image, averaged over images."""
+    return {'code_accuracy': float(np.mean([np.mean(np.asarray(predictions[k]) == np.asarray(references[k]))
+                                            for k in predictions]))}
+
+
+def accuracy_metrics(predictions: Mapping[str, str], references: Mapping[str, str]) -> dict[str, float]:
+    return {'accuracy': metrics.accuracy(predictions, references)}
+
+
+# ---- the declarations ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TaskKind:
+    """One of OFA's tasks, declared once. Its `name` is the one name used everywhere: the world's task
+    (`world_<name>`), the finetuning kind (`configs/finetune.py:<name>`), `predict --task`, the Predictor method,
+    the decoding settings and the metric keys (`<name>_<metric>`)."""
+    name: str
+    instruction: Callable[..., list[int]]  # (vocab, **inputs) -> source ids, no bos/eos
+    inputs: tuple[str, ...] = ()  # the raw text (or region) inputs of the instruction, besides the image
+    image: bool = True  # whether the model sees an image
+    constraint: Optional[str] = None  # answer tokens limited to 'bins' or 'codes' (and eos), in training and decoding
+    candidates: tuple[str, ...] = ()  # a closed answer set, scored rather than decoded
+    choose: bool = False  # answers are chosen among caller-given candidates (classification)
+    decode: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # DecodeSettings, as OFA's evaluation sets
+    prompt_type: str = 'none'  # what precedes the answer in the decoder: 'none', 'src' or 'prev_output'
+    output: Optional[Callable[[Sequence[int], Vocabulary, B.Scale], dict[str, Any]]] = None  # tokens -> result
+    result_key: str = 'answer'  # the result field holding the answer
+    reference: Optional[Callable[[dict, Vocabulary], Any]] = None  # a preprocessed example -> what is scored
+    metrics: Optional[Callable[[Mapping, Mapping], dict[str, float]]] = None  # None: no automatic evaluation
+
+    def source_ids(self, vocab: Vocabulary, **inputs: Any) -> list[int]:
+        """The instruction's token ids for these inputs; ValueError names a missing, unknown or empty one."""
+        optional = {'premise'} if self.name == 'snli_ve' else set()
+        missing = [name for name in self.inputs if name not in inputs and name not in optional]
+        unknown = sorted(set(inputs) - set(self.inputs))
+        if missing or unknown:
+            raise ValueError(f'task {self.name} takes inputs {list(self.inputs)}; missing {missing}, '
+                             f'unknown {unknown}')
+        return self.instruction(vocab, **inputs)
+
+    def prediction(self, result: dict[str, Any]) -> Any:
+        """The part of a result its metrics score."""
+        if self.name == 'detection':
+            return result['boxes'], result['labels']
+        return result[self.result_key]
+
+
+_TEXT_ANSWER = dict(output=text_output('answer'), reference=label_reference, metrics=accuracy_metrics)
+TASKS: dict[str, TaskKind] = {kind.name: kind for kind in (
+    TaskKind('caption', caption_instruction, decode=dict(beam_size=5, max_length=17, no_repeat_ngram_size=3),
+             output=text_output('caption'), result_key='caption', reference=caption_references,
+             metrics=caption_metrics),
+    TaskKind('vqa', vqa_instruction, ('question',), decode=dict(beam_size=5, max_length=17),
+             output=text_output('answer'), reference=vqa_references, metrics=vqa_metrics),
+    # A box is exactly the four bins, then eos.
+    TaskKind('grounding', grounding_instruction, ('text',), constraint='bins',
+             decode=dict(beam_size=5, min_length=4, max_length=5), output=box_output, result_key='box',
+             reference=box_reference, metrics=grounding_metrics),
+    TaskKind('grounded_caption', grounded_caption_instruction, ('region',),
+             decode=dict(beam_size=5, max_length=17, no_repeat_ngram_size=3), output=text_output('caption'),
+             result_key='caption', reference=text_reference, metrics=exact_match_metrics),
+    TaskKind('itm', itm_instruction, ('text',), candidates=('yes', 'no'), **_TEXT_ANSWER),
+    TaskKind('answer_match', answer_match_instruction, ('question', 'answer'), candidates=('yes', 'no'),
+             **_TEXT_ANSWER),
+    # Pretraining's detection targets are cut at 30 tokens.
+    TaskKind('detection', detection_instruction, decode=dict(beam_size=5, max_length=31), output=objects_output,
+             result_key='boxes', reference=objects_reference, metrics=detection_metrics),
+    # Exactly the model's code grid (code_image_size / 8 squared), then eos.
+    TaskKind('image_infill', image_infill_instruction, constraint='codes', decode=dict(beam_size=5),
+             result_key='codes', reference=codes_reference, metrics=code_metrics),
+    TaskKind('text_infill', text_infill_instruction, ('text',), image=False, decode=dict(beam_size=5, max_length=65),
+             output=text_output('text'), result_key='text', reference=text_reference, metrics=exact_match_metrics),
+    TaskKind('text_to_image', text_to_image_instruction, ('text',), image=False, constraint='codes',
+             decode=dict(top_k=256), result_key='images'),
+    TaskKind('snli_ve', snli_ve_instruction, ('hypothesis', 'premise'), candidates=('yes', 'no', 'maybe'),
+             **_TEXT_ANSWER),
+    TaskKind('classification', caption_instruction, choose=True, output=text_output('label'), result_key='label',
+             reference=label_reference, metrics=accuracy_metrics),
+    TaskKind('sst2', sst2_instruction, ('text',), image=False, candidates=('positive', 'negative'), **_TEXT_ANSWER),
+    TaskKind('mnli', text_pair_instruction(TEXT_PAIR_ENTAILMENT), ('premise', 'hypothesis'), image=False,
+             candidates=('yes', 'no', 'maybe'), **_TEXT_ANSWER),
+    TaskKind('rte', text_pair_instruction(TEXT_PAIR_ENTAILMENT), ('premise', 'hypothesis'), image=False,
+             candidates=('yes', 'no'), **_TEXT_ANSWER),
+    TaskKind('qqp', text_pair_instruction(QQP), ('premise', 'hypothesis'), image=False, candidates=('yes', 'no'),
+             **_TEXT_ANSWER),
+    TaskKind('summarization', summarization_instruction, ('text',), image=False,
+             decode=dict(beam_size=6, max_length=33, length_penalty=0.7), output=text_output('summary'),
+             result_key='summary'),
+)}
+
+
+def task_kind(name: str) -> TaskKind:
+    if name not in TASKS:
+        raise ValueError(f'unknown task {name!r}; the tasks are {", ".join(TASKS)}')
+    return TASKS[name]
+
+
+def _source(kind: str, vocab: Vocabulary, **inputs: Any) -> dict[str, Any]:
+    """The example fields a task's instruction sets: its source ids and its answer constraint."""
+    spec = TASKS[kind]
+    out = {'source_ids': spec.source_ids(vocab, **inputs)}
+    if spec.constraint:
+        out['constraint'] = spec.constraint
+        out['constraint_range'] = vocab.constraint_range(spec.constraint)
+    return out
+
+
+# ---- image helpers -----------------------------------------------------------------------------------------------
 
 def image_transform(pipeline: T.Compose) -> ImageTransform:
     """An ImageTransform from a transforms pipeline (which must end in Normalize)."""
@@ -130,26 +415,33 @@ def transform_image(transform: ImageTransform, with_region: bool = False, with_b
     return preprocess
 
 
-# ---- the eight pretraining tasks and the finetuning tasks --------------------------------------------------------
+# ---- the tasks' preprocessors: each builds its instruction through its declaration ------------------------------
 
 def caption(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
     def preprocess(example, rng):
-        return {**example, 'source_ids': vocab.encode(CAPTION),
+        return {**example, **_source('caption', vocab),
                 'target_ids': vocab.encode(' ' + clean_text(example['caption'], max_words))}
     return preprocess
 
 
-def visual_grounding(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
+def classification(vocab: Vocabulary) -> Preprocessor:
+    """ImageNet-style: the caption instruction, the label's text as the target (in 'caption')."""
     def preprocess(example, rng):
-        return {**example, 'source_ids': vocab.encode(GROUNDING.format(clean_text(example['text'], max_words))),
-                'target_ids': B.box_to_tokens(example['region'], vocab, MAX_IMAGE_SIZE), 'constraint': 'bins'}
+        return {**example, **_source('classification', vocab),
+                'target_ids': vocab.encode(' ' + clean_text(example['caption']))}
+    return preprocess
+
+
+def grounding(vocab: Vocabulary) -> Preprocessor:
+    def preprocess(example, rng):
+        return {**example, **_source('grounding', vocab, text=example['text']),
+                'target_ids': B.box_to_tokens(example['region'], vocab, MAX_IMAGE_SIZE)}
     return preprocess
 
 
 def grounded_caption(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
     def preprocess(example, rng):
-        source = vocab.encode(GROUNDED_CAPTION) + B.box_to_tokens(example['region'], vocab, MAX_IMAGE_SIZE)
-        return {**example, 'source_ids': source,
+        return {**example, **_source('grounded_caption', vocab, region=example['region']),
                 'target_ids': vocab.encode(' ' + clean_text(example['text'], max_words))}
     return preprocess
 
@@ -166,10 +458,9 @@ def _other_value(records: Any, rng: np.random.Generator, value: Callable[[dict],
     raise DropExample(reason)
 
 
-def image_text_match(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (),
-                     max_words: int = 30) -> Preprocessor:
-    """Half the examples keep their caption (' yes'); the others (' no') get a caption with one object word swapped
-    (with probability 0.4, when object words are known and present) or the caption of another record."""
+def itm(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (), max_words: int = 30) -> Preprocessor:
+    """Image-text matching. Half the examples keep their caption (' yes'); the others (' no') get a caption with one
+    object word swapped (with probability 0.4, when object words are known and present) or another record's."""
     def preprocess(example, rng):
         text = clean_text(example['caption'], max_words)
         answer = ' yes'
@@ -184,27 +475,23 @@ def image_text_match(vocab: Vocabulary, negatives: Any, object_words: tuple[str,
             else:
                 text = _other_value(negatives, rng, lambda r: clean_text(r.get('caption') or '', max_words), text,
                                     'no_negative_caption')
-        return {**example, 'source_ids': vocab.encode(IMAGE_TEXT_MATCH.format(text)),
-                'target_ids': vocab.encode(answer)}
+        return {**example, **_source('itm', vocab, text=text), 'itm_text': text, 'target_ids': vocab.encode(answer)}
     return preprocess
 
 
-def vqa(vocab: Vocabulary, add_question_mark: bool = False, max_words: int = 30) -> Preprocessor:
+def vqa(vocab: Vocabulary, add_question_mark: bool = False) -> Preprocessor:
     """Target: the most confident answer; its confidence weights the loss."""
     def preprocess(example, rng):
         answers = example.get('answers')
         if not isinstance(answers, dict) or not answers:
             raise DropExample('missing_answers')
         answer, confidence = max(answers.items(), key=lambda item: item[1])
-        question = clean_text(example['question'], max_words)
-        if add_question_mark and not question.endswith('?'):
-            question += '?'
-        return {**example, 'source_ids': vocab.encode(' ' + question),
+        return {**example, 'source_ids': vqa_instruction(vocab, example['question'], add_question_mark),
                 'target_ids': vocab.encode(' ' + answer.strip()), 'loss_weight': float(confidence)}
     return preprocess
 
 
-def answer_match(vocab: Vocabulary, negatives: Any, max_words: int = 30) -> Preprocessor:
+def answer_match(vocab: Vocabulary, negatives: Any) -> Preprocessor:
     """OFA's second sample of a VQA row: is the best answer (' yes', half the time) or another record's best answer
     (' no') the answer to the question?"""
     def best(example):
@@ -219,8 +506,7 @@ def answer_match(vocab: Vocabulary, negatives: Any, max_words: int = 30) -> Prep
         if rng.random() < 0.5:
             target = ' no'
             answer = _other_value(negatives, rng, best, answer, 'no_negative_answer')
-        question = clean_text(example['question'], max_words)
-        return {**example, 'source_ids': vocab.encode(ANSWER_MATCH.format(question, answer)),
+        return {**example, **_source('answer_match', vocab, question=example['question'], answer=answer),
                 'target_ids': vocab.encode(target)}
     return preprocess
 
@@ -233,7 +519,7 @@ def detection(vocab: Vocabulary) -> Preprocessor:
         target = []
         for box, label in zip(example['boxes'], example['labels']):
             target += B.box_to_tokens(box, vocab, MAX_IMAGE_SIZE) + vocab.encode(' ' + clean_text(label))
-        return {**example, 'source_ids': vocab.encode(DETECTION), 'target_ids': target}
+        return {**example, **_source('detection', vocab), 'target_ids': target}
     return preprocess
 
 
@@ -254,8 +540,8 @@ def image_infill(vocab: Vocabulary, tokenizer: Optional[ImageTokenizer]) -> Prep
             raise DropExample('missing_codes')
         masked = image.astype(np.float32) / 127.5 - 1.0
         masked[lo:hi, lo:hi] = 0.0
-        return {**example, 'image': masked, 'source_ids': vocab.encode(IMAGE_INFILL),
-                'target_ids': [vocab.code_id(int(c)) for c in codes], 'code_target': True, 'constraint': 'codes'}
+        return {**example, **_source('image_infill', vocab), 'image': masked,
+                'target_ids': [vocab.code_id(int(c)) for c in codes], 'code_target': True}
     return preprocess
 
 
@@ -265,14 +551,15 @@ def text_to_image(vocab: Vocabulary, tokenizer: ImageTokenizer, max_words: int =
     def preprocess(example, rng):
         codes = tokenizer.encode(example['image'][None])[0].reshape(-1)
         out = {k: v for k, v in example.items() if k != 'image'}
-        return {**out, 'source_ids': vocab.encode(TEXT_TO_IMAGE.format(clean_text(example['caption'], max_words))),
-                'target_ids': [vocab.code_id(int(c)) for c in codes], 'code_target': True, 'constraint': 'codes'}
+        return {**out, **_source('text_to_image', vocab, text=clean_text(example['caption'], max_words)),
+                'target_ids': [vocab.code_id(int(c)) for c in codes], 'code_target': True}
     return preprocess
 
 
 def text_infill(vocab: Vocabulary, mask_ratio: float = 0.3, poisson_lambda: float = 3.0,
                 max_tokens: int = 64) -> Preprocessor:
-    """BART span masking over whole words: spans of Poisson(3) words replace 30% of the words, each by one <mask>."""
+    """BART span masking over whole words: spans of Poisson(3) words replace 30% of the words, each by one <mask>.
+    The masked text (spans as '<mask>') is kept in 'masked_text'."""
     def preprocess(example, rng):
         words = clean_text(example['text']).split()
         word_tokens = [vocab.encode(' ' + w) for w in words]
@@ -284,218 +571,34 @@ def text_infill(vocab: Vocabulary, mask_ratio: float = 0.3, poisson_lambda: floa
             length = max(1, int(rng.poisson(poisson_lambda)))
             start = int(rng.integers(len(word_tokens)))
             masked[start:start + min(length, budget - int(masked.sum()))] = True
-        source = []
-        for i, tokens in enumerate(word_tokens):
-            if not masked[i]:
-                source += tokens
-            elif i == 0 or not masked[i - 1]:
-                source.append(vocab.mask_id)
-        prefix, suffix = TEXT_INFILL.split('{}')
-        return {**example, 'source_ids': vocab.encode(prefix.rstrip()) + source + vocab.encode(suffix),
+        shown = [MASK if masked[i] else words[i] for i in range(len(word_tokens))
+                 if not (masked[i] and i and masked[i - 1])]
+        masked_text = ' '.join(shown)
+        return {**example, **_source('text_infill', vocab, text=masked_text), 'masked_text': masked_text,
                 'target_ids': [t for tokens in word_tokens for t in tokens]}
     return preprocess
 
 
-def snli_ve(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
+def snli_ve(vocab: Vocabulary) -> Preprocessor:
     def preprocess(example, rng):
         if example.get('label') not in SNLI_ANSWERS:
             raise DropExample('bad_label', repr(example.get('label')))
-        return {**example, 'source_ids': vocab.encode(SNLI_VE.format(clean_text(example['hypothesis'], max_words))),
+        return {**example, **_source('snli_ve', vocab, hypothesis=example['hypothesis']),
                 'target_ids': vocab.encode(' ' + SNLI_ANSWERS[example['label']])}
     return preprocess
 
 
-def text_classification(vocab: Vocabulary, template: str, fields: tuple[str, ...],
-                        answers: Optional[dict[str, str]] = None, max_words: int = 100) -> Preprocessor:
-    """GLUE-style text-only tasks and summarization: the template filled with `fields`, target the label (mapped
-    through `answers` when given) or the 'target' text."""
+def text_task(vocab: Vocabulary, kind: str, answers: Optional[dict[str, str]] = None) -> Preprocessor:
+    """GLUE-style text-only tasks and summarization: the task's instruction of the record's fields, target the
+    label (mapped through `answers` when given) or the 'target' text."""
+    fields = TASKS[kind].inputs
+
     def preprocess(example, rng):
-        source = template.format(*(clean_text(example[f], max_words) for f in fields))
         target = example['label'] if 'label' in example else example['target']
         if answers is not None:
             if target not in answers:
                 raise DropExample('bad_label', repr(target))
             target = answers[target]
-        return {**example, 'source_ids': vocab.encode(source),
+        return {**example, **_source(kind, vocab, **{f: example[f] for f in fields}),
                 'target_ids': vocab.encode(' ' + clean_text(str(target)))}
     return preprocess
-
-
-# ---- registration ----------------------------------------------------------------------------------------------
-
-def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, prefix: str = 'world',
-                   replace: bool = True) -> Mixture:
-    """Registers the eight pretraining tasks on a synthetic world, and their mixture `{prefix}_pretrain`; also
-    `{prefix}_text_to_image` (captions to the codes of the whole scene), outside the mixture.
-
-    Rates follow OFA's recipe: each image-text record gives two vision-language samples, and every 8th record adds two
-    text-infilling, one image-infilling and one detection sample."""
-    size = world.image_size
-    to_model = resize_transform(size)
-    image = (decode_image, require_text('caption'))
-    vl = {
-        'caption': (*image, transform_image(to_model), caption(vocab)),
-        'vqa': (*image, require_text('question'), transform_image(to_model), vqa(vocab)),
-        'grounding': (*image, require_text('text'), transform_image(to_model, with_region=True),
-                      visual_grounding(vocab)),
-        'grounded_caption': (*image, require_text('text'), transform_image(to_model, with_region=True),
-                             grounded_caption(vocab)),
-        'itm': (*image, transform_image(to_model),
-                image_text_match(vocab, world, tuple(COLORS) + SHAPES)),
-        'detection': (decode_image, transform_image(to_model, with_boxes=True), detection(vocab)),
-        'image_infill': (decode_image, image_infill(vocab, tokenizer)),
-    }
-    rates = {'caption': 4, 'vqa': 4, 'grounding': 4, 'grounded_caption': 2, 'itm': 2, 'detection': 1,
-             'image_infill': 1, 'text_infill': 2}
-    for name, steps in vl.items():
-        TaskRegistry.add(Task(f'{prefix}_{name}', world, steps), replace=replace)
-    TaskRegistry.add(Task(f'{prefix}_text_infill', WorldText(world), (require_text('text'), text_infill(vocab))),
-                     replace=replace)
-    # Not in the pretraining mixture (nor in OFA's): a finetuning task, configs/demo_text2image.py.
-    TaskRegistry.add(Task(f'{prefix}_text_to_image', world, (decode_image, require_text('caption'),
-                                                             text_to_image(vocab, tokenizer))), replace=replace)
-    return MixtureRegistry.add(Mixture(f'{prefix}_pretrain', {f'{prefix}_{k}': v for k, v in rates.items()}),
-                               replace=replace)
-
-
-def per_type(chains: dict[str, tuple[Preprocessor, ...]]) -> Preprocessor:
-    """Runs the chain named by the record's 'type' (the rows of OFA's vision-language pretraining file)."""
-    def preprocess(example, rng):
-        chain = chains.get(example.get('type'))
-        if chain is None:
-            raise DropExample('bad_type', repr(example.get('type')))
-        for step in chain:
-            example = step(example, rng)
-        return example
-    return preprocess
-
-
-def square_image(size: int) -> Preprocessor:
-    """uint8 'image' -> uint8 [size, size, 3] (bicubic), for preprocessors that work on pixels."""
-    def preprocess(example, rng):
-        return {**example, 'image': T.resize_image(example['image'], size, size)[0]}
-    return preprocess
-
-
-PRETRAIN_FILES = ('vision_language', 'text', 'image', 'detection')
-
-
-def register_ofa_pretraining(vocab: Vocabulary, paths: dict[str, str], image_size: int = 384,
-                             prefix: str = 'ofa') -> Mixture:
-    """OFA's pretraining over its released TSV files, as the mixture `{prefix}_pretrain`.
-
-    paths: 'vision_language' (required; rows typed caption / qa / visual_grounding), and optionally 'text', 'image'
-    (with the centre's VQGAN codes) and 'detection'. As in OFA's unify dataset, each vision-language row gives two
-    samples (caption + image-text match; VQA weighted by answer confidence + answer match; grounding + grounded
-    caption) and every 8 rows add 2 text-infilling, 1 image-infilling and 1 detection sample. Unlike OFA, the
-    negatives of image-text matching are other rows' captions only (OFA also swaps object words from a global list),
-    and every sample has the same image size (OFA gives image infilling and detection a 256-pixel sub-batch)."""
-    unknown = set(paths) - set(PRETRAIN_FILES)
-    if unknown or 'vision_language' not in paths:
-        raise ValueError(f'pretraining files {sorted(paths)}: need vision_language, may have {PRETRAIN_FILES[1:]}')
-    for role, path in paths.items():
-        if not os.path.exists(path):
-            raise ValueError(f'pretraining {role} file {path!r} does not exist')
-    vl = sources.OFATsvSource(paths['vision_language'], 'pretrain_vl')
-    image_text = transform_image(image_transform(T.pretrain_image_text_transform(image_size)))
-    region = transform_image(image_transform(T.pretrain_grounding_transform(image_size)), with_region=True)
-    first = per_type({'caption': (require_text('caption'), image_text, caption(vocab)),
-                      'qa': (require_text('question'), image_text, vqa(vocab)),
-                      'visual_grounding': (require_text('text'), region, visual_grounding(vocab))})
-    second = per_type({'caption': (require_text('caption'), image_text, image_text_match(vocab, vl)),
-                       'qa': (require_text('question'), image_text, answer_match(vocab, vl)),
-                       'visual_grounding': (require_text('text'), region, grounded_caption(vocab))})
-    tasks = {'vl_first': (vl, (decode_image, first), 8), 'vl_second': (vl, (decode_image, second), 8)}
-    if 'text' in paths:
-        tasks['text_infill'] = (sources.OFATsvSource(paths['text'], 'pretrain_text'),
-                                (require_text('text'), text_infill(vocab)), 2)
-    if 'image' in paths:
-        tasks['image_infill'] = (sources.OFATsvSource(paths['image'], 'pretrain_image'),
-                                 (decode_image, square_image(image_size), image_infill(vocab, None)), 1)
-    if 'detection' in paths:
-        boxes = image_transform(T.Compose([T.RandomHorizontalFlip(), T.Resize(image_size), T.Normalize()]))
-        tasks['detection'] = (sources.OFATsvSource(paths['detection'], 'pretrain_detection'),
-                              (decode_image, transform_image(boxes, with_boxes=True), detection(vocab)), 1)
-    for name, (source, steps, _) in tasks.items():
-        TaskRegistry.add(Task(f'{prefix}_{name}', source, steps), replace=True)
-    return MixtureRegistry.add(Mixture(f'{prefix}_pretrain', {f'{prefix}_{k}': v[2] for k, v in tasks.items()}),
-                               replace=True)
-
-
-def finetune_task(name: str, kind: str, source: Any, vocab: Vocabulary, image_size: int = 480,
-                  transform: Optional[ImageTransform] = None, replace: bool = False) -> Task:
-    """Registers a finetuning task of `kind` (caption, vqa, refcoco, snli_ve, imagenet, sst2, mnli, rte, qqp,
-    gigaword) on a source of raw records (OFA TSV, TFDS, JSONL, or the world)."""
-    to_model = transform or resize_transform(image_size)
-    image = (decode_image, )
-    steps = {
-        'caption': lambda: (*image, require_text('caption'), transform_image(to_model), caption(vocab)),
-        'imagenet': lambda: (*image, require_text('caption'), transform_image(to_model), caption(vocab)),
-        'vqa': lambda: (*image, require_text('question'), transform_image(to_model), vqa(vocab, True)),
-        'refcoco': lambda: (*image, require_text('text'), transform_image(to_model, with_region=True),
-                            visual_grounding(vocab)),
-        'snli_ve': lambda: (*image, require_text('hypothesis'), transform_image(to_model), snli_ve(vocab)),
-        'sst2': lambda: (require_text('text'), text_classification(
-            vocab, SST2, ('text',), {'0': 'negative', '1': 'positive', 'negative': 'negative',
-                                     'positive': 'positive'})),
-        'mnli': lambda: (require_text('premise', 'hypothesis'), text_classification(
-            vocab, TEXT_PAIR_ENTAILMENT, ('premise', 'hypothesis'), SNLI_ANSWERS)),
-        'rte': lambda: (require_text('premise', 'hypothesis'), text_classification(
-            vocab, TEXT_PAIR_ENTAILMENT, ('premise', 'hypothesis'),
-            {'entailment': 'yes', 'not_entailment': 'no'})),
-        'qqp': lambda: (require_text('premise', 'hypothesis'), text_classification(
-            vocab, QQP, ('premise', 'hypothesis'), {'0': 'no', '1': 'yes'})),
-        'gigaword': lambda: (require_text('text'), text_classification(vocab, GIGAWORD, ('text',))),
-    }
-    if kind not in steps:
-        raise ValueError(f'unknown finetuning task kind {kind!r}; choose one of {sorted(steps)}')
-    return TaskRegistry.add(Task(name, source, steps[kind]()), replace=replace)
-
-
-def world_codebook(world: Any, num_codes: int = 256, num_images: int = 64) -> PatchCodebook:
-    """The world's image tokenizer, fitted on its first scenes (deterministic)."""
-    return PatchCodebook.fit(np.stack([world[i]['image'] for i in range(min(num_images, len(world)))]),
-                             num_codes=num_codes)
-
-
-def source_from_config(spec: Any) -> Any:
-    """A source from a config entry: format 'tsv' (path, tsv_kind), 'jsonl' (path, image_root) or 'tfds'
-    (dataset, split, data_dir)."""
-    if spec['format'] in ('tsv', 'jsonl') and not spec.get('path'):
-        raise ValueError(f'data task {spec.get("name")!r} has no path: set its file, e.g. '
-                         f'--config.data.tasks.{spec.get("kind")}.path=FILE')
-    if spec['format'] == 'tsv':
-        return sources.OFATsvSource(spec['path'], spec['tsv_kind'])
-    if spec['format'] == 'jsonl':
-        return sources.JsonlSource(spec['path'], spec.get('image_root'))
-    if spec['format'] == 'tfds':
-        return sources.TfdsSource(spec['dataset'], spec['split'], spec.get('data_dir'))
-    raise ValueError(f'data task {spec.get("name")!r}: format {spec["format"]!r} is not tsv, jsonl or tfds')
-
-
-def register_from_config(data: Any) -> tuple[list[Task], list[float]]:
-    """Registers what a training config's `data` section names and returns its tasks and rates.
-
-    data.source 'world': the synthetic world (data.world_size scenes of data.image_size pixels, data.world_seed),
-    with mixture 'world_pretrain' and tasks 'world_<task>'; data.mixture names the mixture or task to train on.
-    data.source 'ofa_pretrain': OFA's pretraining TSV files data.{vision_language,text,image,detection}_path (see
-    register_ofa_pretraining).
-    data.source 'tasks': data.tasks lists (or maps by name) finetuning tasks, each {name, kind, rate, format, ...}
-    (see source_from_config), mixed at their rates."""
-    vocab = OFAVocabulary(data.bpe_dir) if data.get('bpe_dir') else default_vocabulary()
-    if data.source == 'world':
-        world = World(size=data.world_size, seed=data.world_seed, image_size=data.image_size)
-        register_world(vocab, world, world_codebook(world))
-        return get_tasks(data.mixture)
-    if data.source == 'ofa_pretrain':
-        if not data.get('vision_language_path'):
-            raise ValueError('data.vision_language_path is empty: point it at OFA\'s vision-language pretraining TSV '
-                             '(--config.data.vision_language_path=FILE)')
-        paths = {role: data[f'{role}_path'] for role in PRETRAIN_FILES if data.get(f'{role}_path')}
-        return get_tasks(register_ofa_pretraining(vocab, paths, data.image_size).name)
-    if data.source == 'tasks':
-        specs = list(data.tasks.values()) if hasattr(data.tasks, 'values') else list(data.tasks)
-        registered = [finetune_task(spec['name'], spec['kind'], source_from_config(spec), vocab, data.image_size,
-                                    replace=True) for spec in specs]
-        return registered, [float(spec.get('rate', 1.0)) for spec in specs]
-    raise ValueError(f'data.source {data.source!r}: expected "world", "ofa_pretrain" or "tasks"')

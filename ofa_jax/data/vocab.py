@@ -16,6 +16,7 @@ pretraining with a new vocabulary; `train_sentencepiece` (or `python -m ofa_jax.
 characters. Mask, code and bin tokens come from `mask_id`, `code_id` and `bin_id`.
 """
 import abc
+import functools
 import argparse
 import json
 import os
@@ -102,6 +103,18 @@ class Vocabulary(abc.ABC):
         if not 0 < num_codes <= NUM_CODES:
             raise ValueError(f'num_codes {num_codes} is outside [1, {NUM_CODES}]')
         return self._code_offset, self._code_offset + num_codes
+
+    def bin_range(self) -> tuple[int, int]:
+        """Token ids [lo, hi) of the location bins."""
+        return self._bin_offset, self._size
+
+    def constraint_range(self, constraint: str | None) -> tuple[int, int]:
+        """Token ids [lo, hi) a target constrained to `constraint` may take besides eos: 'bins', 'codes' (all 8192), or
+        None (unconstrained: every id)."""
+        ranges = {None: (0, self._size), 'bins': self.bin_range(), 'codes': self.code_range()}
+        if constraint not in ranges:
+            raise ValueError(f'constraint must be one of {list(ranges)}, got {constraint!r}')
+        return ranges[constraint]
 
     def bin_id(self, i: int) -> int:
         """Token id of location bin `i` (0 <= i < 1000)."""
@@ -269,6 +282,20 @@ OFA_BPE_DIR = os.path.join(os.path.dirname(__file__), 'assets', 'ofa_bpe')
 def default_vocabulary() -> 'OFAVocabulary':
     """OFA's own vocabulary (59,457 ids) from the bundled files."""
     return OFAVocabulary(OFA_BPE_DIR)
+
+
+@functools.lru_cache(maxsize=8)
+def vocabulary_from_spec(spec: str) -> Vocabulary:
+    """The vocabulary a config names (`data.vocab`): 'ofa' (OFA's own, bundled), 'bpe:DIR' (OFA-layout BPE files
+    encoder.json, vocab.bpe and dict.txt in DIR) or 'spm:MODEL' (a SentencePiece model file)."""
+    kind, _, path = spec.partition(':')
+    if spec == 'ofa':
+        return default_vocabulary()
+    if kind == 'bpe' and path:
+        return OFAVocabulary(path)
+    if kind == 'spm' and path:
+        return SentencePieceVocabulary(path)
+    raise ValueError(f"vocabulary {spec!r}: expected 'ofa', 'bpe:DIR' or 'spm:MODEL_FILE'")
 
 
 class SentencePieceVocabulary(Vocabulary):

@@ -1,0 +1,221 @@
+"""Tasks on sources and their mixtures: the synthetic world's, OFA's pretraining files', and finetuning tasks from a
+training config's `data` section (`register_from_config`, the one place a config's data keys are read).
+
+Each registered Task names its declaration in `ofa_jax.data.tasks.TASKS` (`Task.kind`), which says how it is
+prompted, decoded and scored.
+"""
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from ofa_jax.data import sources
+from ofa_jax.data import transforms as T
+from ofa_jax.data.image_codes import ImageTokenizer, PatchCodebook
+from ofa_jax.data.registry import DropExample, Mixture, MixtureRegistry, Task, TaskRegistry, get_tasks
+from ofa_jax.data.tasks import (
+    SNLI_ANSWERS, TASKS, Preprocessor, answer_match, caption, classification, decode_image, detection, grounded_caption,
+    grounding, image_infill, image_transform, itm, require_text, resize_transform, snli_ve, text_infill, text_task,
+    text_to_image, transform_image, vqa)
+from ofa_jax.data.vocab import Vocabulary, vocabulary_from_spec
+from ofa_jax.data.world import COLORS, SHAPES, World, WorldText
+
+WORLD_PREFIX = 'world'
+# The world's pretraining mixture, OFA's recipe: each image-text record gives two vision-language samples, and every
+# 8th record adds two text-infilling, one image-infilling and one detection sample.
+WORLD_RATES = {'caption': 4, 'vqa': 4, 'grounding': 4, 'grounded_caption': 2, 'itm': 2, 'detection': 1,
+               'image_infill': 1, 'text_infill': 2}
+
+
+def world_task_name(kind: str) -> str:
+    return f'{WORLD_PREFIX}_{kind}'
+
+
+def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, replace: bool = True) -> Mixture:
+    """Registers the eight pretraining tasks on a synthetic world as `world_<task>`, and their mixture
+    `world_pretrain`; also `world_text_to_image` (captions to the codes of the whole scene), outside the mixture."""
+    to_model = resize_transform(world.image_size)
+    image = (decode_image, require_text('caption'))
+    chains = {
+        'caption': (*image, transform_image(to_model), caption(vocab)),
+        'vqa': (*image, require_text('question'), transform_image(to_model), vqa(vocab)),
+        'grounding': (*image, require_text('text'), transform_image(to_model, with_region=True), grounding(vocab)),
+        'grounded_caption': (*image, require_text('text'), transform_image(to_model, with_region=True),
+                             grounded_caption(vocab)),
+        'itm': (*image, transform_image(to_model), itm(vocab, world, tuple(COLORS) + SHAPES)),
+        'detection': (decode_image, transform_image(to_model, with_boxes=True), detection(vocab)),
+        'image_infill': (decode_image, image_infill(vocab, tokenizer)),
+        # Not in the pretraining mixture (nor in OFA's): a finetuning task, configs/demo_text_to_image.py.
+        'text_to_image': (*image, text_to_image(vocab, tokenizer)),
+    }
+    for kind, steps in chains.items():
+        TaskRegistry.add(Task(world_task_name(kind), world, steps, kind), replace=replace)
+    TaskRegistry.add(Task(world_task_name('text_infill'), WorldText(world), (require_text('text'), text_infill(vocab)),
+                          'text_infill'), replace=replace)
+    return MixtureRegistry.add(Mixture(f'{WORLD_PREFIX}_pretrain',
+                                       {world_task_name(k): v for k, v in WORLD_RATES.items()}), replace=replace)
+
+
+def per_type(chains: dict[str, tuple[Preprocessor, ...]]) -> Preprocessor:
+    """Runs the chain named by the record's 'type' (the rows of OFA's vision-language pretraining file)."""
+    def preprocess(example, rng):
+        chain = chains.get(example.get('type'))
+        if chain is None:
+            raise DropExample('bad_type', repr(example.get('type')))
+        for step in chain:
+            example = step(example, rng)
+        return example
+    return preprocess
+
+
+def square_image(size: int) -> Preprocessor:
+    """uint8 'image' -> uint8 [size, size, 3] (bicubic), for preprocessors that work on pixels."""
+    def preprocess(example, rng):
+        return {**example, 'image': T.resize_image(example['image'], size, size)[0]}
+    return preprocess
+
+
+PRETRAIN_FILES = ('vision_language', 'text', 'image', 'detection')
+
+
+def register_ofa_pretraining(vocab: Vocabulary, paths: dict[str, str], image_size: int = 384,
+                             prefix: str = 'ofa') -> Mixture:
+    """OFA's pretraining over its released TSV files, as the mixture `{prefix}_pretrain`.
+
+    paths: 'vision_language' (required; rows typed caption / qa / visual_grounding), and optionally 'text', 'image'
+    (with the centre's VQGAN codes) and 'detection'. As in OFA's unify dataset, each vision-language row gives two
+    samples (caption + image-text match; VQA weighted by answer confidence + answer match; grounding + grounded
+    caption) and every 8 rows add 2 text-infilling, 1 image-infilling and 1 detection sample. Unlike OFA, the
+    negatives of image-text matching are other rows' captions only (OFA also swaps object words from a global list),
+    and every sample has the same image size (OFA gives image infilling and detection a 256-pixel sub-batch)."""
+    unknown = set(paths) - set(PRETRAIN_FILES)
+    if unknown or 'vision_language' not in paths:
+        raise ValueError(f'pretraining files {sorted(paths)}: need vision_language, may have {PRETRAIN_FILES[1:]}')
+    for role, path in paths.items():
+        if not os.path.exists(path):
+            raise ValueError(f'pretraining {role} file {path!r} does not exist')
+    vl = sources.OFATsvSource(paths['vision_language'], 'pretrain_vl')
+    image_text = transform_image(image_transform(T.pretrain_image_text_transform(image_size)))
+    region = transform_image(image_transform(T.pretrain_grounding_transform(image_size)), with_region=True)
+    first = per_type({'caption': (require_text('caption'), image_text, caption(vocab)),
+                      'qa': (require_text('question'), image_text, vqa(vocab)),
+                      'visual_grounding': (require_text('text'), region, grounding(vocab))})
+    second = per_type({'caption': (require_text('caption'), image_text, itm(vocab, vl)),
+                       'qa': (require_text('question'), image_text, answer_match(vocab, vl)),
+                       'visual_grounding': (require_text('text'), region, grounded_caption(vocab))})
+    # A vision-language task mixes row types; it has no single declaration to be evaluated by.
+    tasks = {'vl_first': (vl, (decode_image, first), 8, ''), 'vl_second': (vl, (decode_image, second), 8, '')}
+    if 'text' in paths:
+        tasks['text_infill'] = (sources.OFATsvSource(paths['text'], 'pretrain_text'),
+                                (require_text('text'), text_infill(vocab)), 2, 'text_infill')
+    if 'image' in paths:
+        tasks['image_infill'] = (sources.OFATsvSource(paths['image'], 'pretrain_image'),
+                                 (decode_image, square_image(image_size), image_infill(vocab, None)), 1,
+                                 'image_infill')
+    if 'detection' in paths:
+        boxes = image_transform(T.Compose([T.RandomHorizontalFlip(), T.Resize(image_size), T.Normalize()]))
+        tasks['detection'] = (sources.OFATsvSource(paths['detection'], 'pretrain_detection'),
+                              (decode_image, transform_image(boxes, with_boxes=True), detection(vocab)), 1,
+                              'detection')
+    for name, (source, steps, _, kind) in tasks.items():
+        TaskRegistry.add(Task(f'{prefix}_{name}', source, steps, kind), replace=True)
+    return MixtureRegistry.add(Mixture(f'{prefix}_pretrain', {f'{prefix}_{k}': v[2] for k, v in tasks.items()}),
+                               replace=True)
+
+
+def finetune_preprocessors(kind: str, vocab: Vocabulary, transform: Any) -> tuple[Preprocessor, ...]:
+    """The preprocessing chain of a finetuning task of `kind` (a name in TASKS)."""
+    image = (decode_image,)
+    chains = {
+        'caption': lambda: (*image, require_text('caption'), transform_image(transform), caption(vocab)),
+        'classification': lambda: (*image, require_text('caption'), transform_image(transform),
+                                   classification(vocab)),
+        'vqa': lambda: (*image, require_text('question'), transform_image(transform), vqa(vocab, True)),
+        'grounding': lambda: (*image, require_text('text'), transform_image(transform, with_region=True),
+                              grounding(vocab)),
+        'snli_ve': lambda: (*image, require_text('hypothesis'), transform_image(transform), snli_ve(vocab)),
+        'sst2': lambda: (require_text('text'), text_task(vocab, 'sst2', {
+            '0': 'negative', '1': 'positive', 'negative': 'negative', 'positive': 'positive'})),
+        'mnli': lambda: (require_text('premise', 'hypothesis'), text_task(vocab, 'mnli', SNLI_ANSWERS)),
+        'rte': lambda: (require_text('premise', 'hypothesis'),
+                        text_task(vocab, 'rte', {'entailment': 'yes', 'not_entailment': 'no'})),
+        'qqp': lambda: (require_text('premise', 'hypothesis'), text_task(vocab, 'qqp', {'0': 'no', '1': 'yes'})),
+        'summarization': lambda: (require_text('text'), text_task(vocab, 'summarization')),
+    }
+    if kind not in chains:
+        raise ValueError(f'unknown finetuning task {kind!r}; choose one of {", ".join(chains)}')
+    return chains[kind]()
+
+
+FINETUNE_TASKS = ('caption', 'vqa', 'grounding', 'snli_ve', 'classification', 'sst2', 'mnli', 'rte', 'qqp',
+                  'summarization')
+assert set(FINETUNE_TASKS) <= set(TASKS)
+
+
+def finetune_task(name: str, kind: str, source: Any, vocab: Vocabulary, image_size: int = 480,
+                  transform: Any = None, replace: bool = False) -> Task:
+    """Registers a finetuning task of `kind` (one of FINETUNE_TASKS) on a source of raw records (OFA TSV, TFDS,
+    JSONL, or the world)."""
+    steps = finetune_preprocessors(kind, vocab, transform or resize_transform(image_size))
+    return TaskRegistry.add(Task(name, source, steps, kind), replace=replace)
+
+
+def world_codebook(world: Any, num_codes: int = 256, num_images: int = 64) -> PatchCodebook:
+    """The world's image tokenizer, fitted on its first scenes (deterministic)."""
+    return PatchCodebook.fit(np.stack([world[i]['image'] for i in range(min(num_images, len(world)))]),
+                             num_codes=num_codes)
+
+
+def world_from_config(data: ml_collections.ConfigDict, seed: int | None = None, size: int | None = None) -> World:
+    """The config's world (`data.world_size` scenes of `data.image_size` pixels from `data.world_seed`), or another
+    `size` scenes from `seed`."""
+    return World(size=size or data.world_size, seed=data.world_seed if seed is None else seed,
+                 image_size=data.image_size)
+
+
+def world_tokenizer(data: ml_collections.ConfigDict) -> PatchCodebook:
+    """The image tokenizer a world config trains with: fitted on the training world's first scenes, so every reader
+    of the config (training, evaluation, drawing) gets the same codebook."""
+    return world_codebook(world_from_config(data))
+
+
+def source_from_config(spec: Any) -> Any:
+    """A source from a config entry: format 'tsv' (path, tsv_kind), 'jsonl' (path, image_root) or 'tfds'
+    (dataset, split, data_dir)."""
+    if spec['format'] in ('tsv', 'jsonl') and not spec.get('path'):
+        raise ValueError(f'data task {spec.get("name")!r} has no path: set its file, e.g. '
+                         f'--config.data.tasks.{spec.get("kind")}.path=FILE')
+    if spec['format'] == 'tsv':
+        return sources.OFATsvSource(spec['path'], spec['tsv_kind'])
+    if spec['format'] == 'jsonl':
+        return sources.JsonlSource(spec['path'], spec.get('image_root') or None)
+    if spec['format'] == 'tfds':
+        return sources.TfdsSource(spec['dataset'], spec['split'], spec.get('data_dir') or None)
+    raise ValueError(f'data task {spec.get("name")!r}: format {spec["format"]!r} is not tsv, jsonl or tfds')
+
+
+def task_specs(data: ml_collections.ConfigDict) -> list[Any]:
+    """data.tasks as a list of entries (configs map them by name, so each can be set from the command line)."""
+    return list(data.tasks.values()) if hasattr(data.tasks, 'values') else list(data.tasks)
+
+
+def register_from_config(data: ml_collections.ConfigDict, world: Any = None) -> tuple[list[Task], list[float]]:
+    """Registers what a training config's `data` section names (see `ofa_jax.train_config.data_config`) and returns
+    its tasks and rates. `world` replaces the config's world (evaluation on unseen scenes), keeping its tokenizer."""
+    vocab = vocabulary_from_spec(data.vocab)
+    if data.source == 'world':
+        register_world(vocab, world or world_from_config(data), world_tokenizer(data))
+        return get_tasks(data.mixture)
+    if data.source == 'ofa_pretrain':
+        if not data.vision_language_path:
+            raise ValueError('data.vision_language_path is empty: point it at OFA\'s vision-language pretraining TSV '
+                             '(--config.data.vision_language_path=FILE)')
+        paths = {role: data[f'{role}_path'] for role in PRETRAIN_FILES if data[f'{role}_path']}
+        return get_tasks(register_ofa_pretraining(vocab, paths, data.image_size).name)
+    if data.source == 'tasks':
+        specs = task_specs(data)
+        registered = [finetune_task(spec['name'], spec['kind'], source_from_config(spec), vocab, data.image_size,
+                                    replace=True) for spec in specs]
+        return registered, [float(spec.get('rate', 1.0)) for spec in specs]
+    raise ValueError(f'data.source {data.source!r}: expected "world", "ofa_pretrain" or "tasks"')
