@@ -1,31 +1,44 @@
 """Demo: the nano OFA learns all 8 pretraining tasks of the embedded synthetic world on a CPU in a few minutes,
-then answers unseen scenes and draws its predictions (workdir/predictions.png).
+then answers unseen scenes and draws its predictions (workdir/demo/predictions.png).
 
-    bash launch/local.sh
+    bash launch/local.sh                  # trains, then evaluates: the two commands below
     python -m ofa_jax.train --config configs/demo.py --workdir workdir/demo [--config.total_steps=600]
+    python -m ofa_jax.demo --config configs/demo.py --workdir workdir/demo
+
+`configs/demo.py:text_to_image` instead learns to draw the scenes from their captions: its targets are the 8x8 codes
+of each 64-pixel scene from the world's patch codebook (as OFA's are its VQGAN's codes), and its evaluation draws the
+captions of unseen scenes beside the true scenes (drawings.png), scoring how many drawings show exactly the colours
+their caption names.
+
+    python -m ofa_jax.train --config configs/demo.py:text_to_image --workdir workdir/text_to_image
+    python -m ofa_jax.demo --config configs/demo.py:text_to_image --workdir workdir/text_to_image
 """
 import ml_collections
 
 from ofa_jax.train_config import default_config
 
+VARIANTS = ('pretrain', 'text_to_image')
 
-def get_config() -> ml_collections.ConfigDict:
-    config = default_config()
+
+def get_config(variant: str = 'pretrain') -> ml_collections.ConfigDict:
+    if variant not in VARIANTS:
+        raise ValueError(f'configs/demo.py:{variant}: the variant must be one of {", ".join(VARIANTS)}')
+    config = default_config('world')
     config.model = 'nano'
-    # Image-code targets cover the centre half of the 64-pixel image: a 4x4 grid, as a 32-pixel code image.
-    config.model_overrides = dict(dropout=0.0, code_image_size=32)
-
-    config.data = ml_collections.ConfigDict(dict(
-        source='world', world_size=4000, world_seed=0, mixture='world_pretrain', image_size=64,
-        max_source_length=40, max_target_length=24, workers=0, strict=False))
-
+    config.data.update(image_size=64, max_source_length=40, max_target_length=24)
     config.batch_size = 32
-    config.total_steps = 400
     config.learning_rate = 2e-3
     config.warmup_steps = 40
-
     config.log_every = 20
     config.checkpoint_every = 200
     config.keep_checkpoints = 2
-    config.demo_evaluation = True
+    if variant == 'pretrain':
+        # Image-code targets cover the centre half of the 64-pixel image: a 4x4 grid, as a 32-pixel code image.
+        config.model_overrides = dict(dropout=0.0, code_image_size=32)
+        config.total_steps = 400
+    else:
+        # The code grid is the whole 64-pixel scene: 8x8 codes of 8 pixels.
+        config.model_overrides = dict(dropout=0.0, code_image_size=64)
+        config.data.update(mixture='world_text_to_image', max_target_length=65)
+        config.total_steps = 800
     return config

@@ -30,12 +30,10 @@ def get_config(size: str = 'base') -> ml_collections.ConfigDict:
     if size not in SIZES:
         raise ValueError(f'configs/pretrain.py:{size}: the size must be one of {", ".join(SIZES)}')
     settings = SIZES[size]
-    config = default_config()
+    config = default_config('ofa_pretrain')
     config.model = size
     config.model_overrides = dict(dtype='bfloat16', remat=settings['remat'])
-    config.data = ml_collections.ConfigDict(dict(
-        source='ofa_pretrain', vision_language_path='', text_path='', image_path='', detection_path='',
-        image_size=settings['image_size'], max_source_length=80, max_target_length=30, workers=8, strict=False))
+    config.data.update(image_size=settings['image_size'], max_source_length=80, max_target_length=30, workers=8)
 
     config.batch_size = settings['batch_size']
     config.total_steps = 200_000

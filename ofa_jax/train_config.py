@@ -1,4 +1,6 @@
-"""The trainer's config keys and their defaults, which every file in configs/ starts from.
+"""The config schema: every key the trainer, the evaluator and the data layer read, with its default and meaning.
+Every file in configs/ starts from `default_config(source)` and overrides; configs are locked, so a misspelt
+`--config.KEY=VALUE` is an error rather than a silently ignored setting.
 
 Kept apart from ofa_jax.train so config files can import it while `python -m ofa_jax.train` runs.
 """
@@ -6,9 +8,50 @@ import ml_collections
 
 from ofa_jax import sharding
 
+DATA_SOURCES = ('world', 'ofa_pretrain', 'tasks')
 
-def default_config() -> ml_collections.ConfigDict:
-    """Every key the trainer reads besides `data`, with OFA's optimizer settings; configs start here and override."""
+
+def data_config(source: str) -> ml_collections.ConfigDict:
+    """The `data` section for one source: the keys every source has, then the source's own."""
+    if source not in DATA_SOURCES:
+        raise ValueError(f'data source {source!r}: expected one of {DATA_SOURCES}')
+    data = ml_collections.ConfigDict()
+    data.source = source
+    # 'ofa' (OFA's bundled BPE), 'bpe:DIR' (encoder.json, vocab.bpe, dict.txt) or 'spm:MODEL' (SentencePiece);
+    # saved with every checkpoint's config, so inference uses the vocabulary the model was trained with.
+    data.vocab = 'ofa'
+    data.image_size = 384  # the square side images are resized to for the model
+    data.max_source_length = 80  # instruction tokens, bos and eos included
+    data.max_target_length = 30  # target tokens, eos included
+    data.workers = 0  # preprocessing processes (0: in the training process)
+    data.strict = False  # True: a bad record stops the run, naming it; False: it is dropped and counted
+    if source == 'world':
+        data.world_size = 4000  # scenes
+        data.world_seed = 0  # evaluation uses other seeds: unseen scenes
+        data.mixture = 'world_pretrain'  # the mixture or single task (world_<task>) to train on
+    elif source == 'ofa_pretrain':
+        # OFA's pretraining TSV files; only the vision-language one is required.
+        data.vision_language_path = ''
+        data.text_path = ''
+        data.image_path = ''  # rows carry the centre's VQGAN codes
+        data.detection_path = ''
+    else:
+        # Finetuning tasks by name, each {name, kind (a task of ofa_jax.data.tasks), rate, format: 'tsv' (path,
+        # tsv_kind: OFA's file layout) | 'jsonl' (path, image_root) | 'tfds' (dataset, split, data_dir)}.
+        data.tasks = {}
+    return data
+
+
+def finetune_task_config(kind: str, name: str = '', format: str = 'tsv', tsv_kind: str = '', path: str = '',
+                         rate: float = 1.0) -> dict:
+    """One entry of data.tasks, with every key a source format may read (so each can be set from the command line)."""
+    return dict(name=name or f'ofa_{kind}', kind=kind, rate=rate, format=format, path=path, tsv_kind=tsv_kind or kind,
+                image_root='', dataset='', split='train', data_dir='')
+
+
+def default_config(source: str = 'world') -> ml_collections.ConfigDict:
+    """Every key, with OFA's optimizer settings and the `data` section of `source`; configs start here and
+    override."""
     config = ml_collections.ConfigDict()
     config.model = 'tiny'  # a preset of ofa_jax.model.PRESETS
     config.model_overrides = {}  # OFAConfig fields, e.g. dropout, dtype='bfloat16', remat=True
@@ -35,5 +78,6 @@ def default_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 1000
     config.keep_checkpoints = 3
     config.keep_every_steps = 0  # also keep every K-th step's checkpoint (0: none)
-    config.demo_evaluation = False
+
+    config.data = data_config(source)
     return config
