@@ -3,14 +3,19 @@
     python -m ofa_jax.predict --checkpoint DIR --task caption --image cat.jpg
     python -m ofa_jax.predict --checkpoint DIR --task vqa --image cat.jpg --text "what color is the cat" \
         [--answers answers.txt]
-    python -m ofa_jax.predict --checkpoint DIR --task ground --image cat.jpg --text "the cat" --draw boxes.png
+    python -m ofa_jax.predict --checkpoint DIR --task grounding --image cat.jpg --text "the cat" --draw boxes.png
+    python -m ofa_jax.predict --checkpoint DIR --task mnli --premise "a man sleeps" --text "a person rests"
 
-    python -m ofa_jax.predict --checkpoint DIR --task text2image --text "a red circle" --vqgan VQGAN_DIR \
+    python -m ofa_jax.predict --checkpoint DIR --task text_to_image --text "a red circle" --vqgan VQGAN_DIR \
         --samples 4 --draw drawing.png
 
---image and --text repeat, one --text per --image. --answers is a file with one candidate per line (VQA answers,
-classify labels). For ground and detect, --draw writes the image with the predicted boxes (with several images,
-`_<index>` goes before the extension); for text2image it names the drawings (`_<text>_<sample>` added).
+--task is any task of `ofa_jax.data.tasks.TASKS`, by the name training and evaluation use. --image and --text
+repeat, one --text per --image: --text is the task's text input (the question, the referring text, the hypothesis,
+the text to infill or summarize), --premise a text premise (snli_ve, mnli, rte, qqp's first question) and --region a
+box x0,y0,x1,y1 in the image's pixels (grounded_caption). --answers is a file with one candidate per line (VQA
+answers, classification labels). For grounding and detection, --draw writes the image with the predicted boxes (with
+several images, `_<index>` goes before the extension); for text_to_image it names the drawings (`_<text>_<sample>`
+added).
 """
 import argparse
 import json
@@ -23,11 +28,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ofa_jax import api, decode
-from ofa_jax.data.image_codes import VQGANTokenizer
+from ofa_jax.data.tasks import TASKS
 
-VISION_TASKS = ('caption', 'vqa', 'ground', 'entail', 'classify', 'detect')
-TEXT_TASKS = ('infill', 'summarize', 'text2image')
-NEEDS_TEXT = ('vqa', 'ground', 'entail')
+# Tasks with a prediction (answer_match is a pretraining objective only).
+PREDICTED = tuple(name for name in TASKS if name != 'answer_match')
+TEXT_INPUTS = ('question', 'text', 'hypothesis')  # the input --text fills
 
 
 def draw_boxes(image: np.ndarray, boxes: Sequence[Sequence[float]], labels: Sequence[str] = ()) -> Image.Image:
@@ -58,81 +63,85 @@ def _read_lines(path: str) -> list[str]:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='python -m ofa_jax.predict', description=__doc__.split('\n')[0])
     parser.add_argument('--checkpoint', required=True, help='a save_model directory or a training workdir')
-    parser.add_argument('--task', required=True, choices=VISION_TASKS + TEXT_TASKS)
+    parser.add_argument('--task', required=True, choices=PREDICTED)
     parser.add_argument('--image', action='append', default=[], help='image file (repeatable)')
     parser.add_argument('--text', action='append', default=[],
-                        help='question (vqa), referring text (ground), hypothesis (entail), or the input text of '
-                             'infill and summarize (repeatable)')
-    parser.add_argument('--premise', action='append', default=None, help='entail: a text premise per image')
-    parser.add_argument('--answers', help='file of candidates, one per line: VQA answers or classify labels')
+                        help="the task's text input: question, referring text, hypothesis, or the text of "
+                             'text_infill, summarization and text_to_image (repeatable)')
+    parser.add_argument('--premise', action='append', default=[], help='a text premise per item (repeatable)')
+    parser.add_argument('--region', action='append', default=[], help='grounded_caption: x0,y0,x1,y1 per image')
+    parser.add_argument('--answers', help='file of candidates, one per line: VQA answers or classification labels')
     parser.add_argument('--mode', choices=('all', 'trie'), default='all',
                         help='vqa with --answers: score every candidate, or beam search inside their trie')
-    parser.add_argument('--draw', default='prediction.png', help='ground/detect: where the drawing goes')
-    parser.add_argument('--image_size', type=int, help='resize images to this square side (default: OFA\'s)')
-    parser.add_argument('--beam_size', type=int, help='override the task\'s beam size')
-    parser.add_argument('--max_length', type=int, help='override the task\'s maximum output length')
+    parser.add_argument('--draw', default='prediction.png', help='grounding/detection: where the drawing goes')
+    parser.add_argument('--image_size', type=int, help="resize images to this square side (default: OFA's)")
+    parser.add_argument('--beam_size', type=int, help="override the task's beam size")
+    parser.add_argument('--max_length', type=int, help="override the task's maximum output length")
     parser.add_argument('--batch_size', type=int, default=16)
-    parser.add_argument('--vqgan', help='text2image: a converted VQGAN directory (python -m ofa_jax.vqgan convert)')
-    parser.add_argument('--samples', type=int, default=1, help='text2image: images per text')
-    parser.add_argument('--seed', type=int, default=0, help='text2image: the sampling seed')
-    parser.add_argument('--prompt_type', choices=decode.PROMPT_TYPES, default='none',
-                        help='what precedes the answer in the decoder, as the model was finetuned')
+    parser.add_argument('--vqgan', help='text_to_image: a converted VQGAN directory (python -m ofa_jax.vqgan convert)')
+    parser.add_argument('--samples', type=int, default=1, help='text_to_image: images per text')
+    parser.add_argument('--seed', type=int, default=0, help='text_to_image: the sampling seed')
+    parser.add_argument('--prompt_type', choices=decode.PROMPT_TYPES,
+                        help="what precedes the answer in the decoder (default: the task's)")
     args = parser.parse_args(argv)
-    if args.task in VISION_TASKS and not args.image:
+    kind = TASKS[args.task]
+    if kind.image and not args.image:
         parser.error(f'--task {args.task} needs at least one --image')
-    if args.task in TEXT_TASKS and not args.text:
-        parser.error(f'--task {args.task} needs at least one --text')
-    if args.task in NEEDS_TEXT and len(args.text) != len(args.image):
-        parser.error(f'--task {args.task} needs one --text per --image, got {len(args.text)} for '
-                     f'{len(args.image)} images')
-    if args.task == 'text2image' and not args.vqgan:
-        parser.error('--task text2image needs --vqgan (the image tokenizer that draws the codes)')
-    if args.task == 'classify' and not args.answers:
-        parser.error('--task classify needs --answers (the candidate labels)')
+    if not kind.image and args.image:
+        parser.error(f'--task {args.task} takes no --image')
+    count = len(args.image) if kind.image else len(args.text) or len(args.premise)
+    given = {'text': args.text, 'premise': args.premise, 'region': args.region}
+    for name in kind.inputs:
+        flag = 'text' if name in TEXT_INPUTS else name
+        optional = args.task == 'snli_ve' and name == 'premise'
+        if not (optional and not given[flag]) and len(given[flag]) != count or not count:
+            parser.error(f'--task {args.task} needs one --{flag} per {"--image" if kind.image else "item"}, '
+                         f'got {len(given[flag])} for {count}')
+    if args.task == 'text_to_image' and not args.vqgan:
+        parser.error('--task text_to_image needs --vqgan (the image tokenizer that draws the codes)')
+    if kind.choose and not args.answers:
+        parser.error(f'--task {args.task} needs --answers (the candidate labels)')
+    try:
+        args.region = [[float(v) for v in r.split(',')] for r in args.region]
+    except ValueError:
+        parser.error(f'--region must be x0,y0,x1,y1, got {args.region}')
     return args
 
 
 def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The results of the task the arguments name, each with its inputs ('image', 'text') added."""
+    """The results of the task the arguments name, each with its inputs ('image', 'text', ...) added."""
     kwargs = {'batch_size': args.batch_size, 'prompt_type': args.prompt_type}
     if args.image_size:
         kwargs['image_size'] = args.image_size
     predictor = api.Predictor.load(args.checkpoint, **kwargs)
+    kind = TASKS[args.task]
     settings = {k: v for k, v in (('beam_size', args.beam_size), ('max_length', args.max_length)) if v}
-    candidates = _read_lines(args.answers) if args.answers else None
-    images, texts = args.image, args.text
-    if args.task == 'caption':
-        results = predictor.caption(images, **settings)
-    elif args.task == 'vqa':
-        results = predictor.vqa(images, texts, candidates, mode=args.mode, **settings)
-    elif args.task == 'ground':
-        results = predictor.ground(images, texts, **settings)
-    elif args.task == 'entail':
-        results = predictor.entail(images, texts, args.premise)
-    elif args.task == 'classify':
-        results = predictor.classify(images, candidates)
-    elif args.task == 'detect':
-        results = predictor.detect(images, **settings)
-    elif args.task == 'infill':
-        results = predictor.infill(texts, **settings)
-    elif args.task == 'summarize':
-        results = predictor.summarize(texts, **settings)
+    given = {'text': args.text, 'premise': args.premise, 'region': args.region}
+    inputs = {name: given['text' if name in TEXT_INPUTS else name] for name in kind.inputs}
+    inputs = {name: values for name, values in inputs.items() if values}
+    if args.task == 'text_to_image':
+        from ofa_jax.vqgan import VQGANTokenizer  # noqa: PLC0415 - only text_to_image needs the VQGAN
+
+        settings.update(tokenizer=VQGANTokenizer.load(args.vqgan), samples=args.samples, seed=args.seed)
+        results = predictor.text_to_image(args.text, **settings)
     else:
-        tokenizer = VQGANTokenizer.load(args.vqgan)
-        results = predictor.text_to_image(texts, tokenizer, samples=args.samples, seed=args.seed)
-    inputs = [{'image': image} for image in images] or [{} for _ in texts]
-    for given, text in zip(inputs, texts):
-        given['text'] = text
-    results = [{**given, **result} for given, result in zip(inputs, results)]
-    if args.task in ('ground', 'detect'):
+        candidates = _read_lines(args.answers) if args.answers else None
+        results = predictor.run(args.task, args.image if kind.image else None, candidates=candidates,
+                                mode=args.mode, **inputs, **settings)
+    shown = [{'image': image} for image in args.image] or [{} for _ in results]
+    for name, values in inputs.items():
+        for item, value in zip(shown, values):
+            item[name] = value
+    results = [{**item, **result} for item, result in zip(shown, results)]
+    if args.task in ('grounding', 'detection'):
         for i, result in enumerate(results):
             if 'error' in result:
                 continue
             path = _drawing_path(args.draw, i, len(results))
-            found = result['boxes'] if args.task == 'detect' else [result['box']]
-            draw_boxes(api.read_image(images[i]), found, result.get('labels', [result.get('text', '')])).save(path)
+            found = result['boxes'] if args.task == 'detection' else [result['box']]
+            draw_boxes(api.read_image(args.image[i]), found, result.get('labels', [result.get('text', '')])).save(path)
             result['drawing'] = path
-    if args.task == 'text2image':
+    if args.task == 'text_to_image':
         stem, extension = os.path.splitext(args.draw)
         for i, result in enumerate(results):
             if 'error' in result:

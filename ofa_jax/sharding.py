@@ -70,3 +70,11 @@ def tree_shardings(boxed_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]
     """NamedShardings for a tree whose leaves may be LogicallyPartitioned (others are replicated)."""
     specs = nn.get_partition_spec(boxed_tree)
     return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+
+
+def variable_shardings(boxed_variables: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """Where a model's {'params', 'batch_stats'} live: parameters by their logical axes, BatchNorm statistics
+    replicated. boxed_variables: `model.abstract_variables(config)`."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return {'params': tree_shardings(boxed_variables['params'], mesh, rules),
+            'batch_stats': jax.tree_util.tree_map(lambda _: replicated, boxed_variables['batch_stats'])}

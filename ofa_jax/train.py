@@ -4,7 +4,8 @@
 
 Re-running with the same workdir resumes from its latest checkpoint (parameters, optimizer, step, RNG, the data
 iterator). SIGTERM finishes the current step, saves and exits. Outputs in the workdir: checkpoints/, metrics.jsonl,
-TensorBoard events in tb/, config.json.
+TensorBoard events in tb/, config.json. Evaluation is its own command (`python -m ofa_jax.evaluate`, or
+`python -m ofa_jax.demo` for the synthetic world), reading the workdir.
 """
 import functools
 import json
@@ -28,15 +29,11 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
-from ofa_jax import demo, sharding
-from ofa_jax.checkpoint import load_model
-from ofa_jax.data import pipeline
-from ofa_jax.data import tasks as data_tasks
+from ofa_jax import sharding
+from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, load_model, model_from_config
+from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
-from ofa_jax.model import OFA, abstract_variables, init_variables, model_config
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and logs go here.')
+from ofa_jax.model import OFA, abstract_variables, init_variables
 
 # Dense bfloat16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v5': 459e12,
@@ -122,7 +119,7 @@ def train_step(model: OFA, optimizer: optax.GradientTransformation, config: ml_c
             logits, updates = model.apply(
                 {'params': params, 'batch_stats': batch_stats}, mb['src_tokens'], mb['patch_images'],
                 mb['patch_masks'], mb['prev_output_tokens'], mb['code_masks'], train=True,
-                sample_patch_num=config.get('sample_patch_num') or None,
+                sample_patch_num=config.sample_patch_num or None,
                 rngs={'dropout': jax.random.fold_in(rng, index)}, mutable=['batch_stats'])
             loss, correct = token_losses(logits, mb['target_tokens'], mb['constraint_ranges'], config.label_smoothing)
             tokens = (mb['target_tokens'] != V.PAD) & mb['example_mask'][:, None]
@@ -275,11 +272,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     # Mesh, model, optimizer.
     mesh = sharding.make_mesh(**config.mesh)
     per_process_batch = validate_layout(config, mesh)
-    model = OFA(model_config(config.model, **config.model_overrides))
+    model = model_from_config(config)
     optimizer = make_optimizer(config)
 
     # Data: this process's shard of the mixture, in batches of batch_size / processes.
-    tasks, rates = data_tasks.register_from_config(config.data)
+    tasks, rates = mixtures.register_from_config(config.data)
     task_names = [t.name for t in tasks]
     spec = pipeline.BatchSpec(per_process_batch, config.data.image_size, config.data.max_source_length,
                               config.data.max_target_length)
@@ -291,7 +288,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     # State: restored from the latest checkpoint when there is one, else initialized, directly into its shardings.
     shardings = state_shardings(model, optimizer, config, mesh)
     manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, 'checkpoints')),
+        os.path.abspath(os.path.join(workdir, TRAINING_CHECKPOINTS)),
         item_names=('state', 'data', 'config'),
         item_handlers={'data': grain.checkpoint.CheckpointHandler()},
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
@@ -386,12 +383,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 def main(argv):
     del argv
     maybe_initialize_distributed()
-    config = _CONFIG.value
-    state = train(config, _WORKDIR.value)
-    if config.get('demo_evaluation') and jax.process_index() == 0 and int(state.step) >= config.total_steps:
-        demo.evaluate(config, state, _WORKDIR.value)
+    train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == '__main__':
+    # Flags are defined here, not at import, so importing the trainer leaves the process's absl flags alone.
+    config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+    flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and logs go here.')
     flags.mark_flags_as_required(['config', 'workdir'])
     app.run(main)
