@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from ofa_jax import checkpoint, convert
+from ofa_jax import checkpoint, torch_layout
 
 _NORM_GROUPS = 32
 
@@ -261,14 +261,14 @@ def abstract_variables(config: VQGANConfig) -> dict[str, Any]:
     return jax.eval_shape(VQGAN(config).init, jax.random.key(0), images)
 
 
-# Flax module path -> taming state-dict name: 'down_0' -> 'down.0' as in convert.py, but the middle's
+# Flax module path -> taming state-dict name: 'down_0' -> 'down.0' as in torch_layout.py, but the middle's
 # 'block_1', 'attn_1', 'block_2' keep their underscores in taming.
 _MID = re.compile(r'\.mid\.(block|attn)\.(\d+)\.')
 
 
 def torch_name(path: tuple[str, ...]) -> str:
     """('encoder', 'down_0', 'block_1', 'conv1', 'kernel') -> 'encoder.down.0.block.1.conv1.weight'."""
-    return _MID.sub(r'.mid.\1_\2.', convert._torch_name(path))
+    return _MID.sub(r'.mid.\1_\2.', torch_layout.torch_name(path))
 
 
 def from_state_dict(state_dict: dict[str, np.ndarray], config: VQGANConfig) -> dict[str, Any]:
@@ -281,10 +281,10 @@ def from_state_dict(state_dict: dict[str, np.ndarray], config: VQGANConfig) -> d
         name = torch_name(path)
         if name not in weights:
             raise ValueError(f'state dict lacks weight {name} (config {config})')
-        expected = convert._to_torch(path, np.broadcast_to(np.float32(0), leaf.shape)).shape
+        expected = torch_layout.to_torch(path, np.broadcast_to(np.float32(0), leaf.shape)).shape
         if weights[name].shape != expected:
             raise ValueError(f'weight {name} has shape {weights[name].shape}, the config needs {expected}')
-        converted[path] = convert._to_flax(path, weights.pop(name), leaf.shape)
+        converted[path] = torch_layout.to_flax(path, weights.pop(name), leaf.shape)
     if weights:
         raise ValueError(f'state dict has weights this VQGAN does not use: {sorted(weights)[:10]}')
     return {'params': unflatten_dict(converted)}
@@ -292,7 +292,7 @@ def from_state_dict(state_dict: dict[str, np.ndarray], config: VQGANConfig) -> d
 
 def to_state_dict(variables: dict[str, Any]) -> dict[str, np.ndarray]:
     """The GumbelVQ state dict (taming names, torch layouts) of Flax variables."""
-    return {torch_name(path): convert._to_torch(path, np.asarray(value))
+    return {torch_name(path): torch_layout.to_torch(path, np.asarray(value))
             for path, value in flatten_dict(variables['params']).items()}
 
 
@@ -300,7 +300,7 @@ def from_lightning_checkpoint(checkpoint_path: str | os.PathLike, config_yaml: s
                               ) -> tuple[VQGANConfig, dict[str, Any]]:
     """(config, variables) from taming's `last.ckpt` (read without unpickling code) and its `model.yaml`."""
     config = VQGANConfig.from_yaml(config_yaml)
-    return config, from_state_dict(convert.read_state_dict(os.fspath(checkpoint_path)), config)
+    return config, from_state_dict(torch_layout.read_state_dict(os.fspath(checkpoint_path)), config)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
