@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ofa_jax import api, decode
-from ofa_jax.data.image_codes import VQGANTokenizer
+from ofa_jax.vqgan import VQGANTokenizer
 
 VISION_TASKS = ('caption', 'vqa', 'ground', 'entail', 'classify', 'detect')
 TEXT_TASKS = ('infill', 'summarize', 'text2image')

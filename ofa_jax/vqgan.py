@@ -6,7 +6,7 @@
     codes = vqgan.apply(variables, pixels, method=VQGAN.encode)         # float [-1, 1] NHWC -> int32 [b, h/8, w/8]
     pixels = vqgan.apply(variables, codes, method=VQGAN.decode)         # -> float NHWC, about [-1, 1]
 
-The tokenizer that the data pipeline uses (uint8 in, uint8 out, jitted) is `ofa_jax.data.image_codes.VQGANTokenizer`.
+The tokenizer that the data pipeline uses (uint8 in, uint8 out, jitted) is `VQGANTokenizer`, below.
 
 CLI:
     python -m ofa_jax.vqgan convert --checkpoint last.ckpt --config model.yaml --out DIR
@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import os
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -301,6 +301,54 @@ def from_lightning_checkpoint(checkpoint_path: str | os.PathLike, config_yaml: s
     """(config, variables) from taming's `last.ckpt` (read without unpickling code) and its `model.yaml`."""
     config = VQGANConfig.from_yaml(config_yaml)
     return config, from_state_dict(torch_layout.read_state_dict(os.fspath(checkpoint_path)), config)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_vqgan(config: VQGANConfig) -> tuple[Callable, Callable]:
+    """Jitted (encode, decode) of uint8 pixels, one pair per config so that tokenizers share compilations."""
+    model = VQGAN(config)
+    encode = jax.jit(lambda v, x, rng: model.apply(v, from_pixels(x), rng, method=model.encode))
+    decode = jax.jit(lambda v, c: to_pixels(model.apply(v, c, method=model.decode)))
+    return encode, decode
+
+
+class VQGANTokenizer:
+    """OFA's tokenizer: the VQGAN behind the ImageTokenizer interface of `ofa_jax.data.image_codes`, jitted.
+
+    `encode` takes argmax codes; with `seed` set it draws codes as OFA's extraction does (a fresh draw per call,
+    reproducible from the seed). Images whose sides are not multiples of `downsample` are refused."""
+
+    def __init__(self, config: VQGANConfig, variables: dict, seed: Optional[int] = None):
+        self.config = config
+        self.variables = variables
+        self.downsample = config.downsample
+        self.num_codes = config.n_embed
+        self._encode, self._decode = _compiled_vqgan(config)
+        self._rng = None if seed is None else jax.random.key(seed)
+
+    @classmethod
+    def load(cls, directory: str, seed: Optional[int] = None) -> 'VQGANTokenizer':
+        """From a directory written by `python -m ofa_jax.vqgan convert`."""
+        return cls(*checkpoint.load_model(directory, VQGANConfig), seed=seed)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != self.config.in_channels or images.dtype != np.uint8:
+            raise ValueError(f'images must be uint8 [batch, H, W, {self.config.in_channels}], got {images.dtype} '
+                             f'{images.shape}')
+        if images.shape[1] % self.downsample or images.shape[2] % self.downsample:
+            raise ValueError(f'image sides {images.shape[1]}x{images.shape[2]} must be multiples of {self.downsample}')
+        rng = None
+        if self._rng is not None:
+            self._rng, rng = jax.random.split(self._rng)
+        return np.asarray(self._encode(self.variables, images, rng))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes)
+        if codes.ndim != 3 or codes.min() < 0 or codes.max() >= self.num_codes:
+            raise ValueError(f'codes must be [batch, h, w] in [0, {self.num_codes}), got {codes.shape} in '
+                             f'[{codes.min()}, {codes.max()}]')
+        return np.asarray(self._decode(self.variables, codes))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -22,8 +22,9 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import PIL.Image
 
-from ofa_jax.data.image_codes import ImageTokenizer, VQGANTokenizer
+from ofa_jax.data.image_codes import ImageTokenizer
 from ofa_jax.data.sources import OFATsvSource
+from ofa_jax.vqgan import VQGANTokenizer
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 TARGETS = ('infill', 'image')
