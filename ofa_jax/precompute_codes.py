@@ -1,7 +1,7 @@
 """Precomputes VQGAN codes for a dataset: OFA's TSV files or a folder of images.
 
-    python -m ofa_jax.data.precompute_codes --vqgan VQGAN_DIR --images PHOTOS/ --out CODES/
-    python -m ofa_jax.data.precompute_codes --vqgan VQGAN_DIR --tsv rows.tsv --kind caption --out CODES/ \
+    python -m ofa_jax.precompute_codes --vqgan VQGAN_DIR --images PHOTOS/ --out CODES/
+    python -m ofa_jax.precompute_codes --vqgan VQGAN_DIR --tsv rows.tsv --kind caption --out CODES/ \
         --process-index 0 --process-count 4
 
 Each image is resized (LANCZOS) so its shorter side is `--size` and centre-cropped to a square, as OFA prepares its
