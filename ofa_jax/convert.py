@@ -5,7 +5,7 @@
 
 CLI:
     python -m ofa_jax.convert ofa_tiny.pt OUT_DIR              # OFA checkpoint -> ofa-jax checkpoint
-    python -m ofa_jax.convert --to-torch CKPT_DIR OUT.safetensors
+    python -m ofa_jax.convert --to_torch CKPT_DIR OUT.safetensors
 
 The model size is read off the weights themselves. Checkpoint files are read without unpickling code.
 """
@@ -141,9 +141,9 @@ def to_torch_state_dict(config: OFAConfig, variables: Mapping[str, Any]) -> dict
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('src', help='OFA checkpoint file (or, with --to-torch, an ofa-jax checkpoint directory)')
-    parser.add_argument('out', help='ofa-jax checkpoint directory (or, with --to-torch, a .safetensors file)')
-    parser.add_argument('--to-torch', action='store_true', help='convert an ofa-jax checkpoint back to PyTorch')
+    parser.add_argument('src', help='OFA checkpoint file (or, with --to_torch, an ofa-jax checkpoint directory)')
+    parser.add_argument('out', help='ofa-jax checkpoint directory (or, with --to_torch, a .safetensors file)')
+    parser.add_argument('--to_torch', action='store_true', help='convert an ofa-jax checkpoint back to PyTorch')
     args = parser.parse_args(argv)
     from ofa_jax.checkpoint import load_model, save_model
     if args.to_torch:

@@ -193,8 +193,8 @@ def test_precompute_codes_shards_processes_and_resumes(tmp_path, tiny_variables)
     # Process 1 was stopped after one record: its partial shard goes on from there (a torn line is redone).
     shard_path(out, 1).with_suffix('.tsv.partial').write_text('3.png\t1 2 3\n4.pn')
     precompute_main(['--vqgan', _saved(tmp_path, tokenizer), '--images', str(folder), '--out', str(out),
-                     '--size', '32', '--shard-size', '3', '--batch-size', '2', '--process-index', '1',
-                     '--process-count', '2'])
+                     '--size', '32', '--shard_size', '3', '--batch_size', '2', '--process_index', '1',
+                     '--process_count', '2'])
     rows = [line.split('\t') for i in range(3) for line in shard_path(out, i).read_text().splitlines()]
     assert [r[0] for r in rows] == [p.relative_to(folder).as_posix() for p in source.paths]
     assert rows[3] == ['3.png', '1 2 3']  # kept, not recomputed
