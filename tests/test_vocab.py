@@ -13,7 +13,7 @@ from ofa_jax.data import boxes
 from ofa_jax.data import vocab as V
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-BPE_DIR = REPO.parent / 'shared' / 'data' / 'ofa_bpe'
+BPE_DIR = pathlib.Path(V.OFA_BPE_DIR)  # OFA's BPE files, as bundled with the library
 
 TEXTS = [
     ' what does the image describe?',
