@@ -24,7 +24,7 @@ from ofa_jax.model import OFA
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    for flag, default in (('--repeats', 3), ('--threads', os.cpu_count()), ('--batch', 16), ('--image-size', 256)):
+    for flag, default in (('--repeats', 3), ('--threads', os.cpu_count()), ('--batch', 16), ('--image_size', 256)):
         parser.add_argument(flag, type=int, default=default)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--threads', type=int, default=os.cpu_count())
     parser.add_argument('--batch', type=int, default=8)
-    parser.add_argument('--image-size', type=int, default=256)
+    parser.add_argument('--image_size', type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -1,6 +1,6 @@
 """Examples per second of the pretraining mixture on the synthetic world at 384 px, per process and per worker.
 
-    .venv/bin/python bench/input_pipeline.py [--image-size 384] [--batches 20] [--workers 0 1 2]
+    .venv/bin/python bench/input_pipeline.py [--image_size 384] [--batches 20] [--workers 0 1 2]
 
 Prints one JSON line per worker count. Compare with what a train step consumes: global batch / step time.
 """
@@ -15,8 +15,8 @@ from ofa_jax.data import pipeline, tasks
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument('--image-size', type=int, default=384)
-    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--image_size', type=int, default=384)
+    parser.add_argument('--batch_size', type=int, default=32)
     parser.add_argument('--batches', type=int, default=20)
     parser.add_argument('--workers', type=int, nargs='+', default=[0, 1, 2])
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 ofa-jax against modelscope's PyTorch OFA and taming's VQGAN decoder, same random weights, same CPU, one run.
 
     .venv/bin/python bench/text_to_image_vs_reference.py [--samples 1] [--repeats 1] [--threads N]
-        [--code-image-size 256]
+        [--code_image_size 256]
 
 Both sample like OFA's image generation: top-k 256 within the 8,192 code tokens, exactly (code image size / 8)^2
 codes (32x32 for OFA's 256 px), `--samples` images per caption; float32. Prints the median seconds per query (codes
@@ -36,7 +36,7 @@ CAPTION = 'a red double decker bus driving down a city street'
 def main() -> None:
     parser = argparse.ArgumentParser()
     for flag, default in (('--repeats', 1), ('--threads', os.cpu_count()), ('--samples', 1),
-                          ('--code-image-size', 256)):
+                          ('--code_image_size', 256)):
         parser.add_argument(flag, type=int, default=default)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -196,7 +196,7 @@ class Predictor:
                       **settings: Any) -> list[Result]:
         """OFA's text-to-image: [{'images': uint8 [samples, S, S, 3], 'scores': [samples]}] per text. Each sample is
         exactly (code_image_size / 8)^2 code tokens drawn by top-k sampling (k 256 unless overridden), constrained
-        to the tokenizer's codes, and drawn by `tokenizer` (OFA's VQGAN, `vqgan.VQGANTokenizer.load(...)`)."""
+        to the tokenizer's codes, and drawn by `tokenizer` (OFA's VQGAN, `ofa_jax.vqgan.VQGANTokenizer.load(...)`)."""
         return self.run('text_to_image', text=texts, tokenizer=tokenizer, samples=samples, seed=seed, **settings)
 
     def run(self, task: str, images: Optional[Sequence[ImageInput]] = None, *,

@@ -5,7 +5,7 @@
 
 CLI:
     python -m ofa_jax.convert ofa_tiny.pt OUT_DIR              # OFA checkpoint -> ofa-jax checkpoint
-    python -m ofa_jax.convert --to-torch CKPT_DIR OUT.safetensors
+    python -m ofa_jax.convert --to_torch CKPT_DIR OUT.safetensors
 
 The model size is read off the weights themselves. Checkpoint files are read without unpickling code.
 """
@@ -18,8 +18,9 @@ import flax.linen as nn
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from ofa_jax import layers, torch_pickle
+from ofa_jax import layers
 from ofa_jax.model import OFAConfig, abstract_variables
+from ofa_jax.torch_layout import SHARED_EMBEDDING, read_state_dict, to_flax, to_torch, torch_name
 
 # fairseq's module names -> HF/modelscope's (the names this converter works in).
 FAIRSEQ_RENAMES = {
@@ -32,11 +33,8 @@ FAIRSEQ_RENAMES = {
 }
 # Copies of the shared token embedding.
 TIED_EMBEDDINGS = ('decoder.embed_tokens.weight', 'decoder.output_projection.weight')
-SHARED_EMBEDDING = 'encoder.embed_tokens.weight'
 # Lookup buffers and counters that OFA stores beside its weights; ofa-jax derives them from the config.
 _BUFFER = re.compile(r'(rp_bucket|image_position_idx|num_batches_tracked|\.version|_float_tensor)$')
-_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'mean': 'running_mean',
-               'var': 'running_var'}
 _CODE_POSITION_PADDING = 768  # OFA's decoder lookup of code positions has this many overflow entries
 
 
@@ -91,39 +89,6 @@ def infer_config(state_dict: Mapping[str, np.ndarray], **overrides: Any) -> OFAC
     return OFAConfig(**{**derived, **overrides})
 
 
-def _torch_name(path: tuple[str, ...]) -> str:
-    *modules, leaf = path
-    if modules == ['embed_tokens']:
-        return SHARED_EMBEDDING
-    parts = []
-    for module in modules:
-        module = re.sub(r'^(token|image)_rel_pos_table_(\d+)$', r'\1_rel_pos_table_list.\2', module)
-        parts.append(re.sub(r'_(\d+)$', r'.\1', module))  # layers_3 -> layers.3, layer1_0 -> layer1.0
-    return '.'.join(parts + [_LEAF_NAMES.get(leaf, leaf)])
-
-
-def _to_flax(path: tuple[str, ...], weight: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    expected = _to_torch(path, np.broadcast_to(np.float32(0), shape)).shape  # a view: nothing allocated
-    if weight.shape != expected:
-        raise ValueError(f'weight {_torch_name(path)} has shape {weight.shape}, which does not fit the inferred '
-                         f'model (expected {expected})')
-    if path[-1] == 'kernel' and weight.ndim == 4:  # conv [out, in, kh, kw] -> [kh, kw, in, out]
-        weight = weight.transpose(2, 3, 1, 0)
-    elif path[-1] == 'kernel':  # linear [out, in] -> [in, out], then split heads where the kernel has them
-        weight = weight.T
-    return weight.reshape(shape).astype(np.float32)
-
-
-def _to_torch(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
-    value = np.asarray(value, np.float32)
-    if path[-1] == 'kernel' and value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)
-    if path[-1] == 'kernel':
-        in_features = value.shape[:-1] if path[-2] == 'out_proj' else value.shape[:1]
-        return value.reshape(math.prod(in_features), -1).T
-    return value.reshape(-1) if path[-1] == 'bias' else value
-
-
 def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any
                           ) -> tuple[OFAConfig, dict[str, Any]]:
     """(config, variables) from an OFA PyTorch state dict (fairseq or HF/modelscope names; tensors or arrays).
@@ -140,11 +105,11 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any
     for collection, tree in nn.meta.unbox(abstract_variables(config)).items():
         converted = {}
         for path, leaf in flatten_dict(tree).items():
-            name = _torch_name(path)
+            name = torch_name(path)
             if name not in weights:
                 raise ValueError(f'state dict lacks weight {name} (a {config.encoder_layers}+'
                                  f'{config.decoder_layers}-layer, d_model {config.d_model} OFA was inferred)')
-            converted[path] = _to_flax(path, weights[name], leaf.shape)
+            converted[path] = to_flax(path, weights[name], leaf.shape)
             unused.discard(name)
         variables[collection] = unflatten_dict(converted)
     if unused:
@@ -157,7 +122,7 @@ def to_torch_state_dict(config: OFAConfig, variables: Mapping[str, Any]) -> dict
     state = {}
     for collection in ('params', 'batch_stats'):
         for path, value in flatten_dict(nn.meta.unbox(dict(variables[collection]))).items():
-            state[_torch_name(path)] = _to_torch(path, value)
+            state[torch_name(path)] = to_torch(path, value)
     for alias in TIED_EMBEDDINGS:
         state[alias] = state[SHARED_EMBEDDING]
     for name in [n for n in state if n.endswith('.running_mean')]:
@@ -174,19 +139,11 @@ def to_torch_state_dict(config: OFAConfig, variables: Mapping[str, Any]) -> dict
     return state
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """Weights from an OFA checkpoint file: fairseq `.pt`, HF `pytorch_model.bin` or `.safetensors`."""
-    if path.endswith('.safetensors'):
-        from safetensors.numpy import load_file
-        return load_file(path)
-    return torch_pickle.state_dict_from(torch_pickle.load(path))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('src', help='OFA checkpoint file (or, with --to-torch, an ofa-jax checkpoint directory)')
-    parser.add_argument('out', help='ofa-jax checkpoint directory (or, with --to-torch, a .safetensors file)')
-    parser.add_argument('--to-torch', action='store_true', help='convert an ofa-jax checkpoint back to PyTorch')
+    parser.add_argument('src', help='OFA checkpoint file (or, with --to_torch, an ofa-jax checkpoint directory)')
+    parser.add_argument('out', help='ofa-jax checkpoint directory (or, with --to_torch, a .safetensors file)')
+    parser.add_argument('--to_torch', action='store_true', help='convert an ofa-jax checkpoint back to PyTorch')
     args = parser.parse_args(argv)
     from ofa_jax.checkpoint import load_model, save_model
     if args.to_torch:

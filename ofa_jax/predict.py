@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from ofa_jax import api, decode
 from ofa_jax.data.tasks import TASKS
+from ofa_jax.vqgan import VQGANTokenizer
 
 # Tasks with a prediction (answer_match is a pretraining objective only).
 PREDICTED = tuple(name for name in TASKS if name != 'answer_match')
@@ -120,8 +121,6 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     inputs = {name: given['text' if name in TEXT_INPUTS else name] for name in kind.inputs}
     inputs = {name: values for name, values in inputs.items() if values}
     if args.task == 'text_to_image':
-        from ofa_jax.vqgan import VQGANTokenizer  # noqa: PLC0415 - only text_to_image needs the VQGAN
-
         settings.update(tokenizer=VQGANTokenizer.load(args.vqgan), samples=args.samples, seed=args.seed)
         results = predictor.text_to_image(args.text, **settings)
     else:

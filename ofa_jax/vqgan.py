@@ -6,7 +6,7 @@
     codes = vqgan.apply(variables, pixels, method=VQGAN.encode)         # float [-1, 1] NHWC -> int32 [b, h/8, w/8]
     pixels = vqgan.apply(variables, codes, method=VQGAN.decode)         # -> float NHWC, about [-1, 1]
 
-The tokenizer that the data pipeline uses (uint8 in, uint8 out, jitted) is `ofa_jax.data.image_codes.VQGANTokenizer`.
+The tokenizer that the data pipeline uses (uint8 in, uint8 out, jitted) is `VQGANTokenizer`, below.
 
 CLI:
     python -m ofa_jax.vqgan convert --checkpoint last.ckpt --config model.yaml --out DIR
@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import os
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from ofa_jax import checkpoint, convert
+from ofa_jax import checkpoint, torch_layout
 
 _NORM_GROUPS = 32
 
@@ -261,14 +261,14 @@ def abstract_variables(config: VQGANConfig) -> dict[str, Any]:
     return jax.eval_shape(VQGAN(config).init, jax.random.key(0), images)
 
 
-# Flax module path -> taming state-dict name: 'down_0' -> 'down.0' as in convert.py, but the middle's
+# Flax module path -> taming state-dict name: 'down_0' -> 'down.0' as in torch_layout.py, but the middle's
 # 'block_1', 'attn_1', 'block_2' keep their underscores in taming.
 _MID = re.compile(r'\.mid\.(block|attn)\.(\d+)\.')
 
 
 def torch_name(path: tuple[str, ...]) -> str:
     """('encoder', 'down_0', 'block_1', 'conv1', 'kernel') -> 'encoder.down.0.block.1.conv1.weight'."""
-    return _MID.sub(r'.mid.\1_\2.', convert._torch_name(path))
+    return _MID.sub(r'.mid.\1_\2.', torch_layout.torch_name(path))
 
 
 def from_state_dict(state_dict: dict[str, np.ndarray], config: VQGANConfig) -> dict[str, Any]:
@@ -281,10 +281,10 @@ def from_state_dict(state_dict: dict[str, np.ndarray], config: VQGANConfig) -> d
         name = torch_name(path)
         if name not in weights:
             raise ValueError(f'state dict lacks weight {name} (config {config})')
-        expected = convert._to_torch(path, np.broadcast_to(np.float32(0), leaf.shape)).shape
+        expected = torch_layout.to_torch(path, np.broadcast_to(np.float32(0), leaf.shape)).shape
         if weights[name].shape != expected:
             raise ValueError(f'weight {name} has shape {weights[name].shape}, the config needs {expected}')
-        converted[path] = convert._to_flax(path, weights.pop(name), leaf.shape)
+        converted[path] = torch_layout.to_flax(path, weights.pop(name), leaf.shape)
     if weights:
         raise ValueError(f'state dict has weights this VQGAN does not use: {sorted(weights)[:10]}')
     return {'params': unflatten_dict(converted)}
@@ -292,7 +292,7 @@ def from_state_dict(state_dict: dict[str, np.ndarray], config: VQGANConfig) -> d
 
 def to_state_dict(variables: dict[str, Any]) -> dict[str, np.ndarray]:
     """The GumbelVQ state dict (taming names, torch layouts) of Flax variables."""
-    return {torch_name(path): convert._to_torch(path, np.asarray(value))
+    return {torch_name(path): torch_layout.to_torch(path, np.asarray(value))
             for path, value in flatten_dict(variables['params']).items()}
 
 
@@ -300,7 +300,55 @@ def from_lightning_checkpoint(checkpoint_path: str | os.PathLike, config_yaml: s
                               ) -> tuple[VQGANConfig, dict[str, Any]]:
     """(config, variables) from taming's `last.ckpt` (read without unpickling code) and its `model.yaml`."""
     config = VQGANConfig.from_yaml(config_yaml)
-    return config, from_state_dict(convert.read_state_dict(os.fspath(checkpoint_path)), config)
+    return config, from_state_dict(torch_layout.read_state_dict(os.fspath(checkpoint_path)), config)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_vqgan(config: VQGANConfig) -> tuple[Callable, Callable]:
+    """Jitted (encode, decode) of uint8 pixels, one pair per config so that tokenizers share compilations."""
+    model = VQGAN(config)
+    encode = jax.jit(lambda v, x, rng: model.apply(v, from_pixels(x), rng, method=model.encode))
+    decode = jax.jit(lambda v, c: to_pixels(model.apply(v, c, method=model.decode)))
+    return encode, decode
+
+
+class VQGANTokenizer:
+    """OFA's tokenizer: the VQGAN behind the ImageTokenizer interface of `ofa_jax.data.image_codes`, jitted.
+
+    `encode` takes argmax codes; with `seed` set it draws codes as OFA's extraction does (a fresh draw per call,
+    reproducible from the seed). Images whose sides are not multiples of `downsample` are refused."""
+
+    def __init__(self, config: VQGANConfig, variables: dict, seed: Optional[int] = None):
+        self.config = config
+        self.variables = variables
+        self.downsample = config.downsample
+        self.num_codes = config.n_embed
+        self._encode, self._decode = _compiled_vqgan(config)
+        self._rng = None if seed is None else jax.random.key(seed)
+
+    @classmethod
+    def load(cls, directory: str, seed: Optional[int] = None) -> 'VQGANTokenizer':
+        """From a directory written by `python -m ofa_jax.vqgan convert`."""
+        return cls(*checkpoint.load_model(directory, VQGANConfig), seed=seed)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != self.config.in_channels or images.dtype != np.uint8:
+            raise ValueError(f'images must be uint8 [batch, H, W, {self.config.in_channels}], got {images.dtype} '
+                             f'{images.shape}')
+        if images.shape[1] % self.downsample or images.shape[2] % self.downsample:
+            raise ValueError(f'image sides {images.shape[1]}x{images.shape[2]} must be multiples of {self.downsample}')
+        rng = None
+        if self._rng is not None:
+            self._rng, rng = jax.random.split(self._rng)
+        return np.asarray(self._encode(self.variables, images, rng))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes)
+        if codes.ndim != 3 or codes.min() < 0 or codes.max() >= self.num_codes:
+            raise ValueError(f'codes must be [batch, h, w] in [0, {self.num_codes}), got {codes.shape} in '
+                             f'[{codes.min()}, {codes.max()}]')
+        return np.asarray(self._decode(self.variables, codes))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

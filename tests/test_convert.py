@@ -85,7 +85,7 @@ def test_cli_converts_a_fairseq_checkpoint_and_back(nano, tmp_path):
     assert loaded_config == config
     assert_same_tree(jax.tree_util.tree_map(np.asarray, loaded), variables)
 
-    convert.main(['--to-torch', str(tmp_path / 'ckpt'), str(tmp_path / 'back.safetensors')])
+    convert.main(['--to_torch', str(tmp_path / 'ckpt'), str(tmp_path / 'back.safetensors')])
     back = load_file(str(tmp_path / 'back.safetensors'))
     for name, tensor in state.items():
         np.testing.assert_array_equal(back[name], tensor.numpy(), err_msg=name)

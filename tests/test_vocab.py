@@ -13,7 +13,7 @@ from ofa_jax.data import boxes
 from ofa_jax.data import vocab as V
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-BPE_DIR = REPO.parent / 'shared' / 'data' / 'ofa_bpe'
+BPE_DIR = pathlib.Path(V.OFA_BPE_DIR)  # OFA's BPE files, as bundled with the library
 
 TEXTS = [
     ' what does the image describe?',
@@ -242,7 +242,7 @@ def test_sentencepiece_cli(spm_corpus, tmp_path):
     prefix = tmp_path / 'cli'
     result = subprocess.run(
         [sys.executable, '-m', 'ofa_jax.data.vocab', 'train-spm', '--corpus', str(spm_corpus), str(spm_corpus),
-         '--prefix', str(prefix), '--vocab-size', '300', '--model-type', 'bpe'],
+         '--prefix', str(prefix), '--vocab_size', '300', '--model_type', 'bpe'],
         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     model = f'{prefix}.model'
@@ -254,7 +254,7 @@ def test_sentencepiece_cli(spm_corpus, tmp_path):
 
     missing = subprocess.run(
         [sys.executable, '-m', 'ofa_jax.data.vocab', 'train-spm', '--corpus', str(tmp_path / 'nope.txt'),
-         '--prefix', str(prefix), '--vocab-size', '300'], cwd=REPO, capture_output=True, text=True, timeout=60)
+         '--prefix', str(prefix), '--vocab_size', '300'], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and 'nope.txt: corpus file not found' in missing.stderr
 
 

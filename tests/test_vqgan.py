@@ -11,9 +11,10 @@ import torch
 
 from ofa_jax import checkpoint, vqgan
 from ofa_jax.data import tasks
-from ofa_jax.data.image_codes import VQGANTokenizer, images_from_code_tokens
-from ofa_jax.data.precompute_codes import ImageFolder, code_image, main as precompute_main, precompute, shard_path
+from ofa_jax.data.image_codes import images_from_code_tokens
 from ofa_jax.data.vocab import default_vocabulary
+from ofa_jax.precompute_codes import ImageFolder, code_image, main as precompute_main, precompute, shard_path
+from ofa_jax.vqgan import VQGANTokenizer
 from tests.vqgan_reference import random_reference, save_lightning_checkpoint, write_model_yaml
 
 SMALL = vqgan.PRESETS['small']  # f=8 with attention at 32x32 codes, few channels
@@ -192,8 +193,8 @@ def test_precompute_codes_shards_processes_and_resumes(tmp_path, tiny_variables)
     # Process 1 was stopped after one record: its partial shard goes on from there (a torn line is redone).
     shard_path(out, 1).with_suffix('.tsv.partial').write_text('3.png\t1 2 3\n4.pn')
     precompute_main(['--vqgan', _saved(tmp_path, tokenizer), '--images', str(folder), '--out', str(out),
-                     '--size', '32', '--shard-size', '3', '--batch-size', '2', '--process-index', '1',
-                     '--process-count', '2'])
+                     '--size', '32', '--shard_size', '3', '--batch_size', '2', '--process_index', '1',
+                     '--process_count', '2'])
     rows = [line.split('\t') for i in range(3) for line in shard_path(out, i).read_text().splitlines()]
     assert [r[0] for r in rows] == [p.relative_to(folder).as_posix() for p in source.paths]
     assert rows[3] == ['3.png', '1 2 3']  # kept, not recomputed

@@ -1,18 +1,14 @@
 """Image tokenizers: images <-> grids of discrete codes, the targets of image infilling and text-to-image.
 
-OFA uses a VQGAN (f=8, 8192 codes): `VQGANTokenizer`. For the embedded world the project fits its own tokenizer on
-that world: a patch codebook, k-means over 8x8 pixel patches, which is exact enough to draw flat-coloured shapes
-back.
+OFA uses a VQGAN (f=8, 8192 codes): `ofa_jax.vqgan.VQGANTokenizer`. For the embedded world the project fits its own
+tokenizer on that world: a patch codebook, k-means over 8x8 pixel patches, which is exact enough to draw flat-coloured
+shapes back.
 """
 import dataclasses
-import functools
 import math
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
-import jax
 import numpy as np
-
-from ofa_jax import checkpoint, vqgan
 
 
 class ImageTokenizer(Protocol):
@@ -88,54 +84,6 @@ class PatchCodebook:
     def load(cls, path: str) -> 'PatchCodebook':
         with np.load(path) as data:
             return cls(data['centroids'], int(data['downsample']))
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_vqgan(config: vqgan.VQGANConfig) -> tuple[Callable, Callable]:
-    """Jitted (encode, decode) of uint8 pixels, one pair per config so that tokenizers share compilations."""
-    model = vqgan.VQGAN(config)
-    encode = jax.jit(lambda v, x, rng: model.apply(v, vqgan.from_pixels(x), rng, method=model.encode))
-    decode = jax.jit(lambda v, c: vqgan.to_pixels(model.apply(v, c, method=model.decode)))
-    return encode, decode
-
-
-class VQGANTokenizer:
-    """OFA's tokenizer: the VQGAN of `ofa_jax.vqgan` behind the ImageTokenizer interface, jitted.
-
-    `encode` takes argmax codes; with `seed` set it draws codes as OFA's extraction does (a fresh draw per call,
-    reproducible from the seed). Images whose sides are not multiples of `downsample` are refused."""
-
-    def __init__(self, config: vqgan.VQGANConfig, variables: dict, seed: Optional[int] = None):
-        self.config = config
-        self.variables = variables
-        self.downsample = config.downsample
-        self.num_codes = config.n_embed
-        self._encode, self._decode = _compiled_vqgan(config)
-        self._rng = None if seed is None else jax.random.key(seed)
-
-    @classmethod
-    def load(cls, directory: str, seed: Optional[int] = None) -> 'VQGANTokenizer':
-        """From a directory written by `python -m ofa_jax.vqgan convert`."""
-        return cls(*checkpoint.load_model(directory, vqgan.VQGANConfig), seed=seed)
-
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != self.config.in_channels or images.dtype != np.uint8:
-            raise ValueError(f'images must be uint8 [batch, H, W, {self.config.in_channels}], got {images.dtype} '
-                             f'{images.shape}')
-        if images.shape[1] % self.downsample or images.shape[2] % self.downsample:
-            raise ValueError(f'image sides {images.shape[1]}x{images.shape[2]} must be multiples of {self.downsample}')
-        rng = None
-        if self._rng is not None:
-            self._rng, rng = jax.random.split(self._rng)
-        return np.asarray(self._encode(self.variables, images, rng))
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        codes = np.asarray(codes)
-        if codes.ndim != 3 or codes.min() < 0 or codes.max() >= self.num_codes:
-            raise ValueError(f'codes must be [batch, h, w] in [0, {self.num_codes}), got {codes.shape} in '
-                             f'[{codes.min()}, {codes.max()}]')
-        return np.asarray(self._decode(self.variables, codes))
 
 
 def images_from_code_tokens(vocab: Any, tokenizer: ImageTokenizer, token_ids: np.ndarray) -> np.ndarray:

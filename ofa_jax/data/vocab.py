@@ -359,8 +359,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     train = commands.add_parser('train-spm', help='train a SentencePiece model for SentencePieceVocabulary')
     train.add_argument('--corpus', nargs='+', required=True, help='text files, one sentence a line')
     train.add_argument('--prefix', required=True, help='output path without extension (.model and .vocab are written)')
-    train.add_argument('--vocab-size', type=int, required=True, help="SentencePiece's piece count")
-    train.add_argument('--model-type', choices=['unigram', 'bpe'], default='unigram')
+    train.add_argument('--vocab_size', type=int, required=True, help="SentencePiece's piece count")
+    train.add_argument('--model_type', choices=['unigram', 'bpe'], default='unigram')
     args = parser.parse_args(argv)
     try:
         model_file = train_sentencepiece(args.corpus, args.prefix, args.vocab_size, model_type=args.model_type)

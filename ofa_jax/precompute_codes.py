@@ -1,14 +1,14 @@
 """Precomputes VQGAN codes for a dataset: OFA's TSV files or a folder of images.
 
-    python -m ofa_jax.data.precompute_codes --vqgan VQGAN_DIR --images PHOTOS/ --out CODES/
-    python -m ofa_jax.data.precompute_codes --vqgan VQGAN_DIR --tsv rows.tsv --kind caption --out CODES/ \
-        --process-index 0 --process-count 4
+    python -m ofa_jax.precompute_codes --vqgan VQGAN_DIR --images PHOTOS/ --out CODES/
+    python -m ofa_jax.precompute_codes --vqgan VQGAN_DIR --tsv rows.tsv --kind caption --out CODES/ \
+        --process_index 0 --process_count 4
 
 Each image is resized (LANCZOS) so its shorter side is `--size` and centre-cropped to a square, as OFA prepares its
 code images. `--target infill` keeps the codes of the centre half per side (OFA's image-infilling targets: 16x16 codes
 at 256 px); `--target image` keeps all of them (text-to-image: 32x32 codes at 256 px).
 
-Records are cut into shards of `--shard-size` consecutive records; process i of n takes shards i, i + n, ... and writes
+Records are cut into shards of `--shard_size` consecutive records; process i of n takes shards i, i + n, ... and writes
 each to `codes-SSSSS.tsv`, one line per record: `id<TAB>space-separated codes` (codes empty when the image does not
 decode). A shard is written to a `.partial` file first and renamed once complete, so a restarted run skips finished
 shards and, within an unfinished one, the records already written.
@@ -22,8 +22,9 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import PIL.Image
 
-from ofa_jax.data.image_codes import ImageTokenizer, VQGANTokenizer
+from ofa_jax.data.image_codes import ImageTokenizer
 from ofa_jax.data.sources import OFATsvSource
+from ofa_jax.vqgan import VQGANTokenizer
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 TARGETS = ('infill', 'image')
@@ -145,15 +146,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     inputs.add_argument('--images', help='folder of image files (searched recursively)')
     inputs.add_argument('--tsv', help="one of OFA's TSV files (see --kind)")
     parser.add_argument('--kind', default='pretrain_image', help='the TSV layout (ofa_jax.data.sources.TSV_LAYOUTS)')
-    parser.add_argument('--selected-cols', help="the TSV's columns, as OFA's '0,1,2'")
+    parser.add_argument('--selected_cols', help="the TSV's columns, as OFA's '0,1,2'")
     parser.add_argument('--out', required=True, help='output directory of code shards')
     parser.add_argument('--target', choices=TARGETS, default='infill')
     parser.add_argument('--size', type=int, default=256)
-    parser.add_argument('--shard-size', type=int, default=1000)
-    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--shard_size', type=int, default=1000)
+    parser.add_argument('--batch_size', type=int, default=8)
     parser.add_argument('--seed', type=int, help='draw codes as OFA does (Gumbel sampling) instead of argmax')
-    parser.add_argument('--process-index', type=int, default=0)
-    parser.add_argument('--process-count', type=int, default=1)
+    parser.add_argument('--process_index', type=int, default=0)
+    parser.add_argument('--process_count', type=int, default=1)
     args = parser.parse_args(argv)
     source = ImageFolder(args.images) if args.images else OFATsvSource(args.tsv, args.kind, args.selected_cols)
     paths = precompute(source, VQGANTokenizer.load(args.vqgan, seed=args.seed), args.out, size=args.size,
