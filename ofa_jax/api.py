@@ -97,6 +97,29 @@ def _check_lengths(**sequences: Optional[Sequence[Any]]) -> int:
     return next(iter(lengths.values()), 0)
 
 
+def prepare_image(image: ImageInput, task: str, size: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """The image as the model sees it for `task`, float32 [size, size, 3] in [-1, 1], and the resize ratio (sx, sy)."""
+    sample = T.finetune_transform(size)(T.Sample.from_image(read_image(image)), np.random.default_rng(0))
+    if task == 'image_infill':  # the centre half (per side) is what the model fills in, as in training
+        sample.image[size // 4:size - size // 4, size // 4:size - size // 4] = 0.0
+    return sample.image, sample.scale
+
+
+def prepare_input(kind: TaskKind, vocab: Vocabulary, image: Optional[ImageInput], inputs: dict[str, Any],
+                  image_size: int) -> ModelInput:
+    """One item of a task as the model takes it: the declared instruction of `inputs` and, for vision tasks, the
+    prepared image. A region is given in the original image's pixels. ValueError says what was wrong."""
+    if not kind.image:
+        return ModelInput(kind.source_ids(vocab, **inputs))
+    pixels, scale = prepare_image(image, kind.name, image_size)
+    if 'region' in inputs:  # the instruction takes it in the model image's pixels
+        region = np.asarray(inputs['region'], np.float64)
+        if region.shape != (4,):
+            raise ValueError(f'region must be [x0, y0, x1, y1], got {inputs["region"]!r}')
+        inputs = {**inputs, 'region': region * np.array([*scale, *scale])}
+    return ModelInput(kind.source_ids(vocab, **inputs), pixels, scale)
+
+
 class Predictor:
     """A loaded OFA model answering its tasks on batches; see the module docstring."""
 
@@ -218,33 +241,15 @@ class Predictor:
 
     # ---- inputs --------------------------------------------------------------------------------------------------
 
-    def source_ids(self, task: str, **inputs: Any) -> list[int]:
-        """The instruction ids (no bos/eos) of one item of `task`, exactly as the training preprocessor builds them.
-        A region is given in the pixels of the model's input image."""
-        return task_kind(task).source_ids(self.vocab, **inputs)
-
     def task_image_size(self, task: str) -> int:
         return self.image_size or IMAGE_SIZES.get(task, DEFAULT_IMAGE_SIZE)
 
     def prepare_image(self, image: ImageInput, task: str) -> tuple[np.ndarray, tuple[float, float]]:
         """The image as the model sees it for `task`, float32 [S, S, 3] in [-1, 1], and the resize ratio (sx, sy)."""
-        sample = T.finetune_transform(self.task_image_size(task))(T.Sample.from_image(read_image(image)),
-                                                                  np.random.default_rng(0))
-        if task == 'image_infill':  # the centre half (per side) is what the model fills in, as in training
-            size = sample.image.shape[0]
-            sample.image[size // 4:size - size // 4, size // 4:size - size // 4] = 0.0
-        return sample.image, sample.scale
+        return prepare_image(image, task, self.task_image_size(task))
 
     def _prepare(self, kind: TaskKind, image: Optional[ImageInput], inputs: dict[str, Any]) -> ModelInput:
-        if kind.image:
-            pixels, scale = self.prepare_image(image, kind.name)
-            if 'region' in inputs:  # given in original pixels; the instruction takes the model image's
-                region = np.asarray(inputs['region'], np.float64)
-                if region.shape != (4,):
-                    raise ValueError(f'region must be [x0, y0, x1, y1], got {inputs["region"]!r}')
-                inputs = {**inputs, 'region': region * np.array([*scale, *scale])}
-            return ModelInput(self.source_ids(kind.name, **inputs), pixels, scale)
-        return ModelInput(self.source_ids(kind.name, **inputs))
+        return prepare_input(kind, self.vocab, image, inputs, self.task_image_size(kind.name))
 
     def _answer_each(self, kind: TaskKind, preparers: Sequence[Callable[[], ModelInput]], **kwargs: Any
                      ) -> list[Result]:

@@ -1,8 +1,6 @@
 """The Python API: checkpoint kinds, image reading, boxes back in original pixels, detection parsing, candidate
 scoring, per-item errors, and the evaluation over a tiny split of the synthetic world (nano model)."""
 import json
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,32 +9,23 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+import conftest
 from ofa_jax import api, evaluate, predict, train, vqgan
-from ofa_jax.checkpoint import save_model
+from ofa_jax.checkpoint import load_checkpoint, model_from_config, save_model
 from ofa_jax.data import boxes as B
-from ofa_jax.data import tasks as data_tasks
+from ofa_jax.data import tasks as task_declarations
 from ofa_jax.data import vocab as V
 from ofa_jax.data.image_codes import PatchCodebook
 from ofa_jax.data.vocab import default_vocabulary
-from ofa_jax.model import OFA, model_config
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'configs'))
-import demo as demo_config  # noqa: E402
+from ofa_jax.model import model_config
 
 IMAGE_SIZE = 32
 
 
 def small_config(**changes):
-    config = demo_config.get_config()
     # One layer each side: every compiled program is smaller, and nothing here depends on depth.
-    config.model_overrides = dict(dropout=0.0, code_image_size=16, freeze_batch_norm=True, encoder_layers=1,
-                                  decoder_layers=1)
-    config.data.update(dict(image_size=IMAGE_SIZE, world_size=64, max_source_length=24, max_target_length=16))
-    config.update(dict(batch_size=8, total_steps=2, log_every=1, checkpoint_every=2, demo_evaluation=False,
-                       warmup_steps=1, ema_decay=0.5))
-    config.update(changes)
-    return config
+    return conftest.small_config(**{'total_steps': 2, 'ema_decay': 0.5, **changes},
+                                 model_overrides=dict(encoder_layers=1, decoder_layers=1), data=dict(world_size=64))
 
 
 @pytest.fixture(scope='module')
@@ -46,7 +35,7 @@ def workdir(tmp_path_factory):
     programs."""
     path = tmp_path_factory.mktemp('train')
     config = small_config()
-    model = OFA(model_config(config.model, **config.model_overrides))
+    model = model_from_config(config)
     state = train.initial_state(model, train.make_optimizer(config), config, IMAGE_SIZE)
     state = state.replace(step=jnp.array(2, jnp.int32),
                           ema_params=jax.tree_util.tree_map(lambda p: p * 0.5, state.params))
@@ -93,47 +82,48 @@ def test_batches_pad_to_power_of_two_buckets():
     assert [api._bucket(n, 6, 4) for n in (1, 3, 5)] == [4, 4, 8]
 
 
-def test_parse_detection_reads_boxes_and_labels_in_original_pixels():
+def test_detection_output_reads_boxes_and_labels_in_original_pixels():
     vocab = default_vocabulary()
     scale = (0.5, 2.0)  # the resize halved the width and doubled the height
     first, second = [10.0, 20.0, 50.0, 60.0], [0.0, 5.0, 30.0, 40.0]
     tokens = (B.box_to_tokens(first, vocab) + vocab.encode(' red circle') + B.box_to_tokens(second, vocab)
               + vocab.encode(' blue square') + B.box_to_tokens(first, vocab)[:3] + [V.EOS, 7, 8])
-    found, labels = api.parse_detection(tokens, vocab, scale)
+    found, labels = B.tokens_to_objects(tokens, vocab, scale)
     assert labels == ['red circle', 'blue square']  # the cut-off third box and what follows eos are ignored
     expected = [B.dequantize(B.quantize(b)) / [0.5, 2.0, 0.5, 2.0] for b in (first, second)]
     np.testing.assert_allclose(found, expected)
-    assert api.parse_detection(B.box_to_tokens(first, vocab) + [V.EOS], vocab)[1] == []  # a box with no label
+    assert B.tokens_to_objects(B.box_to_tokens(first, vocab) + [V.EOS], vocab)[1] == []  # a box with no label
 
 
 def test_loads_a_model_directory(workdir, tmp_path):
     config = model_config('nano', **small_config().model_overrides)
     variables = {'params': workdir[1].params, 'batch_stats': workdir[1].batch_stats}
     save_model(tmp_path / 'model', config, variables)
-    checkpoint = api.load_checkpoint(tmp_path / 'model')
-    assert checkpoint.config == config and checkpoint.image_size is None
+    checkpoint = load_checkpoint(tmp_path / 'model')
+    assert checkpoint.config == config and checkpoint.train_config is None
     jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables, variables)
     with pytest.raises(ValueError, match='neither a model directory'):
-        api.load_checkpoint(tmp_path)
+        load_checkpoint(tmp_path)
 
 
 def test_loads_a_training_workdir_with_its_ema(workdir):
     path, state = workdir
-    checkpoint = api.load_checkpoint(path)
-    assert checkpoint.step == 2 and checkpoint.image_size == IMAGE_SIZE and checkpoint.max_source_length == 24
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.step == 2 and checkpoint.train_config.data.image_size == IMAGE_SIZE
+    assert checkpoint.train_config.data.max_source_length == 24
     jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['params'], state.ema_params)
     jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['batch_stats'], state.batch_stats)
     assert not np.array_equal(checkpoint.variables['params']['embed_tokens']['embedding'],
                               state.params['embed_tokens']['embedding'])
 
 
-def test_ground_maps_boxes_back_through_the_resize(predictor):
+def test_grounding_maps_boxes_back_through_the_resize(predictor):
     images = [rgb(48, 80), rgb(32, 32, 1)]  # the first is resized to 32 x 32: x shrinks by 2.5, y by 1.5
-    results = predictor.ground(images, ['the red circle', 'the blue square'])
-    inputs = [api.ModelInput(predictor.vocab.encode(data_tasks.GROUNDING.format(text)),
-                             predictor.prepare_image(image, 'ground')[0])
+    results = predictor.grounding(images, ['the red circle', 'the blue square'])
+    inputs = [api.ModelInput(predictor.vocab.encode(task_declarations.GROUNDING.format(text)),
+                             predictor.prepare_image(image, 'grounding')[0])
               for image, text in zip(images, ['the red circle', 'the blue square'])]
-    in_model_pixels = predictor.answer('ground', inputs)  # scale 1: boxes in the model's 32-pixel image
+    in_model_pixels = predictor.answer('grounding', inputs)  # scale 1: boxes in the model's 32-pixel image
     np.testing.assert_allclose(results[0]['box'], np.array(in_model_pixels[0]['box']) * [2.5, 1.5, 2.5, 1.5])
     np.testing.assert_allclose(results[1]['box'], in_model_pixels[1]['box'])
     assert results[0]['score'] == pytest.approx(in_model_pixels[0]['score'])
@@ -144,7 +134,7 @@ def test_ground_maps_boxes_back_through_the_resize(predictor):
 
 def test_all_candidates_picks_the_most_probable_answer(predictor):
     images, questions = [rgb(32, 32, 1), rgb(32, 32, 2)], ['what shape is red', 'how many shapes']
-    answers = ['circle', 'two', 'yes']  # one token each, as entail's and classify's: one compiled scoring program
+    answers = ['circle', 'two', 'yes']  # one token each, as snli_ve's and itm's: one compiled scoring program
     results = predictor.vqa(images, questions, answers)
     # Every answer's log-probability, teacher-forced, from the model's logits in one batch of 2 x 3 rows.
     vocab = predictor.vocab
@@ -173,29 +163,32 @@ def test_bad_items_get_errors_and_trie_answers_stay_among_the_candidates(predict
     assert 'missing.png' in results[1]['error'] and 'cannot be read' in results[1]['error']
     assert results[2] == {'error': 'question is empty'}
     assert 'uint8' in results[3]['error']
-    assert predictor.summarize(['  ']) == [{'error': 'text is empty'}]
+    assert predictor.summarization(['  ']) == [{'error': 'text is empty'}]
     with pytest.raises(ValueError, match='one entry per item'):
         predictor.vqa([good], ['a', 'b'])
     with pytest.raises(ValueError, match='labels must be a non-empty list'):
-        predictor.classify([good], [])
+        predictor.classification([good], [])
 
 
-def test_entail_classify_and_infill_answer_from_their_choices(predictor):
+def test_closed_answer_tasks_and_text_infill_answer_from_their_choices(predictor):
     images = [rgb(32, 32, 4), rgb(32, 32, 5)]
-    entail = predictor.entail(images, ['there is a red circle', 'a dog'], ['a scene', 'a scene'])
-    assert all(r['answer'] in api.ENTAIL_ANSWERS for r in entail)
+    entail = predictor.snli_ve(images, ['there is a red circle', 'a dog'], ['a scene', 'a scene'])
+    assert all(r['answer'] in task_declarations.TASKS['snli_ve'].candidates for r in entail)
+    assert all(r['answer'] in ('yes', 'no') for r in predictor.itm(images, ['a red circle', 'a dog']))
     labels = ['circle', 'square', 'star']
-    assert all(r['label'] in labels for r in predictor.classify(images, labels))
-    infilled = predictor.infill(['a red <mask> left of a <mask>', '', 'the <mask> is blue'], max_length=6)
+    assert all(r['label'] in labels for r in predictor.classification(images, labels))
+    pairs = predictor.run('mnli', premise=['a man sleeps', ''], hypothesis=['a person rests', 'a cat'])
+    assert pairs[0]['answer'] in ('yes', 'no', 'maybe') and pairs[1] == {'error': 'premise is empty'}
+    infilled = predictor.text_infill(['a red <mask> left of a <mask>', '', 'the <mask> is blue'], max_length=6)
     assert infilled[1] == {'error': 'text is empty'}
     assert all(isinstance(r['text'], str) and r['score'] <= 0 for r in (infilled[0], infilled[2]))
 
 
 def test_prompt_types_put_the_instruction_before_the_answer(predictor, workdir):
     images, hypotheses = [rgb(32, 32, 4), rgb(32, 32, 5)], ['there is a red circle', 'a dog']
-    prompted = api.Predictor.load(workdir[0], batch_size=4, prompt_type='prev_output').entail(images, hypotheses)
-    plain = predictor.entail(images, hypotheses)
-    assert all(r['answer'] in api.ENTAIL_ANSWERS for r in prompted)
+    prompted = api.Predictor.load(workdir[0], batch_size=4, prompt_type='prev_output').snli_ve(images, hypotheses)
+    plain = predictor.snli_ve(images, hypotheses)
+    assert all(r['answer'] in ('yes', 'no', 'maybe') for r in prompted)
     assert [r['score'] for r in prompted] != pytest.approx([r['score'] for r in plain])
     with pytest.raises(ValueError, match='prompt_type'):
         api.Predictor.load(workdir[0], prompt_type='source')
@@ -218,20 +211,25 @@ def test_text_to_image_samples_exactly_the_code_grid_and_draws_it(predictor):
 def test_evaluate_writes_predictions_and_metrics(predictor, tmp_path):
     config = small_config()
     config.data.world_seed = 1000  # scenes the training never saw
-    scores = evaluate.evaluate(config, '', str(tmp_path / 'eval'), max_examples=2, predictor=predictor)
-    assert set(scores) == {'world_caption', 'world_vqa', 'world_grounding'}
-    assert set(scores['world_caption']) == {'cider', 'bleu4', 'examples', 'dropped'}
-    for task in scores.values():
-        assert task['examples'] == 2
-        assert all(0.0 <= v <= 10.0 for k, v in task.items() if k not in ('examples', 'dropped'))
+    scores, _ = evaluate.evaluate(config, '', str(tmp_path / 'eval'), max_examples=2, predictor=predictor)
+    tasks = ['caption', 'vqa', 'grounding', 'grounded_caption', 'itm', 'detection', 'image_infill', 'text_infill']
+    metrics = {'caption_cider', 'caption_bleu4', 'caption_exact_match', 'vqa_accuracy', 'grounding_accuracy',
+               'grounded_caption_exact_match', 'itm_accuracy', 'detection_f1', 'image_infill_code_accuracy',
+               'text_infill_exact_match'}
+    assert set(scores) == metrics | {f'{t}_examples' for t in tasks} | {f'{t}_dropped' for t in tasks}
+    assert all(scores[f'{t}_examples'] == 2 and scores[f'{t}_dropped'] == 0 for t in tasks)
+    assert all(0.0 <= scores[m] <= 10.0 for m in metrics)
     with open(tmp_path / 'eval' / 'metrics.json') as f:
         assert json.load(f) == scores
     with open(tmp_path / 'eval' / 'predictions.jsonl') as f:
         lines = [json.loads(line) for line in f]
-    assert len(lines) == 6 and {line['task'] for line in lines} == set(scores)
-    grounding = [line for line in lines if line['task'] == 'world_grounding']
+    assert len(lines) == 2 * len(tasks) and {line['task'] for line in lines} == set(tasks)
+    grounding = [line for line in lines if line['task'] == 'grounding']
     assert all(len(line['prediction']) == 4 and len(line['reference']) == 4 for line in grounding)
-    assert all(isinstance(line['prediction'], str) for line in lines if line['task'] == 'world_caption')
+    assert all(isinstance(line['prediction'], str) for line in lines if line['task'] == 'caption')
+    infill = [line for line in lines if line['task'] == 'image_infill']
+    # The model's code grid (code_image_size 16: 2x2 codes) against the target's codes.
+    assert all(len(line['prediction']) == 4 for line in infill)
 
 
 def test_draw_boxes_outlines_each_box_in_red():
@@ -248,7 +246,7 @@ def test_predict_cli_prints_json_and_draws_the_boxes(workdir, tmp_path, capsys):
     for i, (height, width) in enumerate(((48, 80), (32, 32))):
         paths.append(tmp_path / f'scene{i}.png')
         Image.fromarray(rgb(height, width, i)).save(paths[-1])
-    predict.main(['--checkpoint', str(workdir[0]), '--task', 'ground', '--image', str(paths[0]), '--image',
+    predict.main(['--checkpoint', str(workdir[0]), '--task', 'grounding', '--image', str(paths[0]), '--image',
                   str(paths[1]), '--text', 'the red circle', '--text', 'the blue square',
                   '--draw', str(tmp_path / 'boxes.png')])
     results = json.loads(capsys.readouterr().out)
@@ -267,12 +265,12 @@ def test_predict_cli_draws_text_to_image_samples(workdir, tmp_path, capsys):
                                z_channels=32, embed_dim=32, n_embed=16)  # f=8: the model's 2x2 codes -> 16 pixels
     variables = vqgan.VQGAN(config).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     save_model(tmp_path / 'vqgan', config, variables)
-    predict.main(['--checkpoint', str(workdir[0]), '--task', 'text2image', '--text', 'a red circle',
+    predict.main(['--checkpoint', str(workdir[0]), '--task', 'text_to_image', '--text', 'a red circle',
                   '--vqgan', str(tmp_path / 'vqgan'), '--samples', '2', '--draw', str(tmp_path / 'drawn.png')])
     (result,) = json.loads(capsys.readouterr().out)
     assert result['drawings'] == [str(tmp_path / f'drawn_0_{j}.png') for j in range(2)]
     assert all(np.asarray(Image.open(path)).shape == (16, 16, 3) for path in result['drawings'])
     with pytest.raises(SystemExit):
-        predict.main(['--checkpoint', str(workdir[0]), '--task', 'text2image', '--text', 'a red circle'])
+        predict.main(['--checkpoint', str(workdir[0]), '--task', 'text_to_image', '--text', 'a red circle'])
     assert 'needs --vqgan' in capsys.readouterr().err
 

@@ -1,0 +1,107 @@
+"""Each task is declared once: the API builds exactly the instruction the training preprocessor builds from the same
+raw input, for every task; and the import rules that keep applications above libraries."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ofa_jax import api
+from ofa_jax.data import mixtures
+from ofa_jax.data.registry import TaskRegistry
+from ofa_jax.data.tasks import TASKS, answer_match, resize_transform
+from ofa_jax.data.vocab import default_vocabulary
+from ofa_jax.data.world import World
+
+SIZE = 32
+VOCAB = default_vocabulary()
+WORLD = World(size=16, seed=3, image_size=SIZE)
+mixtures.register_world(VOCAB, WORLD, mixtures.world_codebook(WORLD, num_codes=16, num_images=4))
+IMAGE = WORLD[0]['image']
+FINETUNE_RECORDS = {
+    'snli_ve': {'image': IMAGE, 'hypothesis': 'Two dogs run.', 'label': 'entailment'},
+    'classification': {'image': IMAGE, 'caption': 'golden retriever'},
+    'sst2': {'text': 'A gripping, well-acted film!', 'label': '1'},
+    'mnli': {'premise': 'A man sleeps on a bench.', 'hypothesis': 'Someone rests.', 'label': 'entailment'},
+    'rte': {'premise': 'The city flooded.', 'hypothesis': 'It rained.', 'label': 'not_entailment'},
+    'qqp': {'premise': 'How do I learn jax?', 'hypothesis': 'What is the way to learn jax?', 'label': '1'},
+    'summarization': {'text': 'The council approved the new budget on Monday after a long debate.',
+                      'target': 'council approves budget'},
+}
+
+
+def training_example(task: str, index: int) -> dict:
+    """The training preprocessor's example of a world scene (or a finetuning record) for `task`."""
+    rng = np.random.default_rng(index)
+    if task in FINETUNE_RECORDS:
+        example = dict(FINETUNE_RECORDS[task])
+        for step in mixtures.finetune_preprocessors(task, VOCAB, resize_transform(SIZE)):
+            example = step(example, rng)
+        return example
+    if task == 'answer_match':  # OFA's pretraining only: the second sample of a VQA row
+        record = {**WORLD[0], 'answers': {'blue': 1.0}}
+        return answer_match(VOCAB, [record, {**record, 'answers': {'red': 1.0}}])(record, rng)
+    registered = TaskRegistry.get(mixtures.world_task_name(task))
+    return registered.preprocess(registered.source[index], rng)
+
+
+def api_inputs(task: str, example: dict) -> dict:
+    """The raw inputs a user gives the API for what the training example asks."""
+    record = FINETUNE_RECORDS.get(task, WORLD[0])
+    taken = {'question': record.get('question'), 'text': record.get('text'), 'hypothesis': record.get('hypothesis'),
+             'premise': record.get('premise'), 'region': WORLD[0]['region']}
+    if task == 'itm':
+        taken['text'] = example['itm_text']
+    if task == 'text_infill':
+        taken['text'] = example['masked_text']
+    if task == 'text_to_image':
+        taken['text'] = WORLD[0]['caption']
+    if task == 'answer_match':
+        taken['answer'] = 'blue' if VOCAB.decode(example['target_ids']).strip() == 'yes' else 'red'
+    return {name: taken[name] for name in TASKS[task].inputs if taken.get(name) is not None}
+
+
+@pytest.mark.parametrize('task', list(TASKS))
+def test_the_api_builds_the_instruction_training_builds(task):
+    kind = TASKS[task]
+    randomized = task in ('itm', 'text_infill', 'answer_match')
+    targets = set()
+    for index in range(6):  # also the negative samples of the randomized tasks
+        example = training_example(task, index if randomized else 0)
+        targets.add(VOCAB.decode(example['target_ids']).strip())
+        model_input = api.prepare_input(kind, VOCAB, IMAGE if kind.image else None, api_inputs(task, example), SIZE)
+        assert model_input.source_ids == example['source_ids'], VOCAB.decode(example['source_ids'])
+        assert (model_input.image is None) == (example.get('image') is None)
+        if kind.constraint:
+            assert example['constraint_range'] == VOCAB.constraint_range(kind.constraint)
+    if task in ('itm', 'answer_match'):
+        assert targets == {'yes', 'no'}
+    if task == 'image_infill':  # the API blanks the same centre the training does
+        np.testing.assert_array_equal(model_input.image[8:24, 8:24], example['image'][8:24, 8:24])
+
+
+def test_every_task_kind_of_the_mixtures_is_declared():
+    kinds = {TaskRegistry.get(name).kind for name in TaskRegistry.names() if name.startswith('world_')}
+    assert kinds <= set(TASKS) and set(mixtures.FINETUNE_TASKS) <= set(TASKS)
+    assert all(kind.metrics is None or kind.reference is not None for kind in TASKS.values())
+
+
+def loaded_modules(statement: str) -> set[str]:
+    script = f'import sys\n{statement}\nprint(" ".join(sorted(sys.modules)))'
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(result.stdout.split())
+
+
+def test_applications_stay_above_the_libraries():
+    for module in ('ofa_jax.api', 'ofa_jax.predict', 'ofa_jax.evaluate', 'ofa_jax.demo'):
+        loaded = loaded_modules(f'import {module}\nfrom absl import flags\n'
+                                f'assert not any(f in flags.FLAGS for f in ("config", "workdir", "checkpoint"))')
+        assert 'ofa_jax.train' not in loaded, module
+    assert 'ofa_jax.demo' not in loaded_modules('import ofa_jax.train')
+    data_modules = ['tasks', 'mixtures', 'pipeline', 'sources', 'registry', 'vocab', 'boxes', 'transforms',
+                    'image_codes', 'world']
+    loaded = loaded_modules('\n'.join(f'import ofa_jax.data.{m}' for m in data_modules))
+    forbidden = {'ofa_jax.convert', 'ofa_jax.vqgan', 'ofa_jax.torch_pickle', 'ofa_jax.torch_layout', 'ofa_jax.model',
+                 'ofa_jax.checkpoint', 'ofa_jax.train'}
+    assert not loaded & forbidden
