@@ -5,8 +5,8 @@
         --process_index 0 --process_count 4
 
 Each image is resized (LANCZOS) so its shorter side is `--size` and centre-cropped to a square, as OFA prepares its
-code images. `--target infill` keeps the codes of the centre half per side (OFA's image-infilling targets: 16x16 codes
-at 256 px); `--target image` keeps all of them (text-to-image: 32x32 codes at 256 px).
+code images. `--target image_infill` keeps the codes of the centre half per side (OFA's image-infilling targets: 16x16 codes
+at 256 px); `--target text_to_image` keeps all of them (text-to-image: 32x32 codes at 256 px).
 
 Records are cut into shards of `--shard_size` consecutive records; process i of n takes shards i, i + n, ... and writes
 each to `codes-SSSSS.tsv`, one line per record: `id<TAB>space-separated codes` (codes empty when the image does not
@@ -27,7 +27,7 @@ from ofa_jax.data.sources import OFATsvSource
 from ofa_jax.vqgan import VQGANTokenizer
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
-TARGETS = ('infill', 'image')
+TARGETS = ('image_infill', 'text_to_image')  # the task whose targets the codes are
 
 
 class ImageFolder:
@@ -90,7 +90,7 @@ def encode_batch(tokenizer: ImageTokenizer, images: list[Optional[np.ndarray]], 
         return out
     pixels = np.zeros((batch_size, size, size, 3), np.uint8)
     pixels[:len(present)] = [images[i] for i in present]
-    if target == 'infill':
+    if target == 'image_infill':
         pixels = pixels[:, size // 4:size - size // 4, size // 4:size - size // 4]
     codes = tokenizer.encode(pixels)
     for row, i in enumerate(present):
@@ -99,7 +99,7 @@ def encode_batch(tokenizer: ImageTokenizer, images: list[Optional[np.ndarray]], 
 
 
 def precompute(source: Any, tokenizer: ImageTokenizer, out_dir: str | os.PathLike, *, size: int = 256,
-               target: str = 'infill', shard_size: int = 1000, batch_size: int = 8, process_index: int = 0,
+               target: str = 'image_infill', shard_size: int = 1000, batch_size: int = 8, process_index: int = 0,
                process_count: int = 1) -> list[pathlib.Path]:
     """Writes this process's shards of `source` (records with 'id' and 'image') under `out_dir`; returns their paths.
 
@@ -110,7 +110,7 @@ def precompute(source: Any, tokenizer: ImageTokenizer, out_dir: str | os.PathLik
         raise ValueError(f'process_index {process_index} is not in [0, process_count={process_count})')
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f'shard_size ({shard_size}) and batch_size ({batch_size}) must be positive')
-    if size % (4 * tokenizer.downsample if target == 'infill' else tokenizer.downsample):
+    if size % (4 * tokenizer.downsample if target == 'image_infill' else tokenizer.downsample):
         raise ValueError(f'size {size} does not split into whole codes for target {target!r}')
     os.makedirs(out_dir, exist_ok=True)
     num_shards = -(-len(source) // shard_size)
@@ -148,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--kind', default='pretrain_image', help='the TSV layout (ofa_jax.data.sources.TSV_LAYOUTS)')
     parser.add_argument('--selected_cols', help="the TSV's columns, as OFA's '0,1,2'")
     parser.add_argument('--out', required=True, help='output directory of code shards')
-    parser.add_argument('--target', choices=TARGETS, default='infill')
+    parser.add_argument('--target', choices=TARGETS, default='image_infill')
     parser.add_argument('--size', type=int, default=256)
     parser.add_argument('--shard_size', type=int, default=1000)
     parser.add_argument('--batch_size', type=int, default=8)

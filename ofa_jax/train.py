@@ -182,14 +182,13 @@ def state_shardings(model: OFA, optimizer: optax.GradientTransformation, config:
     """The sharding of every TrainState leaf: parameters by their logical axes, optimizer moments like their
     parameters, everything else replicated."""
     boxed = abstract_variables(model.config)
-    params = sharding.tree_shardings(boxed['params'], mesh, config.logical_axis_rules)
+    variables = sharding.variable_shardings(boxed, mesh, config.logical_axis_rules)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     opt_shapes = jax.eval_shape(optimizer.init, nn.meta.unbox(boxed['params']))
-    opt = optax.tree_map_params(optimizer, lambda _, shard: shard, opt_shapes, params,
+    opt = optax.tree_map_params(optimizer, lambda _, shard: shard, opt_shapes, variables['params'],
                                 transform_non_params=lambda _: replicated)
-    return TrainState(step=replicated, params=params,
-                      batch_stats=jax.tree_util.tree_map(lambda _: replicated, boxed['batch_stats']),
-                      opt_state=opt, ema_params=params if config.ema_decay else None, rng=replicated)
+    return TrainState(step=replicated, params=variables['params'], batch_stats=variables['batch_stats'],
+                      opt_state=opt, ema_params=variables['params'] if config.ema_decay else None, rng=replicated)
 
 
 def validate_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
