@@ -9,21 +9,14 @@ import ast
 import pathlib
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'configs'))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import demo as demo_config  # noqa: E402
-
+from conftest import small_config  # noqa: E402
 from ofa_jax import train  # noqa: E402
 
 
 def worker_config(steps: int, overrides=()):
-    config = demo_config.get_config()
-    # No dropout and frozen batch norm: nothing depends on how the global batch is split over processes.
-    config.model_overrides = dict(dropout=0.0, code_image_size=16, freeze_batch_norm=True)
-    config.data.update(dict(image_size=32, world_size=200, max_source_length=24, max_target_length=16))
-    config.update(dict(batch_size=8, total_steps=steps, log_every=1, checkpoint_every=2, demo_evaluation=False))
+    config = small_config(total_steps=steps)
     for override in overrides:
         key, _, text = override.partition('=')
         try:

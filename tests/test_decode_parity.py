@@ -8,6 +8,8 @@ from ofa_jax.decode import DecodeSettings, generate
 from ofa_jax.model import OFA
 from reference import OFAConfig, OFAModel, reference_generate, torch
 
+pytestmark = pytest.mark.parity  # compares with modelscope's PyTorch OFA
+
 IMAGE_SIZE = 64
 
 

@@ -81,6 +81,8 @@ def metrics(workdir: pathlib.Path) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
+@pytest.mark.multihost
 def test_two_processes_train_resume_and_match_one(tmp_path):
     two, one = tmp_path / 'two', tmp_path / 'one'
     run_job(two, 4, processes=2)

@@ -10,6 +10,8 @@ from ofa_jax.convert import FAIRSEQ_RENAMES, from_torch_state_dict, to_torch_sta
 from ofa_jax.model import OFA
 from reference import OFAConfig, OFAModel, torch
 
+pytestmark = pytest.mark.parity  # compares with modelscope's PyTorch OFA
+
 TOLERANCE = 1e-5
 
 

@@ -3,39 +3,20 @@
 saves, the demo learns)."""
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ROOT, load_config, small_config
 from ofa_jax import demo, train
-from ofa_jax.data import tasks
-from ofa_jax.model import init_variables, model_config
 from ofa_jax.sharding import make_mesh
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'configs'))
-import demo as demo_config  # noqa: E402
-import demo_text2image  # noqa: E402
-
-
-def small_config(**changes):
-    config = demo_config.get_config()
-    config.model_overrides = dict(dropout=0.0, code_image_size=16, freeze_batch_norm=True)
-    config.data.update(dict(image_size=32, world_size=200, max_source_length=24, max_target_length=16))
-    config.update(dict(batch_size=8, total_steps=4, log_every=1, checkpoint_every=2, demo_evaluation=False,
-                       warmup_steps=1))
-    config.update(changes)
-    return config
-
 
 def losses(workdir):
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
@@ -72,6 +53,7 @@ def test_layout_errors_name_the_sizes():
         make_mesh(data=8)
 
 
+@pytest.mark.slow
 def test_accumulation_equals_the_large_batch(tmp_path):
     large = train.train(small_config(total_steps=2), str(tmp_path / 'large'))
     accumulated = train.train(small_config(total_steps=2, grad_accum_steps=4), str(tmp_path / 'accumulated'))
@@ -82,6 +64,7 @@ def test_accumulation_equals_the_large_batch(tmp_path):
                            jax.device_get(large.params), jax.device_get(accumulated.params))
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     straight = train.train(small_config(total_steps=4), str(tmp_path / 'straight'))
     train.train(small_config(total_steps=2), str(tmp_path / 'resumed'))
@@ -97,7 +80,7 @@ MESH_SCRIPT = textwrap.dedent('''
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
-    from test_train import small_config
+    from conftest import small_config
     from ofa_jax import train
     results = {}
     def run(name, steps, mesh):
@@ -117,6 +100,7 @@ MESH_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_meshes_agree_with_one_device(tmp_path):
     env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
     result = subprocess.run([sys.executable, '-c', MESH_SCRIPT, str(ROOT / 'tests'), str(tmp_path)], env=env,
@@ -128,12 +112,13 @@ def test_meshes_agree_with_one_device(tmp_path):
         np.testing.assert_allclose(values, results['one'], rtol=2e-4, atol=5e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     workdir = tmp_path / 'preempted'
     command = [sys.executable, '-m', 'ofa_jax.train', '--config', str(ROOT / 'configs' / 'demo.py'),
                f'--workdir={workdir}', '--config.total_steps=500', '--config.log_every=1',
                '--config.checkpoint_every=1000', '--config.data.image_size=32', '--config.data.world_size=100',
-               '--config.batch_size=8', '--config.demo_evaluation=False']
+               '--config.batch_size=8']
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
     while time.time() < deadline and not (workdir / 'metrics.jsonl').exists():
@@ -146,31 +131,40 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert saved and saved[-1] < 500 and saved[-1] == max(losses(workdir))
 
 
-def test_demo_learns_and_draws_its_predictions(tmp_path):
-    config = demo_config.get_config()
+@pytest.mark.slow
+def test_demo_learns_then_its_command_evaluates_every_task(tmp_path):
+    config = load_config('demo')
     config.total_steps = 120
     config.log_every = 40
-    state = train.train(config, str(tmp_path))
+    train.train(config, str(tmp_path))
     curve = losses(tmp_path)
     assert curve[120] < 0.75 * curve[40]
-    scores = demo.evaluate(config, state, str(tmp_path), count=8)
-    assert set(scores) == {'caption_exact_match', 'vqa_exact_match', 'grounding_accuracy'}
-    assert (tmp_path / 'predictions.png').stat().st_size > 1000
     with open(tmp_path / 'metrics.jsonl') as f:
         row = json.loads(f.readline())
     assert {'step', 'loss', 'learning_rate', 'examples_per_second', 'tokens_per_second', 'mfu',
             'dropped_examples'} <= set(row)
     assert list((tmp_path / 'tb').iterdir())
+    # The demo's evaluation is its own command, reading the workdir as any user would.
+    result = subprocess.run([sys.executable, '-m', 'ofa_jax.demo', '--config', str(ROOT / 'configs' / 'demo.py'),
+                             f'--workdir={tmp_path}', '--examples=8'], cwd=ROOT, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / 'evaluation.json').read_text())
+    assert {'caption_exact_match', 'caption_cider', 'vqa_accuracy', 'grounding_accuracy',
+            'grounded_caption_exact_match', 'itm_accuracy', 'detection_f1', 'text_infill_exact_match',
+            'image_infill_code_accuracy'} <= set(scores)
+    assert all(scores[f'{task}_examples'] == 8 for task in ('caption', 'vqa', 'grounding', 'text_infill'))
+    assert (tmp_path / 'predictions.png').stat().st_size > 1000
+    lines = (tmp_path / 'predictions.jsonl').read_text().splitlines()
+    assert len(lines) == 8 * 8 and {json.loads(line)['task'] for line in lines} >= {'caption', 'detection'}
 
 
+@pytest.mark.slow
 def test_text_to_image_demo_draws_the_captions_of_unseen_scenes(tmp_path):
-    config = demo_text2image.get_config()
-    config.data.world_size = 100
-    tasks.register_from_config(config.data)
-    variables = init_variables(model_config(config.model, **config.model_overrides), jax.random.key(0), 64)
-    state = train.TrainState(step=0, params=nn.unbox(variables['params']), batch_stats=variables['batch_stats'],
-                             opt_state=None, ema_params=None, rng=None)
-    scores = demo.evaluate(config, state, str(tmp_path), count=4)
-    assert set(scores) == {'drawing_color_match'} and 0 <= scores['drawing_color_match'] <= 1
+    config = small_config('text_to_image', total_steps=1, model_overrides=dict(code_image_size=64),
+                          data=dict(image_size=64, world_size=100, max_target_length=65))
+    train.train(config, str(tmp_path))
+    scores = demo.run(config, str(tmp_path), count=4)
+    assert set(scores) == {'text_to_image_color_match'} and 0 <= scores['text_to_image_color_match'] <= 1
     assert (tmp_path / 'drawings.png').stat().st_size > 1000
     assert json.loads((tmp_path / 'evaluation.json').read_text()) == scores

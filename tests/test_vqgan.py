@@ -44,6 +44,7 @@ def small(tmp_path_factory):
     return reference, config, variables
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize('size', [256, 64])
 def test_matches_taming_reference(small, size):
     reference, config, variables = small
@@ -75,6 +76,7 @@ def test_matches_taming_reference(small, size):
     assert np.mean(pixels != expected_pixels) < 1e-3
 
 
+@pytest.mark.parity
 def test_state_dict_round_trip_and_errors(small):
     reference, config, variables = small
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
@@ -110,6 +112,7 @@ def test_config_from_yaml_and_bad_configs(tmp_path):
         dataclasses.replace(SMALL, embed_dim=32)
 
 
+@pytest.mark.parity
 def test_convert_cli_writes_a_tokenizer(tmp_path):
     reference = random_reference(TINY, seed=1)
     save_lightning_checkpoint(reference, str(tmp_path / 'last.ckpt'))

@@ -1,0 +1,34 @@
+"""What the tests share: one way to load a shipped config, one shrunk demo config, and the markers.
+
+Markers (registered in pyproject.toml): `slow` (whole training runs), `parity` (compares with the PyTorch reference)
+and `multihost` (several processes). The quick loop is `bash tests/run.sh -m "not slow"`.
+"""
+import importlib.util
+import pathlib
+from typing import Any, Optional
+
+import ml_collections
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, arg: Optional[str] = None) -> ml_collections.ConfigDict:
+    """configs/NAME.py's config, as `--config configs/NAME.py[:ARG]` gives it."""
+    spec = importlib.util.spec_from_file_location(f'configs_{name}', ROOT / 'configs' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
+
+
+def small_config(variant: str = 'pretrain', **changes: Any) -> ml_collections.ConfigDict:
+    """The demo config shrunk for tests: nano at 32 pixels on 200 scenes, batch 8, no dropout and frozen batch norm
+    (nothing depends on how a batch is split), checkpoints every 2 steps. `changes` set top-level keys;
+    `model_overrides` and `data` dicts update those sections."""
+    config = load_config('demo', variant)
+    config.model_overrides = dict(dropout=0.0, code_image_size=16, freeze_batch_norm=True)
+    config.data.update(dict(image_size=32, world_size=200, max_source_length=24, max_target_length=16))
+    config.update(dict(batch_size=8, total_steps=4, log_every=1, checkpoint_every=2, warmup_steps=1))
+    config.model_overrides.update(changes.pop('model_overrides', {}))
+    config.data.update(changes.pop('data', {}))
+    config.update(changes)
+    return config
