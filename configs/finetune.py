@@ -26,9 +26,6 @@ TASKS = {
                     image_size=480, max_source_length=80, max_target_length=5),
 }
 
-TSV_LAYOUTS = {'grounding': 'refcoco'}  # OFA's file layout per task, where its name differs
-
-
 def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     task, _, size = arg.partition(',')
     if task not in TASKS:
@@ -39,7 +36,7 @@ def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     config.model_overrides = dict(dtype='bfloat16')
     config.data.update(image_size=settings['image_size'], max_source_length=settings['max_source_length'],
                        max_target_length=settings['max_target_length'], workers=8)
-    config.data.tasks = {task: finetune_task_config(task, tsv_kind=TSV_LAYOUTS.get(task, task))}
+    config.data.tasks = {task: finetune_task_config(task)}
 
     config.batch_size = 512
     config.total_steps = settings['total_steps']

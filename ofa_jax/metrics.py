@@ -290,6 +290,7 @@ def exact_match(preds: Mapping[Hashable, str], references: Mapping[Hashable, Seq
     """Fraction of `preds` equal (stripped) to one of their references."""
     _check_ids(references, preds, 'references', 'preds')
     _check_texts(preds, 'preds')
+    _check_text_lists(references, list(preds), 'references')
     return sum(pred.strip() in [r.strip() for r in references[key]] for key, pred in preds.items()) / len(preds)
 
 

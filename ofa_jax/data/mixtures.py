@@ -46,7 +46,7 @@ def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, rep
         'itm': (*image, transform_image(to_model), itm(vocab, world, tuple(COLORS) + SHAPES)),
         'detection': (decode_image, transform_image(to_model, with_boxes=True), detection(vocab)),
         'image_infill': (decode_image, image_infill(vocab, tokenizer)),
-        # Not in the pretraining mixture (nor in OFA's): a finetuning task, configs/demo_text_to_image.py.
+        # Not in the pretraining mixture (nor in OFA's): a finetuning task, configs/demo.py:text_to_image.
         'text_to_image': (*image, text_to_image(vocab, tokenizer)),
     }
     for kind, steps in chains.items():
@@ -180,12 +180,12 @@ def world_tokenizer(data: ml_collections.ConfigDict) -> PatchCodebook:
     return world_codebook(world_from_config(data))
 
 
-def source_from_config(spec: Any) -> Any:
-    """A source from a config entry: format 'tsv' (path, tsv_kind), 'jsonl' (path, image_root) or 'tfds'
-    (dataset, split, data_dir)."""
+def source_from_config(spec: Any, key: str = '') -> Any:
+    """A source from a config entry (data.tasks.KEY): format 'tsv' (path, tsv_kind), 'jsonl' (path, image_root) or
+    'tfds' (dataset, split, data_dir)."""
     if spec['format'] in ('tsv', 'jsonl') and not spec.get('path'):
         raise ValueError(f'data task {spec.get("name")!r} has no path: set its file, e.g. '
-                         f'--config.data.tasks.{spec.get("kind")}.path=FILE')
+                         f'--config.data.tasks.{key or spec.get("kind")}.path=FILE')
     if spec['format'] == 'tsv':
         return sources.OFATsvSource(spec['path'], spec['tsv_kind'])
     if spec['format'] == 'jsonl':
@@ -195,9 +195,9 @@ def source_from_config(spec: Any) -> Any:
     raise ValueError(f'data task {spec.get("name")!r}: format {spec["format"]!r} is not tsv, jsonl or tfds')
 
 
-def task_specs(data: ml_collections.ConfigDict) -> list[Any]:
-    """data.tasks as a list of entries (configs map them by name, so each can be set from the command line)."""
-    return list(data.tasks.values()) if hasattr(data.tasks, 'values') else list(data.tasks)
+def task_specs(data: ml_collections.ConfigDict) -> dict[str, Any]:
+    """data.tasks as {key: entry} (configs map entries by key, so each can be set from the command line)."""
+    return dict(data.tasks.items()) if hasattr(data.tasks, 'items') else {str(i): s for i, s in enumerate(data.tasks)}
 
 
 def register_from_config(data: ml_collections.ConfigDict, world: Any = None) -> tuple[list[Task], list[float]]:
@@ -215,7 +215,7 @@ def register_from_config(data: ml_collections.ConfigDict, world: Any = None) -> 
         return get_tasks(register_ofa_pretraining(vocab, paths, data.image_size).name)
     if data.source == 'tasks':
         specs = task_specs(data)
-        registered = [finetune_task(spec['name'], spec['kind'], source_from_config(spec), vocab, data.image_size,
-                                    replace=True) for spec in specs]
-        return registered, [float(spec.get('rate', 1.0)) for spec in specs]
+        registered = [finetune_task(spec['name'], spec['kind'], source_from_config(spec, key), vocab, data.image_size,
+                                    replace=True) for key, spec in specs.items()]
+        return registered, [float(spec.get('rate', 1.0)) for spec in specs.values()]
     raise ValueError(f'data.source {data.source!r}: expected "world", "ofa_pretrain" or "tasks"')

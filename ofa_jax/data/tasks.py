@@ -594,11 +594,11 @@ def text_task(vocab: Vocabulary, kind: str, answers: Optional[dict[str, str]] = 
     fields = TASKS[kind].inputs
 
     def preprocess(example, rng):
-        target = example['label'] if 'label' in example else example['target']
+        target = str(example['label'] if 'label' in example else example['target'])
         if answers is not None:
             if target not in answers:
                 raise DropExample('bad_label', repr(target))
             target = answers[target]
         return {**example, **_source(kind, vocab, **{f: example[f] for f in fields}),
-                'target_ids': vocab.encode(' ' + clean_text(str(target)))}
+                'target_ids': vocab.encode(' ' + clean_text(target))}
     return preprocess
