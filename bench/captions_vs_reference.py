@@ -14,7 +14,7 @@ import time
 
 import jax
 import numpy as np
-from forward_vs_reference import median_seconds  # also puts tests/ on the path for `reference`
+from _common import median_seconds  # also puts tests/ on the path for `reference`
 from reference import reference_generate, tiny_reference, torch
 
 from ofa_jax.convert import from_torch_state_dict

@@ -8,7 +8,6 @@ XLA compilation are timed. Prints one JSON line per size.
 """
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import time
@@ -16,32 +15,23 @@ import time
 os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+import _common  # noqa: E402, F401  (puts tests/ on the path for `conftest`)
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+from conftest import load_config  # noqa: E402
 
 from ofa_jax import sharding, train  # noqa: E402
+from ofa_jax.data import pipeline  # noqa: E402
 from ofa_jax.model import OFA, count_params, model_config  # noqa: E402
 
 
-def pretrain_config(size: str):
-    path = os.path.join(os.path.dirname(__file__), '..', 'configs', 'pretrain.py')
-    spec = importlib.util.spec_from_file_location('pretrain', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(size)
-
-
 def abstract_batch(config, batch: int, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    data, shard = config.data, sharding.batch_sharding(mesh)
-    shapes = {
-        'src_tokens': ((batch, data.max_source_length), jnp.int32),
-        'patch_images': ((batch, data.image_size, data.image_size, 3), jnp.float32),
-        'patch_masks': ((batch,), jnp.bool_), 'prev_output_tokens': ((batch, data.max_target_length), jnp.int32),
-        'target_tokens': ((batch, data.max_target_length), jnp.int32), 'loss_weights': ((batch,), jnp.float32),
-        'code_masks': ((batch,), jnp.bool_), 'constraint_ranges': ((batch, 2), jnp.int32),
-        'task_ids': ((batch,), jnp.int32), 'example_mask': ((batch,), jnp.bool_)}
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shard) for k, (shape, dtype) in shapes.items()}
+    """The train step's batch as the input pipeline builds it (an all-padding one), shapes and dtypes only."""
+    data = config.data
+    spec = pipeline.BatchSpec(batch, data.image_size, data.max_source_length, data.max_target_length)
+    shard = sharding.batch_sharding(mesh)
+    padding = pipeline.to_batch([], spec, [])
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shard) for k, v in padding.items()}
 
 
 def main() -> None:
@@ -51,7 +41,7 @@ def main() -> None:
     parser.add_argument('--fsdp', type=int, default=4)
     args = parser.parse_args()
     for size in args.sizes:
-        config = pretrain_config(size)
+        config = load_config('pretrain', size)
         config.batch_size = args.batch
         config.mesh = dict(replica=1, data=-1, fsdp=args.fsdp, tensor=1)
         mesh = sharding.make_mesh(**config.mesh)

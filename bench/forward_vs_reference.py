@@ -8,27 +8,15 @@ Batch 8, 256 px images, 64 source and 32 target tokens, float32, eval mode. Prin
 import argparse
 import json
 import os
-import statistics
-import sys
 import time
 
 import jax
 import numpy as np
+from _common import median_seconds  # also puts tests/ on the path for `reference`
+from reference import tiny_reference, torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'tests'))
-from reference import tiny_reference, torch  # noqa: E402
-
-from ofa_jax.convert import from_torch_state_dict  # noqa: E402
-from ofa_jax.model import OFA  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from ofa_jax.convert import from_torch_state_dict
+from ofa_jax.model import OFA
 
 
 def main() -> None:

@@ -8,9 +8,8 @@ import argparse
 import json
 import time
 
-import ml_collections
-
-from ofa_jax.data import pipeline, tasks
+from ofa_jax.data import mixtures, pipeline
+from ofa_jax.train_config import data_config
 
 
 def main() -> None:
@@ -20,10 +19,10 @@ def main() -> None:
     parser.add_argument('--batches', type=int, default=20)
     parser.add_argument('--workers', type=int, nargs='+', default=[0, 1, 2])
     args = parser.parse_args()
-    data = ml_collections.ConfigDict(dict(source='world', world_size=10000, world_seed=0, mixture='world_pretrain',
-                                          image_size=args.image_size))
-    task_list, rates = tasks.register_from_config(data)
-    spec = pipeline.BatchSpec(args.batch_size, args.image_size, 80, 30)
+    data = data_config('world')
+    data.update(dict(world_size=10000, world_seed=0, mixture='world_pretrain', image_size=args.image_size))
+    task_list, rates = mixtures.register_from_config(data)
+    spec = pipeline.BatchSpec(args.batch_size, args.image_size, data.max_source_length, data.max_target_length)
     for workers in args.workers:
         iterator = iter(pipeline.batches(task_list, rates, spec, seed=0, workers=workers))
         next(iterator)  # worker start-up is not throughput

@@ -17,8 +17,7 @@ import time
 
 import jax
 import numpy as np
-from forward_vs_reference import median_seconds  # also puts tests/ on the path for `reference`
-from modelscope.models.multi_modal.ofa.generate import search
+from _common import median_seconds  # also puts tests/ on the path for `reference`
 from reference import IdsOnlyTokenizer, SequenceGenerator, tiny_reference, torch
 from vqgan_reference import random_reference
 
@@ -40,6 +39,8 @@ def main() -> None:
         parser.add_argument(flag, type=int, default=default)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # Only after `reference`, which stands in for the fairseq modules modelscope's OFA package imports.
+    from modelscope.models.multi_modal.ofa.generate import search
 
     vocab = default_vocabulary()
     reference = tiny_reference(code_image_size=args.code_image_size)

@@ -10,21 +10,17 @@ import argparse
 import functools
 import json
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import median_seconds  # also puts tests/ on the path for `reference` and `conftest`
+from conftest import load_config
+from reference import tiny_reference, torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'tests'))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
-import demo as demo_config  # noqa: E402
-from forward_vs_reference import median_seconds  # noqa: E402
-from reference import tiny_reference, torch  # noqa: E402
-
-from ofa_jax import train  # noqa: E402
-from ofa_jax.model import OFA, model_config  # noqa: E402
+from ofa_jax import train
+from ofa_jax.model import OFA, model_config
 
 
 def main() -> None:
@@ -39,7 +35,7 @@ def main() -> None:
     tgt = rng.integers(4, 50000, (batch, tgt_len + 1))
     images = rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype(np.float32)
 
-    config = demo_config.get_config()
+    config = load_config('demo')
     config.model, config.model_overrides = 'tiny', dict(dropout=0.1)
     model = OFA(model_config('tiny', dropout=0.1))
     optimizer = train.make_optimizer(config)

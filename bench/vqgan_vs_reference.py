@@ -10,21 +10,14 @@ taming-transformers).
 import argparse
 import json
 import os
-import statistics
-import sys
 import time
-import timeit
 
 import jax
 import numpy as np
+from _common import median_seconds  # also puts tests/ on the path for `vqgan_reference`
+from vqgan_reference import random_reference, torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from ofa_jax import vqgan  # noqa: E402
-from tests.vqgan_reference import random_reference, torch  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
+from ofa_jax import vqgan
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
-"""Every shipped config loads, names a real model, and registers its data from files of OFA's formats."""
+"""Every shipped config loads, names a real model, keeps to the config schema, and registers its data from files of
+OFA's formats as the tasks it says."""
 import base64
-import importlib.util
 import io
 import os
 import subprocess
@@ -8,20 +8,21 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import load_config
 from PIL import Image
 
-from ofa_jax.data import tasks
+from ofa_jax import evaluate
+from ofa_jax.data import mixtures, tasks
+from ofa_jax.data.vocab import vocabulary_from_spec
 from ofa_jax.model import PRESETS, model_config
-from ofa_jax.train_config import default_config
+from ofa_jax.train_config import DATA_SOURCES, data_config, default_config
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
-
-
-def load(name: str, arg: str | None = None):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, (module.get_config() if arg is None else module.get_config(arg))
+SIZES = ('tiny', 'medium', 'base', 'large', 'huge')
+FINETUNE_KINDS = ('caption', 'vqa', 'grounding', 'snli_ve')
+DEMO_VARIANTS = ('pretrain', 'text_to_image')
+SHIPPED = ([('pretrain', size) for size in SIZES] + [('finetune', kind) for kind in FINETUNE_KINDS] +
+           [('demo', variant) for variant in DEMO_VARIANTS])
 
 
 def image_base64(size: int = 40) -> str:
@@ -31,77 +32,115 @@ def image_base64(size: int = 40) -> str:
 
 
 def assert_trainer_keys(config) -> None:
-    missing = set(default_config().keys()) - set(config.keys())
-    assert not missing, missing
+    """The config has exactly the schema's keys, its data section exactly its source's, and names a real model and
+    vocabulary."""
+    assert config.data.source in DATA_SOURCES
+    assert set(config.keys()) == set(default_config(config.data.source).keys())
+    assert set(config.data.keys()) == set(data_config(config.data.source).keys())
     model_config(config.model, **config.model_overrides)
+    vocabulary_from_spec(config.data.vocab)
     assert config.warmup_steps < config.total_steps and config.batch_size > 0
 
 
-@pytest.mark.parametrize('size', ['tiny', 'medium', 'base', 'large', 'huge'])
-def test_pretraining_config_per_size(size, tmp_path):
-    module, config = load('pretrain', size)
+@pytest.mark.parametrize('name, arg', SHIPPED, ids=[f'{name}:{arg}' for name, arg in SHIPPED])
+def test_every_shipped_config_keeps_to_the_schema(name, arg):
+    config = load_config(name, arg)
     assert_trainer_keys(config)
+    assert config.data.source == {'pretrain': 'ofa_pretrain', 'finetune': 'tasks', 'demo': 'world'}[name]
+    assert load_config(name).to_dict() == load_config(name, {'pretrain': 'base', 'finetune': 'caption',
+                                                              'demo': 'pretrain'}[name]).to_dict()
+
+
+@pytest.mark.parametrize('name, choices', [('pretrain', SIZES), ('finetune', FINETUNE_KINDS),
+                                           ('demo', DEMO_VARIANTS)])
+def test_configs_reject_unknown_arguments_naming_every_choice(name, choices):
+    """The choices named are all the shipped ones: the lists above cover every config."""
+    with pytest.raises(ValueError, match=f'one of {", ".join(choices)}$'):
+        load_config(name, 'gigantic')
+
+
+def test_data_config_rejects_unknown_sources():
+    with pytest.raises(ValueError, match='data source'):
+        data_config('imagenet')
+
+
+@pytest.mark.parametrize('size', SIZES)
+def test_pretraining_config_per_size(size, tmp_path):
+    config = load_config('pretrain', size)
     assert config.model == size and size in PRESETS
     assert (config.learning_rate, config.clip_norm, config.label_smoothing, config.sample_patch_num) == (
         1e-4, 5.0, 0.0, 196)
     assert config.warmup_steps == config.total_steps // 100
     assert (config.data.max_source_length, config.data.max_target_length) == (80, 30)
     with pytest.raises(ValueError, match='vision_language_path is empty'):
-        tasks.register_from_config(config.data)
+        mixtures.register_from_config(config.data)
     vl = tmp_path / 'vl.tsv'
     vl.write_text(f'0\t{image_base64()}\ttwo dogs on grass\t\t\t\tcoco\tcaption\n')
     config.data.vision_language_path = str(vl)
     config.data.image_size = 64
-    task_list, _ = tasks.register_from_config(config.data)
+    task_list, _ = mixtures.register_from_config(config.data)
     example = task_list[0].preprocess(task_list[0].source[0], np.random.default_rng(0))
     assert example['image'].shape == (64, 64, 3)
+    assert vocabulary_from_spec(config.data.vocab).decode(example['source_ids']) == tasks.CAPTION
 
 
-def test_pretraining_config_rejects_unknown_sizes():
-    module, _ = load('pretrain', 'tiny')
-    with pytest.raises(ValueError, match='tiny, medium, base, large, huge'):
-        module.get_config('gigantic')
-
-
-FINETUNE_ROWS = {  # one row of each of OFA's finetuning TSV layouts
+FINETUNE_ROWS = {  # one row of each of OFA's finetuning TSV layouts, by the task that reads it
     'caption': ['1', '11', 'a dog on grass', 'dog', '{image}'],
     'vqa': ['1', '11', 'what is it?', '1.0|!+dog', 'dog', '{image}'],
-    'refcoco': ['1', '11', 'the dog', '2,3,30,35', '{image}'],
+    'grounding': ['1', '11', 'the dog', '2,3,30,35', '{image}'],  # OFA's refcoco layout
     'snli_ve': ['1', '11', '{image}', 'a dog sleeps', 'a dog on grass', 'entailment'],
 }
 
 
-@pytest.mark.parametrize('task', sorted(FINETUNE_ROWS))
-def test_finetuning_config_per_task(task, tmp_path):
-    _, config = load('finetune', f'{task},tiny')
+@pytest.mark.parametrize('kind', FINETUNE_KINDS)
+def test_finetuning_config_per_task(kind, tmp_path):
+    config = load_config('finetune', f'{kind},tiny')
     assert_trainer_keys(config)
     assert config.model == 'tiny' and config.clip_norm == 1.0
-    expected_lr = {'caption': 1e-5, 'vqa': 5e-5, 'refcoco': 3e-5, 'snli_ve': 2e-5}[task]
+    expected_lr = {'caption': 1e-5, 'vqa': 5e-5, 'grounding': 3e-5, 'snli_ve': 2e-5}[kind]
     assert config.learning_rate == expected_lr
-    assert config.ema_decay == (0.9999 if task == 'vqa' else 0.0)
-    with pytest.raises(ValueError, match=f'no path.*data.tasks.{task}.path'):
-        tasks.register_from_config(config.data)
-    path = tmp_path / f'{task}.tsv'
-    path.write_text('\t'.join(FINETUNE_ROWS[task]).format(image=image_base64()) + '\n')
-    config.data.tasks[task].path = str(path)
+    assert config.ema_decay == (0.9999 if kind == 'vqa' else 0.0)
+    assert kind in mixtures.FINETUNE_TASKS and tasks.TASKS[kind].metrics is not None
+    assert list(config.data.tasks) == [kind] and config.data.tasks[kind].kind == kind
+    assert config.data.tasks[kind].tsv_kind == ('refcoco' if kind == 'grounding' else kind)
+    with pytest.raises(ValueError, match=f'no path.*data.tasks.{kind}.path'):
+        mixtures.register_from_config(config.data)
+    path = tmp_path / f'{kind}.tsv'
+    path.write_text('\t'.join(FINETUNE_ROWS[kind]).format(image=image_base64()) + '\n')
+    config.data.tasks[kind].path = str(path)
     config.data.image_size = 64
-    (registered,), rates = tasks.register_from_config(config.data)
+    (registered,), rates = mixtures.register_from_config(config.data)
+    assert registered.kind == kind and rates == [1.0]
     example = registered.preprocess(registered.source[0], np.random.default_rng(0))
-    assert example['image'].shape == (64, 64, 3) and example['target_ids'] and rates == [1.0]
+    assert example['image'].shape == (64, 64, 3) and example['target_ids']
+    assert example.get('constraint') == tasks.TASKS[kind].constraint
+    # What `ofa_jax.evaluate` runs for the config: the one task, reported under its kind.
+    evaluated = evaluate.evaluable_tasks(config.data)
+    assert list(evaluated) == [kind] and evaluated[kind].kind == kind and evaluated[kind].name == registered.name
 
 
 def test_train_command_reads_a_config_argument_and_names_the_missing_file(tmp_path):
     result = subprocess.run(
-        [sys.executable, '-m', 'ofa_jax.train', '--config', 'configs/finetune.py:refcoco,tiny',
+        [sys.executable, '-m', 'ofa_jax.train', '--config', 'configs/finetune.py:grounding,tiny',
          '--workdir', str(tmp_path / 'run')], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert 'data.tasks.refcoco.path' in result.stderr
+    assert 'data.tasks.grounding.path' in result.stderr
+
+
+def test_demo_config_evaluates_every_pretraining_task_of_the_world():
+    config = load_config('demo')
+    assert config.data.mixture == 'world_pretrain'
+    evaluated = evaluate.evaluable_tasks(config.data)
+    assert set(evaluated) == set(mixtures.WORLD_RATES)
+    assert all(task.kind == kind and task.name == mixtures.world_task_name(kind) for kind, task in evaluated.items())
 
 
 def test_text_to_image_demo_config_matches_its_code_grid():
-    _, config = load('demo_text2image')
-    assert_trainer_keys(config)
-    (task,), _ = tasks.register_from_config(config.data)
+    config = load_config('demo', 'text_to_image')
+    assert config.data.mixture == mixtures.world_task_name('text_to_image')
+    (task,), _ = mixtures.register_from_config(config.data)
+    assert task.kind == 'text_to_image'
     example = task.preprocess(task.source[0], np.random.default_rng(0))
     grid = config.model_overrides['code_image_size'] // 8
     assert len(example['target_ids']) == grid * grid < config.data.max_target_length
+    assert 'image' not in example and example['constraint'] == 'codes'

@@ -1,14 +1,18 @@
 """The input pipeline on the embedded world: determinism, resume, sharding, mixing, drops, and every task's form."""
+import base64
 import collections
+import io
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from ofa_jax.data import boxes, pipeline, tasks
+from ofa_jax.data import boxes, mixtures, pipeline, tasks
 from ofa_jax.data.image_codes import PatchCodebook
 from ofa_jax.data.registry import DropExample, Task, TaskRegistry, get_tasks
 from ofa_jax.data.vocab import default_vocabulary
 from ofa_jax.data.world import BACKGROUND, COLORS, World, WorldText, colors_drawn
+from ofa_jax.train_config import data_config, finetune_task_config
 
 SPEC = pipeline.BatchSpec(batch_size=8, image_size=64, max_source_length=48, max_target_length=24)
 
@@ -29,9 +33,17 @@ def codebook(world):
 
 
 @pytest.fixture(scope='module')
-def world_mixture(vocab, world, codebook):
-    mixture = tasks.register_world(vocab, world, codebook, prefix='testworld')
-    return get_tasks(mixture.name)
+def world_tasks(vocab, world, codebook):
+    """Every world task by kind, and the mixture's tasks and rates, as registered (other tests may register the
+    world's names again, so the tasks are kept rather than looked up later)."""
+    mixture = mixtures.register_world(vocab, world, codebook)
+    names = mixture.task_names + [mixtures.world_task_name('text_to_image')]
+    return {TaskRegistry.get(name).kind: TaskRegistry.get(name) for name in names}, get_tasks(mixture.name)
+
+
+@pytest.fixture(scope='module')
+def world_mixture(world_tasks):
+    return world_tasks[1]
 
 
 def take(dataset, n):
@@ -98,8 +110,8 @@ def test_every_template_as_ofa_writes_it(vocab, world_mixture):
     task_list, _ = world_mixture
     world = task_list[0].source
     rng = np.random.default_rng(0)
-    sources = {t.name.removeprefix('testworld_'): vocab.decode(
-        t.preprocess(t.source[7], rng)['source_ids']) for t in task_list}
+    assert [t.name for t in task_list] == [mixtures.world_task_name(t.kind) for t in task_list]
+    sources = {t.kind: vocab.decode(t.preprocess(t.source[7], rng)['source_ids']) for t in task_list}
     record = world[7]
     assert sources['caption'] == ' what does the image describe?'
     assert sources['grounding'] == f' which region does the text " {record["text"]} " describe?'
@@ -116,7 +128,7 @@ def test_every_template_as_ofa_writes_it(vocab, world_mixture):
 
 def test_targets_follow_the_scene(vocab, world_mixture):
     task_list, _ = world_mixture
-    by_name = {t.name.removeprefix('testworld_'): t for t in task_list}
+    by_name = {t.kind: t for t in task_list}
     world = by_name['caption'].source
     rng = np.random.default_rng(0)
     record = world[11]
@@ -137,6 +149,49 @@ def test_targets_follow_the_scene(vocab, world_mixture):
     assert 70 <= answers[' yes'] <= 130 and answers[' yes'] + answers[' no'] == 200
 
 
+# The raw input of each world task's instruction, by the example field it is kept in after preprocessing.
+INSTRUCTION_FIELDS = {'vqa': {'question': 'question'}, 'grounding': {'text': 'text'},
+                      'grounded_caption': {'region': 'region'}, 'itm': {'text': 'itm_text'},
+                      'text_infill': {'text': 'masked_text'}, 'text_to_image': {'text': 'caption'}}
+
+
+def test_training_sources_are_the_declared_instructions_with_their_constraints(vocab, world_tasks):
+    """What training feeds the model is what the task declarations (and so the API) build from the same inputs."""
+    by_kind, _ = world_tasks
+    assert set(by_kind) == set(mixtures.WORLD_RATES) | {'text_to_image'}
+    for kind, task in by_kind.items():
+        declared = tasks.TASKS[kind]
+        for i in range(12):
+            example = task.preprocess(task.source[i], np.random.default_rng(i))
+            inputs = {name: example[field] for name, field in INSTRUCTION_FIELDS.get(kind, {}).items()}
+            assert example['source_ids'] == declared.source_ids(vocab, **inputs), (kind, i)
+            assert example.get('constraint') == declared.constraint, kind
+            if declared.constraint:
+                assert example['constraint_range'] == vocab.constraint_range(declared.constraint), kind
+            else:
+                assert 'constraint_range' not in example, kind
+    assert tasks.TASKS['grounding'].constraint == 'bins' and tasks.TASKS['image_infill'].constraint == 'codes'
+    with pytest.raises(ValueError, match='missing'):
+        tasks.TASKS['grounding'].source_ids(vocab)
+    with pytest.raises(ValueError, match="unknown \\['question'\\]"):
+        tasks.TASKS['caption'].source_ids(vocab, question='what is it?')
+
+
+def test_batches_carry_each_rows_constraint_range(vocab, world_mixture):
+    task_list, rates = world_mixture
+    expected = {i: vocab.constraint_range(tasks.TASKS[t.kind].constraint) if tasks.TASKS[t.kind].constraint
+                else pipeline.UNCONSTRAINED for i, t in enumerate(task_list)}
+    seen = set()
+    for batch in take(pipeline.batches(task_list, rates, SPEC, seed=0), 12):
+        for row in np.flatnonzero(batch['example_mask']):
+            task_id = int(batch['task_ids'][row])
+            assert tuple(batch['constraint_ranges'][row]) == tuple(expected[task_id]), task_list[task_id].name
+            seen.add(task_list[task_id].kind)
+    assert {'grounding', 'image_infill', 'caption'} <= seen
+    empty = pipeline.to_batch([], SPEC, [])
+    assert np.all(empty['constraint_ranges'] == pipeline.UNCONSTRAINED) and not empty['example_mask'].any()
+
+
 def test_text_infill_masks_about_thirty_percent_of_words(vocab):
     corpus = WorldText(World(size=50, image_size=64))
     step = tasks.text_infill(vocab)
@@ -144,6 +199,11 @@ def test_text_infill_masks_about_thirty_percent_of_words(vocab):
     for i in range(50):
         example = step(corpus[i], np.random.default_rng(i))
         assert vocab.decode(example['target_ids']).split() == corpus[i]['text'].split()
+        # One mask token per masked span, and the masked text is the text with each span as '<mask>'.
+        shown = example['masked_text'].split()
+        assert example['source_ids'].count(vocab.mask_id) == shown.count(tasks.MASK) > 0
+        words, kept_words = iter(corpus[i]['text'].split()), [w for w in shown if w != tasks.MASK]
+        assert all(w in words for w in kept_words)  # the words left, in order
         kept = len(example['source_ids']) - len(vocab.encode(' what is the complete text of "')) - 2
         ratios.append(1 - kept / len(example['target_ids']))
     assert 0.15 < np.mean(ratios) < 0.5
@@ -188,14 +248,14 @@ class BadRecords:
 
 def test_bad_records_are_counted_by_reason_or_fail_strictly(vocab):
     steps = (tasks.decode_image, tasks.require_text('caption', 'text'),
-             tasks.transform_image(tasks.resize_transform(64), with_region=True), tasks.visual_grounding(vocab))
+             tasks.transform_image(tasks.resize_transform(64), with_region=True), tasks.grounding(vocab))
     task = Task('bad_grounding', BadRecords(), steps)
     spec = pipeline.BatchSpec(batch_size=16, image_size=64, max_source_length=48, max_target_length=8)
     batch = next(iter(pipeline.batches([task], [1.0], spec, seed=0, repeat=False)))
     assert batch['dropped'] == {'bad_grounding/undecodable_image': 1, 'bad_grounding/empty_caption': 1,
                                 'bad_grounding/region_outside_image': 1, 'bad_grounding/malformed_record': 1}
     assert batch['example_mask'].sum() == 16
-    with pytest.raises(ValueError, match=r"bad_grounding.*BadRecords\(\).*record 0.*undecodable_image"):
+    with pytest.raises(ValueError, match=r'bad_grounding.*BadRecords\(\).*record 0.*undecodable_image'):
         next(iter(pipeline.batches([task], [1.0], spec, seed=0, repeat=False, strict=True)))
 
 
@@ -250,43 +310,35 @@ def test_drop_example_carries_its_reason():
     assert error.reason == 'empty_caption' and 'record 3' in str(error)
 
 
-def test_finetuning_tasks_from_a_config_read_ofa_tsv(tmp_path):
-    import base64
-    import io as io_module
-
-    import ml_collections
-    from PIL import Image
+def test_finetuning_tasks_from_a_config_read_ofa_tsv(tmp_path, vocab):
     world = World(size=4, image_size=64)
     rows = []
     for i in range(4):
-        buffer = io_module.BytesIO()
-        Image.fromarray(world[i]['image']).save(buffer, format='PNG')
-        image = base64.b64encode(buffer.getvalue()).decode()
         x0, y0, x1, y1 = world[i]['region']
-        rows.append(f'{i}\t{i}\t{world[i]["text"]}\t{x0},{y0},{x1},{y1}\t{image}')
+        rows.append(f'{i}\t{i}\t{world[i]["text"]}\t{x0},{y0},{x1},{y1}\t{_png_base64(world[i]["image"])}')
     (tmp_path / 'refcoco.tsv').write_text('\n'.join(rows) + '\n')
-    data = ml_collections.ConfigDict(dict(source='tasks', image_size=96, tasks=[
-        dict(name='tsv_refcoco', kind='refcoco', format='tsv', path=str(tmp_path / 'refcoco.tsv'),
-             tsv_kind='refcoco', rate=1.0)]))
-    (task,), rates = tasks.register_from_config(data)
+    data = data_config('tasks')
+    data.image_size = 96
+    data.tasks = {'grounding': finetune_task_config('grounding', name='tsv_grounding',
+                                                    path=str(tmp_path / 'refcoco.tsv'))}
+    assert data.tasks.grounding.tsv_kind == 'refcoco'
+    (task,), rates = mixtures.register_from_config(data)
+    assert (task.name, task.kind) == ('tsv_grounding', 'grounding')
     example = task.preprocess(task.source[2], np.random.default_rng(0))
     assert example['image'].shape == (96, 96, 3) and rates == [1.0]
+    assert vocab.decode(example['source_ids']) == tasks.GROUNDING.format(tasks.clean_text(world[2]['text']))
+    assert example['constraint'] == 'bins' and example['constraint_range'] == vocab.constraint_range('bins')
     back = boxes.tokens_to_box(example['target_ids'], default_vocabulary(), scale=96 / 64)
     assert np.abs(back - world[2]['region']).max() <= 512 / 999 / 2 / (96 / 64) + 1e-3
 
 
 def _png_base64(image: np.ndarray) -> str:
-    import base64
-    import io as io_module
-
-    from PIL import Image
-    buffer = io_module.BytesIO()
+    buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format='PNG')
     return base64.b64encode(buffer.getvalue()).decode()
 
 
 def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
-    import ml_collections
     world = World(size=9, image_size=64)
     image = [_png_base64(world[i]['image']) for i in range(9)]
     question = world[1]['question']
@@ -308,12 +360,16 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
     codes = ' '.join(str(i) for i in range(16))
     paths['image'].write_text(f'0\t{image[0]}\t{codes}\n')
     paths['detection'].write_text(f'0\t{image[2]}\t{x0},{y0},{x1},{y1},3,red square\n')
-    data = ml_collections.ConfigDict(dict(source='ofa_pretrain', image_size=64, **{
-        f'{role}_path': str(path) for role, path in paths.items()}))
-    task_list, rates = tasks.register_from_config(data)
+    data = data_config('ofa_pretrain')
+    data.update(dict(image_size=64, **{f'{role}_path': str(path) for role, path in paths.items()}))
+    task_list, rates = mixtures.register_from_config(data)
     by_name = dict(zip([t.name for t in task_list], task_list))
     assert dict(zip(by_name, rates)) == {'ofa_vl_first': 8, 'ofa_vl_second': 8, 'ofa_text_infill': 2,
                                          'ofa_image_infill': 1, 'ofa_detection': 1}
+    # The vision-language tasks mix row types; the others are one declared task each.
+    assert {name: task.kind for name, task in by_name.items()} == {
+        'ofa_vl_first': '', 'ofa_vl_second': '', 'ofa_text_infill': 'text_infill', 'ofa_image_infill': 'image_infill',
+        'ofa_detection': 'detection'}
 
     def sample(task_name, index, seed=0):
         task = by_name[task_name]
@@ -349,12 +405,12 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
     assert all(reason.endswith('/bad_type') for reason in batch['dropped'])
     data.vision_language_path = str(tmp_path / 'missing.tsv')
     with pytest.raises(ValueError, match='vision_language file .*missing.tsv'):
-        tasks.register_from_config(data)
+        mixtures.register_from_config(data)
 
 
 def test_colors_drawn_finds_exactly_the_captioned_colours_in_scenes_and_their_codes(world):
     images = np.stack([world[i]['image'] for i in range(100, 140)])
-    fitted = tasks.world_codebook(world)
+    fitted = mixtures.world_codebook(world)
     redrawn = fitted.decode(fitted.encode(images))
     for i, (image, again) in enumerate(zip(images, redrawn)):
         named = {s.color for s in world.shapes(100 + i)}
@@ -365,15 +421,18 @@ def test_colors_drawn_finds_exactly_the_captioned_colours_in_scenes_and_their_co
     assert colors_drawn(blank) == set()
 
 
-def test_text_to_image_targets_are_the_codes_of_the_whole_scene(vocab, world_mixture, codebook):
-    task = TaskRegistry.get('testworld_text_to_image')
+def test_text_to_image_targets_are_the_codes_of_the_whole_scene(vocab, world_tasks, codebook):
+    task = world_tasks[0]['text_to_image']
+    assert task.name == 'world_text_to_image' and task.name not in [t.name for t in world_tasks[1][0]]
     record = task.source[3]
     example = task.preprocess(record, np.random.default_rng(0))
     assert vocab.decode(example['source_ids']) == tasks.TEXT_TO_IMAGE.format(tasks.clean_text(record['caption']))
     assert 'image' not in example and example['code_target'] and example['constraint'] == 'codes'
+    assert example['constraint_range'] == vocab.constraint_range('codes') == vocab.code_range()
     assert example['target_ids'] == [vocab.code_id(int(c)) for c in codebook.encode(record['image'][None]).ravel()]
     assert len(example['target_ids']) == (64 // 8) ** 2
     spec = pipeline.BatchSpec(batch_size=4, image_size=64, max_source_length=48, max_target_length=65)
     batch = next(iter(pipeline.batches([task], [1.0], spec, seed=0)))
     assert not batch['patch_masks'].any() and batch['code_masks'].all()
+    assert np.all(batch['constraint_ranges'] == vocab.code_range())
 

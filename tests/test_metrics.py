@@ -1,11 +1,12 @@
-"""The task metrics against pycocoevalcap's scorers and against VQA, grounding and accuracy cases worked out by hand."""
+"""The task metrics against pycocoevalcap's scorers (parity) and against VQA, grounding, detection, exact-match and
+accuracy cases worked out by hand."""
 import numpy as np
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
-from ofa_jax.metrics import (accuracy, bleu, bleu4, box_iou, cider, grounding_accuracy, normalize_vqa_answer,
-                             vqa_accuracy)
+from ofa_jax.metrics import (accuracy, bleu, bleu4, box_iou, cider, detection_f1, exact_match, grounding_accuracy,
+                             normalize_vqa_answer, vqa_accuracy, vqa_score)
 
 # Several images, five references each; candidates short and long, with repeated n-grams, one sharing no word with its
 # references, one equally close to references of 7 and 9 words (BLEU takes the shorter), one of a single word.
@@ -56,6 +57,7 @@ def coco_scores(refs: dict, cands: dict) -> tuple[list[float], float]:
     return bleus, float(cider_d)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize('refs, cands', [(HAND_REFS, HAND_CANDS), random_captions(0), random_captions(1)],
                          ids=['hand', 'random0', 'random1'])
 def test_caption_metrics_equal_pycocoevalcap(refs, cands):
@@ -66,6 +68,7 @@ def test_caption_metrics_equal_pycocoevalcap(refs, cands):
     assert 0 < want_bleus[3] < want_bleus[0] < 1 and want_cider > 0  # the sets exercise every term
 
 
+@pytest.mark.parity
 def test_caption_metrics_per_image_cases_equal_pycocoevalcap():
     """Each hand-written image beside one other, so that the short and the unrelated candidates weigh in."""
     for key in HAND_CANDS:
@@ -76,6 +79,7 @@ def test_caption_metrics_per_image_cases_equal_pycocoevalcap():
         assert cider(refs, cands) == pytest.approx(want_cider, rel=0, abs=1e-9)
 
 
+@pytest.mark.parity
 def test_caption_metrics_score_the_candidate_ids_only():
     """CIDEr's document frequencies and its log(#images) come from the scored images, not every reference given."""
     cands = {key: HAND_CANDS[key] for key in ('kitchen', 'dogs', 'bus')}
@@ -121,7 +125,7 @@ def test_caption_metrics_reject_bad_inputs():
     ('Two', '2'), ('a dog', 'dog'), ('The Dog.', 'dog'), ('dont', "don't"), ('yes.', 'yes'), ('3.5', '3.5'),
     ('none', '0'), ('an apple', 'apple'), ('t-shirt', 't shirt'), ('red, white', 'red white'), ('1,000', '1000'),
     ('hot dog!', 'hot dog'), (' black\tand\nwhite ', 'black and white'), ('whats up', "what's up"),
-    ('Im', 'im'), ('somebody\'d', 'somebodyd'),
+    ('Im', 'im'), ("somebody'd", 'somebodyd'),
 ])
 def test_normalize_vqa_answer(answer, normalized):
     assert normalize_vqa_answer(answer) == normalized
@@ -207,3 +211,44 @@ def test_accuracy():
         accuracy({}, targets)
     with pytest.raises(ValueError, match='ids of preds are missing from targets'):
         accuracy({5: 'yes'}, targets)
+
+
+def test_exact_match():
+    references = {1: ['a red square', 'a square'], 2: ['two circles'], 3: ['yes']}
+    assert exact_match({1: ' a square ', 2: 'two circle', 3: 'yes'}, references) == pytest.approx(2 / 3)
+    assert exact_match({2: 'two circles'}, references) == 1.0  # only the predicted ids count
+    with pytest.raises(ValueError, match='preds is empty'):
+        exact_match({}, references)
+    with pytest.raises(ValueError, match='ids of preds are missing from references'):
+        exact_match({4: 'yes'}, references)
+    with pytest.raises(TypeError, match=r'preds\[1\] is a list'):
+        exact_match({1: ['a square']}, references)
+
+
+def test_vqa_score_is_the_confidence_of_the_predicted_answer():
+    answers = {1: {'two': 1.0, '3': 0.3}, 2: {'dog': 0.6, 'puppy': 0.3}, 3: {'yes': 1.0}}
+    # Both sides are normalized: 'Two' and 'two' are '2', 'a dog' is 'dog'.
+    assert vqa_score({1: 'Two', 2: 'a dog', 3: 'no'}, answers) == pytest.approx((1.0 + 0.6 + 0.0) / 3)
+    assert vqa_score({1: '3', 2: 'puppy.'}, answers) == pytest.approx((0.3 + 0.3) / 2)
+    with pytest.raises(ValueError, match='ids of preds are missing from answers'):
+        vqa_score({4: 'yes'}, answers)
+    with pytest.raises(ValueError, match='preds is empty'):
+        vqa_score({}, answers)
+
+
+def test_detection_f1_matches_label_and_overlap_once_per_target():
+    targets = {'a': (np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), ['red square', 'blue circle']),
+               'b': (np.array([[0, 0, 8, 8]]), ['green triangle'])}
+    assert detection_f1(targets, targets) == 1.0
+    preds = {
+        # right; right box, wrong label; a duplicate of the first (its target is taken)
+        'a': (np.array([[0, 0, 10, 9], [20, 20, 30, 30], [0, 0, 10, 10]]), ['red square', 'red square', 'red square']),
+        'b': (np.array([[4, 0, 12, 8]]), ['green triangle']),  # IoU 1/3: below 0.5
+    }
+    # 1 true positive of 4 predictions and 3 targets.
+    assert detection_f1(preds, targets) == pytest.approx(2 * 1 / (4 + 3))
+    assert detection_f1(preds, targets, threshold=0.3) == pytest.approx(2 * 2 / (4 + 3))
+    assert detection_f1({'b': (np.zeros((0, 4)), [])}, targets) == 0.0  # nothing found of one target
+    assert detection_f1({'c': (np.zeros((0, 4)), [])}, {'c': (np.zeros((0, 4)), [])}) == 1.0  # nothing to find
+    with pytest.raises(ValueError, match='ids of preds are missing from targets'):
+        detection_f1({'z': targets['a']}, targets)

@@ -161,7 +161,7 @@ def test_tsv_pickles_and_reads_in_the_copy(tmp_path):
     first = source[2]  # the original has its file open
     copy = pickle.loads(pickle.dumps(source))
     assert_fields(copy[2], {k: v for k, v in first.items() if k not in ('source', 'record')})
-    assert 'kind=\'vqa\'' in repr(copy) and 'rows=3' in repr(copy)
+    assert "kind='vqa'" in repr(copy) and 'rows=3' in repr(copy)
 
 
 def test_tsv_malformed_rows_name_the_field(tmp_path):

@@ -74,6 +74,7 @@ def test_ofa_known_ids(ofa_vocab):
     assert ofa_vocab.encode(' a red square above a blue circle') == [10, 1275, 3925, 1065, 10, 2440, 7922]
 
 
+@pytest.mark.parity
 def test_ofa_matches_modelscope_tokenizer(ofa_vocab, tmp_path, monkeypatch):
     """modelscope's OFATokenizer (a BartTokenizer) over vocab.json in fairseq dictionary order, plus codes and bins."""
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
@@ -120,6 +121,22 @@ def test_ofa_special_code_and_bin_ids(ofa_vocab):
     for bad in (0, V.NUM_CODES + 1):
         with pytest.raises(ValueError, match='num_codes'):
             v.code_range(bad)
+    # The ranges a constrained target may take besides eos.
+    assert v.bin_range() == (58457, 59457) == v.constraint_range('bins')
+    assert v.constraint_range('codes') == v.code_range() and v.constraint_range(None) == (0, v.size)
+    with pytest.raises(ValueError, match="constraint must be one of.*'boxes'"):
+        v.constraint_range('boxes')
+
+
+def test_vocabulary_from_spec(tmp_path, spm_model):
+    assert V.vocabulary_from_spec('ofa').encode(' a red square') == V.default_vocabulary().encode(' a red square')
+    assert V.vocabulary_from_spec(f'bpe:{BPE_DIR}').size == V.OFA_VOCAB_SIZE
+    spm = V.vocabulary_from_spec(f'spm:{spm_model}')
+    assert isinstance(spm, V.SentencePieceVocabulary) and spm.encode('the cat') == V.SentencePieceVocabulary(
+        spm_model).encode('the cat')
+    for bad in ('gpt2', 'bpe:', 'spm', ''):
+        with pytest.raises(ValueError, match="expected 'ofa', 'bpe:DIR' or 'spm:MODEL_FILE'"):
+            V.vocabulary_from_spec(bad)
 
 
 def test_ofa_decode_renders_and_skips_specials(ofa_vocab):
@@ -323,3 +340,22 @@ def test_tokens_to_box_names_a_non_bin_id(ofa_vocab):
     for bad in (ofa_vocab.code_id(5), 99, ofa_vocab.size):
         with pytest.raises(ValueError, match=f'token id {bad} is not a location bin'):
             boxes.tokens_to_box([*ids[:2], bad, ids[3]], ofa_vocab)
+
+
+def test_tokens_to_objects_reads_ofa_detection_output(ofa_vocab):
+    v = ofa_vocab
+    first, second = [10, 20, 110, 220], [300, 40, 500, 90]
+    ids = (boxes.box_to_tokens(first, v) + v.encode(' red square') + boxes.box_to_tokens(second, v) +
+           v.encode(' blue circle') + [v.eos_id] + boxes.box_to_tokens(first, v) + v.encode(' after eos'))
+    found, labels = boxes.tokens_to_objects(ids, v)
+    assert labels == ['red square', 'blue circle'] and found.shape == (2, 4)
+    np.testing.assert_allclose(found, [boxes.dequantize(boxes.quantize(b)) for b in (first, second)])
+    np.testing.assert_allclose(boxes.tokens_to_objects(ids, v, scale=2.0)[0], found / 2)
+    # Pieces off the pattern are skipped: a label without its box, three bins, a box without a label.
+    broken = (v.encode(' stray') + boxes.box_to_tokens(first, v)[:3] + v.encode(' cut') +
+              boxes.box_to_tokens(second, v) + v.encode(' green triangle') + boxes.box_to_tokens(first, v))
+    found, labels = boxes.tokens_to_objects(broken, v)
+    assert labels == ['green triangle']
+    np.testing.assert_allclose(found, [boxes.dequantize(boxes.quantize(second))])
+    found, labels = boxes.tokens_to_objects([v.eos_id], v)
+    assert found.shape == (0, 4) and labels == []
