@@ -17,7 +17,7 @@ import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -71,7 +71,7 @@ class ModelInput:
     """One prepared input: instruction ids (no bos/eos) and, for vision tasks, the image as the model sees it
     (float32 [S, S, 3] in [-1, 1]) with the resize ratio (sx, sy) that maps boxes back to the original pixels."""
     source_ids: Sequence[int]
-    image: Optional[np.ndarray] = None
+    image: np.ndarray | None = None
     scale: tuple[float, float] = (1.0, 1.0)
 
 
@@ -90,7 +90,7 @@ def _candidates(candidates: Sequence[str], name: str) -> list[str]:
     return [c.strip() for c in candidates]
 
 
-def _check_lengths(**sequences: Optional[Sequence[Any]]) -> int:
+def _check_lengths(**sequences: Sequence[Any] | None) -> int:
     lengths = {name: len(values) for name, values in sequences.items() if values is not None}
     if len(set(lengths.values())) > 1:
         raise ValueError(f'inputs must have one entry per item, got lengths {lengths}')
@@ -105,7 +105,7 @@ def prepare_image(image: ImageInput, task: str, size: int) -> tuple[np.ndarray, 
     return sample.image, sample.scale
 
 
-def prepare_input(kind: TaskKind, vocab: Vocabulary, image: Optional[ImageInput], inputs: dict[str, Any],
+def prepare_input(kind: TaskKind, vocab: Vocabulary, image: ImageInput | None, inputs: dict[str, Any],
                   image_size: int) -> ModelInput:
     """One item of a task as the model takes it: the declared instruction of `inputs` and, for vision tasks, the
     prepared image. A region is given in the original image's pixels. ValueError says what was wrong."""
@@ -123,11 +123,11 @@ def prepare_input(kind: TaskKind, vocab: Vocabulary, image: Optional[ImageInput]
 class Predictor:
     """A loaded OFA model answering its tasks on batches; see the module docstring."""
 
-    def __init__(self, config: OFAConfig, variables: dict[str, Any], *, image_size: Optional[int] = None,
+    def __init__(self, config: OFAConfig, variables: dict[str, Any], *, image_size: int | None = None,
                  max_source_length: int = DEFAULT_MAX_SOURCE_LENGTH, batch_size: int = 16,
-                 vocab: Optional[Vocabulary] = None, mesh: Optional[jax.sharding.Mesh] = None,
+                 vocab: Vocabulary | None = None, mesh: jax.sharding.Mesh | None = None,
                  logical_axis_rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
-                 prompt_type: Optional[str] = None):
+                 prompt_type: str | None = None):
         """image_size: the square side images are resized to (None: OFA's per-task sides, 480 or 512).
         mesh: where the model runs (default: every device, data parallel); batches split over its batch axes.
         prompt_type: what precedes the answer in the decoder, as the model was finetuned (OFA's --prompt-type):
@@ -166,7 +166,7 @@ class Predictor:
         """[{'caption', 'score'}] per image (beam 5, at most 16 tokens before eos, no repeated trigram)."""
         return self.run('caption', images, **settings)
 
-    def vqa(self, images: Sequence[ImageInput], questions: Sequence[str], answers: Optional[Sequence[str]] = None,
+    def vqa(self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str] | None = None,
             mode: str = 'all', **settings: Any) -> list[Result]:
         """[{'answer', 'score'}] per (image, question).
 
@@ -188,7 +188,7 @@ class Predictor:
         return self.run('itm', images, text=texts)
 
     def snli_ve(self, images: Sequence[ImageInput], hypotheses: Sequence[str],
-                premises: Optional[Sequence[str]] = None) -> list[Result]:
+                premises: Sequence[str] | None = None) -> list[Result]:
         """SNLI-VE: [{'answer': 'yes' | 'no' | 'maybe', 'score'}] per (image, hypothesis), optionally with a text
         premise."""
         inputs = {'hypothesis': hypotheses} | ({} if premises is None else {'premise': premises})
@@ -222,8 +222,8 @@ class Predictor:
         to the tokenizer's codes, and drawn by `tokenizer` (OFA's VQGAN, `ofa_jax.vqgan.VQGANTokenizer.load(...)`)."""
         return self.run('text_to_image', text=texts, tokenizer=tokenizer, samples=samples, seed=seed, **settings)
 
-    def run(self, task: str, images: Optional[Sequence[ImageInput]] = None, *,
-            candidates: Optional[Sequence[str]] = None, mode: str = 'all', **inputs_and_settings: Any
+    def run(self, task: str, images: Sequence[ImageInput] | None = None, *,
+            candidates: Sequence[str] | None = None, mode: str = 'all', **inputs_and_settings: Any
             ) -> list[Result]:
         """Any declared task by name: `images` for vision tasks and one list per instruction input (the task's
         `inputs`, e.g. question=[...]); other keywords are decoding settings. One result per item."""
@@ -248,12 +248,12 @@ class Predictor:
         """The image as the model sees it for `task`, float32 [S, S, 3] in [-1, 1], and the resize ratio (sx, sy)."""
         return prepare_image(image, task, self.task_image_size(task))
 
-    def _prepare(self, kind: TaskKind, image: Optional[ImageInput], inputs: dict[str, Any]) -> ModelInput:
+    def _prepare(self, kind: TaskKind, image: ImageInput | None, inputs: dict[str, Any]) -> ModelInput:
         return prepare_input(kind, self.vocab, image, inputs, self.task_image_size(kind.name))
 
     def _answer_each(self, kind: TaskKind, preparers: Sequence[Callable[[], ModelInput]], **kwargs: Any
                      ) -> list[Result]:
-        results: list[Optional[Result]] = [None] * len(preparers)
+        results: list[Result | None] = [None] * len(preparers)
         ready, inputs = [], []
         for i, prepare in enumerate(preparers):
             try:
@@ -265,7 +265,7 @@ class Predictor:
             results[i] = result
         return results
 
-    def answer(self, task: str, inputs: Sequence[ModelInput], candidates: Optional[Sequence[str]] = None,
+    def answer(self, task: str, inputs: Sequence[ModelInput], candidates: Sequence[str] | None = None,
                mode: str = 'all', **settings: Any) -> list[Result]:
         """Runs `task` on prepared inputs, one result per input.
 
@@ -303,7 +303,7 @@ class Predictor:
     # ---- running the model: every decode goes through _generate, every candidate scoring through _score -----------
 
     def _batches(self, inputs: Sequence[ModelInput]
-                 ) -> Iterator[tuple[int, dict[str, Optional[jax.Array]]]]:
+                 ) -> Iterator[tuple[int, dict[str, jax.Array | None]]]:
         """(rows, batch) per chunk of at most batch_size inputs, padded to a bucket size: src_tokens [B, Ls],
         patch_images [B, S, S, 3] and patch_masks [B] (both None for text-only inputs), placed on the mesh."""
         shards = sharding.batch_shards(self.mesh)
@@ -321,7 +321,7 @@ class Predictor:
     def _settings(self, kind: TaskKind, overrides: dict[str, Any]) -> decode.DecodeSettings:
         return decode.DecodeSettings(**{**kind.decode, **overrides})
 
-    def _prefix(self, kind: TaskKind, batch: dict[str, Any]) -> Optional[np.ndarray]:
+    def _prefix(self, kind: TaskKind, batch: dict[str, Any]) -> np.ndarray | None:
         return decode.prompt_prefix(np.asarray(batch['src_tokens']), self.prompt_type or kind.prompt_type)
 
     def _generate(self, kind: TaskKind, inputs: Sequence[ModelInput], overrides: dict[str, Any], trie: Any = None,

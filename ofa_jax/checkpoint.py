@@ -8,7 +8,7 @@ state and the data iterator are never read), so inference does not depend on how
 import dataclasses
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -57,8 +57,8 @@ class Checkpoint:
     it says how the model was trained (image size, source length, vocabulary)."""
     config: OFAConfig
     variables: dict[str, Any]  # {'params', 'batch_stats'}, unboxed; the EMA parameters when the run kept them
-    train_config: Optional[ml_collections.ConfigDict] = None
-    step: Optional[int] = None
+    train_config: ml_collections.ConfigDict | None = None
+    step: int | None = None
 
 
 def is_training_workdir(path: str | os.PathLike) -> bool:

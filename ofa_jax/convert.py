@@ -12,7 +12,8 @@ The model size is read off the weights themselves. Checkpoint files are read wit
 import argparse
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import numpy as np

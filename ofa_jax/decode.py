@@ -13,7 +13,8 @@ prefix instead: slower, same tokens and scores).
 """
 import dataclasses
 import functools
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -93,11 +94,11 @@ class Trie:
         return jnp.max(jnp.where(match, self.children[None], -1), axis=1)
 
 
-def generate(model: OFA, variables: Any, src_tokens: jax.Array, patch_images: Optional[jax.Array],
-             patch_masks: Optional[jax.Array], settings: DecodeSettings, *,
-             constraint_ranges: Optional[jax.Array] = None, trie: Optional[Trie] = None,
-             prefix_tokens: Optional[jax.Array] = None, rng: Optional[jax.Array] = None,
-             code_masks: Optional[jax.Array] = None, use_cache: bool = True) -> tuple[jax.Array, jax.Array]:
+def generate(model: OFA, variables: Any, src_tokens: jax.Array, patch_images: jax.Array | None,
+             patch_masks: jax.Array | None, settings: DecodeSettings, *,
+             constraint_ranges: jax.Array | None = None, trie: Trie | None = None,
+             prefix_tokens: jax.Array | None = None, rng: jax.Array | None = None,
+             code_masks: jax.Array | None = None, use_cache: bool = True) -> tuple[jax.Array, jax.Array]:
     """tokens [batch, beam, max_length] int32 (no bos; PAD after eos), scores [batch, beam] float32, best first.
 
     src_tokens [b, s]; patch_images [b, h, w, 3] or None; patch_masks [b] or None;
@@ -127,7 +128,7 @@ def generate(model: OFA, variables: Any, src_tokens: jax.Array, patch_images: Op
 
 
 def sample_codes(model: OFA, variables: Any, src_tokens: jax.Array, code_range: tuple[int, int], samples: int,
-                 rng: jax.Array, *, prefix_tokens: Optional[jax.Array] = None,
+                 rng: jax.Array, *, prefix_tokens: jax.Array | None = None,
                  **settings: Any) -> tuple[jax.Array, jax.Array]:
     """OFA's text-to-image decoding: `samples` code grids per row, each exactly (code_image_size / 8)^2 code tokens
     drawn by top-k sampling (k 256 unless `settings` overrides it) among the ids [lo, hi) of `code_range`.
@@ -337,7 +338,7 @@ def _repeated_ngrams(tokens: jax.Array, step: jax.Array, size: int, vocab: int) 
 PROMPT_TYPES = ('none', 'src', 'prev_output')
 
 
-def prompt_prefix(src_tokens: np.ndarray, prompt_type: str) -> Optional[np.ndarray]:
+def prompt_prefix(src_tokens: np.ndarray, prompt_type: str) -> np.ndarray | None:
     """The forced decoder prefix of OFA's prompt types, PAD-padded on the right, or None for 'none'.
 
     src_tokens [b, s] (bos, ids, eos, PAD...): 'src' puts the whole source after the decoder's bos (eos included),
@@ -352,9 +353,9 @@ def prompt_prefix(src_tokens: np.ndarray, prompt_type: str) -> Optional[np.ndarr
     return prefix
 
 
-def score_candidates(model: OFA, variables: Any, src_tokens: jax.Array, patch_images: Optional[jax.Array],
-                     patch_masks: Optional[jax.Array], candidates: Sequence[Sequence[int]],
-                     batch_size: int = 256, prefix_tokens: Optional[np.ndarray] = None) -> jax.Array:
+def score_candidates(model: OFA, variables: Any, src_tokens: jax.Array, patch_images: jax.Array | None,
+                     patch_masks: jax.Array | None, candidates: Sequence[Sequence[int]],
+                     batch_size: int = 256, prefix_tokens: np.ndarray | None = None) -> jax.Array:
     """OFA's "all candidates" scoring: scores [b, n_candidates], each the summed log-prob of the candidate
     (ids without bos/eos) followed by eos, teacher-forced after bos and the row's prefix_tokens [b, p] (PAD-padded on
     the right, see `prompt_prefix`; not scored).

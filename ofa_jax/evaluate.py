@@ -15,7 +15,7 @@ among the labels of the evaluated examples.
 import collections
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -57,7 +57,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def evaluate(config: ml_collections.ConfigDict, checkpoint: str, workdir: str, max_examples: int = 0,
-             batch_size: int = 0, predictor: Optional[api.Predictor] = None, world: Any = None,
+             batch_size: int = 0, predictor: api.Predictor | None = None, world: Any = None,
              metrics_file: str = 'metrics.json') -> tuple[dict[str, float], dict[str, list[dict]]]:
     """Runs every evaluable task of the config; returns (metrics {'<task>_<metric>': value}, the predictions of
     each task as written to predictions.jsonl), both also written to workdir (the metrics to `metrics_file`)."""

@@ -5,7 +5,8 @@ Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`, `voca
 mesh axes; activations are constrained with the same names.
 """
 import math
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -59,7 +60,7 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array, mask: jax.Array, deterministic: bool,
-                 cache: Optional[str] = None, decode_position: Optional[jax.Array] = None,
+                 cache: str | None = None, decode_position: jax.Array | None = None,
                  cache_length: int = 0) -> jax.Array:
         """x: [batch, q_len, embed]; kv: [batch, kv_len, embed]; bias: float32 broadcastable to
         [batch, heads, q_len, kv_len]; mask: bool broadcastable to the same, True where attending is allowed.
@@ -109,7 +110,7 @@ class MultiHeadAttention(nn.Module):
         return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
 
 
-def attention_block(x: jax.Array, kv: Optional[jax.Array], bias: jax.Array, mask: jax.Array, *, prefix: str,
+def attention_block(x: jax.Array, kv: jax.Array | None, bias: jax.Array, mask: jax.Array, *, prefix: str,
                     num_heads: int, scale_factor: float, dropout: float, attention_dropout: float,
                     drop_path: DropPath, deterministic: bool, dtype: jnp.dtype, **cache_args) -> jax.Array:
     """Pre-LN NormFormer attention: x + DropPath(Dropout(mid_LN(Attn(LN(x))))). Self-attention when kv is None.

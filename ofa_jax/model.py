@@ -10,7 +10,7 @@ bool (True: the row's target is image codes). Returns float32 logits [batch, tgt
 Training passes `train=True`, `rngs={'dropout': key}` and `mutable=['batch_stats']`.
 """
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -125,7 +125,7 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, self_bias: jax.Array, self_mask: jax.Array, encoder_hidden: jax.Array,
-                 cross_bias: jax.Array, cross_mask: jax.Array, decode_position: Optional[jax.Array] = None,
+                 cross_bias: jax.Array, cross_mask: jax.Array, decode_position: jax.Array | None = None,
                  cache_length: int = 0) -> jax.Array:
         cfg, deterministic = self.config, self.deterministic
         decoding = decode_position is not None
@@ -153,8 +153,8 @@ class Encoder(nn.Module):
     embed_tokens: nn.Embed
 
     @nn.compact
-    def __call__(self, src_tokens: jax.Array, patch_images: Optional[jax.Array], patch_masks: Optional[jax.Array],
-                 train: bool, sample_patch_num: Optional[int] = None) -> EncoderOutput:
+    def __call__(self, src_tokens: jax.Array, patch_images: jax.Array | None, patch_masks: jax.Array | None,
+                 train: bool, sample_patch_num: int | None = None) -> EncoderOutput:
         cfg = self.config
         dtype = cfg.compute_dtype
         batch, text_len = src_tokens.shape
@@ -242,8 +242,8 @@ class Decoder(nn.Module):
     embed_tokens: nn.Embed
 
     @nn.compact
-    def __call__(self, prev_output_tokens: jax.Array, encoder_out: EncoderOutput, code_masks: Optional[jax.Array],
-                 train: bool, decode_position: Optional[jax.Array] = None, cache_length: int = 0) -> jax.Array:
+    def __call__(self, prev_output_tokens: jax.Array, encoder_out: EncoderOutput, code_masks: jax.Array | None,
+                 train: bool, decode_position: jax.Array | None = None, cache_length: int = 0) -> jax.Array:
         """Logits [batch, length, vocab]. Incremental decoding (decode_position given): prev_output_tokens
         [batch, 1] is the token at decode_position of a sequence of at most cache_length tokens; attention keys and
         values live in the collections 'cache' (per position) and 'encoder_cache' (computed on the first call)."""
@@ -343,29 +343,29 @@ class OFA(nn.Module):
         self.encoder = Encoder(cfg, self.embed_tokens)
         self.decoder = Decoder(cfg, self.embed_tokens)
 
-    def __call__(self, src_tokens: jax.Array, patch_images: Optional[jax.Array], patch_masks: Optional[jax.Array],
-                 prev_output_tokens: jax.Array, code_masks: Optional[jax.Array] = None, train: bool = False,
-                 sample_patch_num: Optional[int] = None) -> jax.Array:
+    def __call__(self, src_tokens: jax.Array, patch_images: jax.Array | None, patch_masks: jax.Array | None,
+                 prev_output_tokens: jax.Array, code_masks: jax.Array | None = None, train: bool = False,
+                 sample_patch_num: int | None = None) -> jax.Array:
         """Logits [batch, tgt_len, vocab] (float32); see the module docstring for the inputs."""
         validate_target(self.config, prev_output_tokens, code_masks, src_tokens.shape[0])  # fail before encoding
         encoder_out = self.encode(src_tokens, patch_images, patch_masks, train, sample_patch_num)
         return self.decode(encoder_out, prev_output_tokens, code_masks, train)
 
-    def encode(self, src_tokens: jax.Array, patch_images: Optional[jax.Array] = None,
-               patch_masks: Optional[jax.Array] = None, train: bool = False,
-               sample_patch_num: Optional[int] = None) -> EncoderOutput:
+    def encode(self, src_tokens: jax.Array, patch_images: jax.Array | None = None,
+               patch_masks: jax.Array | None = None, train: bool = False,
+               sample_patch_num: int | None = None) -> EncoderOutput:
         validate_source(self.config, src_tokens, patch_images, patch_masks, sample_patch_num)
         if patch_images is not None and patch_masks is None:
             patch_masks = jnp.ones((src_tokens.shape[0],), bool)
         return self.encoder(jnp.asarray(src_tokens), patch_images, patch_masks, train, sample_patch_num)
 
     def decode(self, encoder_out: EncoderOutput, prev_output_tokens: jax.Array,
-               code_masks: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
+               code_masks: jax.Array | None = None, train: bool = False) -> jax.Array:
         validate_target(self.config, prev_output_tokens, code_masks, encoder_out.hidden.shape[0])
         return self.decoder(jnp.asarray(prev_output_tokens), encoder_out, code_masks, train)
 
     def decode_step(self, encoder_out: EncoderOutput, tokens: jax.Array, position: jax.Array, cache_length: int,
-                    code_masks: Optional[jax.Array] = None) -> jax.Array:
+                    code_masks: jax.Array | None = None) -> jax.Array:
         """Logits [batch, vocab] after feeding tokens [batch] at decoder position `position` (< cache_length).
 
         Apply with mutable=['cache', 'encoder_cache'] at position 0, then with the returned collections and
@@ -399,7 +399,7 @@ def _check_row_flags(name: str, flags: Any, batch: int) -> None:
 
 
 def validate_source(config: OFAConfig, src_tokens: Any, patch_images: Any, patch_masks: Any,
-                    sample_patch_num: Optional[int] = None) -> None:
+                    sample_patch_num: int | None = None) -> None:
     """Raises ValueError naming the argument when the encoder inputs are malformed (runs before compiling)."""
     _check_tokens(config, 'src_tokens', src_tokens)
     batch = src_tokens.shape[0]

@@ -5,8 +5,8 @@
         --process_index 0 --process_count 4
 
 Each image is resized (LANCZOS) so its shorter side is `--size` and centre-cropped to a square, as OFA prepares its
-code images. `--target image_infill` keeps the codes of the centre half per side (OFA's image-infilling targets: 16x16 codes
-at 256 px); `--target text_to_image` keeps all of them (text-to-image: 32x32 codes at 256 px).
+code images. `--target image_infill` keeps the codes of the centre half per side (OFA's image-infilling targets:
+16x16 codes at 256 px); `--target text_to_image` keeps all of them (text-to-image: 32x32 codes at 256 px).
 
 Records are cut into shards of `--shard_size` consecutive records; process i of n takes shards i, i + n, ... and writes
 each to `codes-SSSSS.tsv`, one line per record: `id<TAB>space-separated codes` (codes empty when the image does not
@@ -17,7 +17,8 @@ import argparse
 import io
 import os
 import pathlib
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -63,7 +64,7 @@ def shard_path(out_dir: str | os.PathLike, shard: int) -> pathlib.Path:
 
 
 def _batches(source: Any, indices: range, size: int,
-             batch_size: int) -> Iterator[list[tuple[str, Optional[np.ndarray]]]]:
+             batch_size: int) -> Iterator[list[tuple[str, np.ndarray | None]]]:
     batch = []
     for index in indices:
         record = source[index]
@@ -81,11 +82,11 @@ def _batches(source: Any, indices: range, size: int,
         yield batch
 
 
-def encode_batch(tokenizer: ImageTokenizer, images: list[Optional[np.ndarray]], size: int, batch_size: int,
-                 target: str) -> list[Optional[np.ndarray]]:
+def encode_batch(tokenizer: ImageTokenizer, images: list[np.ndarray | None], size: int, batch_size: int,
+                 target: str) -> list[np.ndarray | None]:
     """Codes int32 [K] per image (None stays None). Batches are padded to `batch_size` so one compilation serves all."""
     present = [i for i, image in enumerate(images) if image is not None]
-    out: list[Optional[np.ndarray]] = [None] * len(images)
+    out: list[np.ndarray | None] = [None] * len(images)
     if not present:
         return out
     pixels = np.zeros((batch_size, size, size, 3), np.uint8)
@@ -139,7 +140,7 @@ def precompute(source: Any, tokenizer: ImageTokenizer, out_dir: str | os.PathLik
     return written
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--vqgan', required=True, help='directory written by `python -m ofa_jax.vqgan convert`')
     inputs = parser.add_mutually_exclusive_group(required=True)

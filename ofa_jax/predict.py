@@ -22,7 +22,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -61,7 +61,7 @@ def _read_lines(path: str) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='python -m ofa_jax.predict', description=__doc__.split('\n')[0])
     parser.add_argument('--checkpoint', required=True, help='a save_model directory or a training workdir')
     parser.add_argument('--task', required=True, choices=PREDICTED)
@@ -151,7 +151,7 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     print(json.dumps(predict(parse_args(argv)), indent=2))
 
 

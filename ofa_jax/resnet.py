@@ -3,7 +3,7 @@
 Images are NHWC. BatchNorm follows PyTorch exactly (biased batch variance to normalize, unbiased variance in the
 running average, momentum 0.1) so statistics trained here match a converted checkpoint's.
 """
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -5,7 +5,8 @@ Mesh axes: `replica` (data parallel across slices or hosts, over the slow networ
 The model names its axes logically (batch, embed, mlp, heads, ...); the rules below map them onto the mesh, and a
 config may replace them without touching the model.
 """
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

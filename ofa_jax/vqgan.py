@@ -16,7 +16,8 @@ import dataclasses
 import functools
 import os
 import re
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -158,7 +159,7 @@ class Level(nn.Module):
     features: int
     num_blocks: int
     attend: bool
-    resample: Optional[str]  # 'down', 'up' or None
+    resample: str | None  # 'down', 'up' or None
 
     @nn.compact
     def __call__(self, x):
@@ -227,7 +228,7 @@ class VQGAN(nn.Module):
         """float [b, H, W, in_channels] -> code logits float32 [b, H / f, W / f, n_embed]."""
         return self.quantize.proj(self.quant_conv(self.encoder(images)))
 
-    def encode(self, images: jax.Array, rng: Optional[jax.Array] = None) -> jax.Array:
+    def encode(self, images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         """Codes int32 [b, H / f, W / f]: the most likely code, or with `rng` a draw as OFA's code extraction makes
         (its hard Gumbel-softmax picks argmax(logits + Gumbel noise))."""
         logits = self.logits(images)
@@ -303,7 +304,7 @@ def from_lightning_checkpoint(checkpoint_path: str | os.PathLike, config_yaml: s
     return config, from_state_dict(torch_layout.read_state_dict(os.fspath(checkpoint_path)), config)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_vqgan(config: VQGANConfig) -> tuple[Callable, Callable]:
     """Jitted (encode, decode) of uint8 pixels, one pair per config so that tokenizers share compilations."""
     model = VQGAN(config)
@@ -318,7 +319,7 @@ class VQGANTokenizer:
     `encode` takes argmax codes; with `seed` set it draws codes as OFA's extraction does (a fresh draw per call,
     reproducible from the seed). Images whose sides are not multiples of `downsample` are refused."""
 
-    def __init__(self, config: VQGANConfig, variables: dict, seed: Optional[int] = None):
+    def __init__(self, config: VQGANConfig, variables: dict, seed: int | None = None):
         self.config = config
         self.variables = variables
         self.downsample = config.downsample
@@ -327,7 +328,7 @@ class VQGANTokenizer:
         self._rng = None if seed is None else jax.random.key(seed)
 
     @classmethod
-    def load(cls, directory: str, seed: Optional[int] = None) -> 'VQGANTokenizer':
+    def load(cls, directory: str, seed: int | None = None) -> 'VQGANTokenizer':
         """From a directory written by `python -m ofa_jax.vqgan convert`."""
         return cls(*checkpoint.load_model(directory, VQGANConfig), seed=seed)
 
@@ -351,7 +352,7 @@ class VQGANTokenizer:
         return np.asarray(self._decode(self.variables, codes))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest='command', required=True)
     convert_parser = commands.add_parser('convert', help="taming's last.ckpt + model.yaml -> an orbax checkpoint")

@@ -5,14 +5,14 @@ and `multihost` (several processes). The quick loop is `bash tests/run.sh -m "no
 """
 import importlib.util
 import pathlib
-from typing import Any, Optional
+from typing import Any
 
 import ml_collections
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_config(name: str, arg: Optional[str] = None) -> ml_collections.ConfigDict:
+def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """configs/NAME.py's config, as `--config configs/NAME.py[:ARG]` gives it."""
     spec = importlib.util.spec_from_file_location(f'configs_{name}', ROOT / 'configs' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)

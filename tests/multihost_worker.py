@@ -12,6 +12,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from conftest import small_config  # noqa: E402
+
 from ofa_jax import train  # noqa: E402
 
 

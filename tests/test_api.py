@@ -2,6 +2,7 @@
 scoring, per-item errors, and the evaluation over a tiny split of the synthetic world (nano model)."""
 import json
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,6 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-import conftest
 from ofa_jax import api, evaluate, predict, train, vqgan
 from ofa_jax.checkpoint import load_checkpoint, model_from_config, save_model
 from ofa_jax.data import boxes as B

@@ -1,12 +1,12 @@
 """generate() against modelscope's SequenceGenerator (OFA's fairseq generator) on the same random weights."""
 import numpy as np
 import pytest
+from reference import OFAConfig, OFAModel, reference_generate, torch
 
 from ofa_jax.convert import from_torch_state_dict
 from ofa_jax.data import vocab as V
 from ofa_jax.decode import DecodeSettings, generate
 from ofa_jax.model import OFA
-from reference import OFAConfig, OFAModel, reference_generate, torch
 
 pytestmark = pytest.mark.parity  # compares with modelscope's PyTorch OFA
 

@@ -5,8 +5,19 @@ import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
-from ofa_jax.metrics import (accuracy, bleu, bleu4, box_iou, cider, detection_f1, exact_match, grounding_accuracy,
-                             normalize_vqa_answer, vqa_accuracy, vqa_score)
+from ofa_jax.metrics import (
+    accuracy,
+    bleu,
+    bleu4,
+    box_iou,
+    cider,
+    detection_f1,
+    exact_match,
+    grounding_accuracy,
+    normalize_vqa_answer,
+    vqa_accuracy,
+    vqa_score,
+)
 
 # Several images, five references each; candidates short and long, with repeated n-grams, one sharing no word with its
 # references, one equally close to references of 7 and 9 words (BLEU takes the shorter), one of a single word.

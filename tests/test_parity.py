@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import OFAConfig, OFAModel, torch
 
 from ofa_jax.convert import FAIRSEQ_RENAMES, from_torch_state_dict, to_torch_state_dict
 from ofa_jax.model import OFA
-from reference import OFAConfig, OFAModel, torch
 
 pytestmark = pytest.mark.parity  # compares with modelscope's PyTorch OFA
 
@@ -177,6 +177,7 @@ def test_fairseq_names_convert_to_the_same_variables(reference, converted):
 
 def test_relative_position_tables_equal_the_reference(reference):
     from modelscope.models.multi_modal.ofa.modeling_ofa import make_image_bucket_position, make_token_bucket_position
+
     from ofa_jax import layers
     np.testing.assert_array_equal(layers.token_relative_buckets(256), make_token_bucket_position(256).numpy())
     ids = np.arange(42 * 42 + 1)

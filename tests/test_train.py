@@ -13,10 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import ROOT, load_config, small_config
+
 from ofa_jax import demo, train
 from ofa_jax.sharding import make_mesh
+
 
 def losses(workdir):
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
@@ -76,7 +77,7 @@ def test_resume_is_exact(tmp_path):
                            jax.device_get(resumed.opt_state))
 
 
-MESH_SCRIPT = textwrap.dedent('''
+MESH_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
@@ -97,7 +98,7 @@ MESH_SCRIPT = textwrap.dedent('''
         results[name] = [float(np.sum(np.abs(leaf))) for leaf in leaves[:40]] + [
             json.loads(line)['loss'] for line in open(sys.argv[2] + '/' + name + '/metrics.jsonl')]
     print('RESULTS' + json.dumps(results))
-''')
+""")
 
 
 @pytest.mark.slow

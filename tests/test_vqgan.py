@@ -13,7 +13,8 @@ from ofa_jax import checkpoint, vqgan
 from ofa_jax.data import tasks
 from ofa_jax.data.image_codes import images_from_code_tokens
 from ofa_jax.data.vocab import default_vocabulary
-from ofa_jax.precompute_codes import ImageFolder, code_image, main as precompute_main, precompute, shard_path
+from ofa_jax.precompute_codes import ImageFolder, code_image, precompute, shard_path
+from ofa_jax.precompute_codes import main as precompute_main
 from ofa_jax.vqgan import VQGANTokenizer
 from tests.vqgan_reference import random_reference, save_lightning_checkpoint, write_model_yaml
 

@@ -22,7 +22,8 @@ def _check_grid(max_image_size: float, num_bins: int) -> None:
         raise ValueError(f'num_bins must be at least 2, got {num_bins}')
 
 
-def quantize(box_xyxy: Sequence[float] | np.ndarray, max_image_size: float = MAX_IMAGE_SIZE, num_bins: int = 1000) -> list[int]:
+def quantize(box_xyxy: Sequence[float] | np.ndarray, max_image_size: float = MAX_IMAGE_SIZE,
+             num_bins: int = 1000) -> list[int]:
     """Bin indices [4] of a box [4] (x0, y0, x1, y1, resized-image pixels); coordinates off the grid are clipped."""
     _check_grid(max_image_size, num_bins)
     box = np.asarray(box_xyxy, np.float64)

@@ -15,9 +15,28 @@ from ofa_jax.data import transforms as T
 from ofa_jax.data.image_codes import ImageTokenizer, PatchCodebook
 from ofa_jax.data.registry import DropExample, Mixture, MixtureRegistry, Task, TaskRegistry, get_tasks
 from ofa_jax.data.tasks import (
-    SNLI_ANSWERS, TASKS, Preprocessor, answer_match, caption, classification, decode_image, detection, grounded_caption,
-    grounding, image_infill, image_transform, itm, require_text, resize_transform, snli_ve, text_infill, text_task,
-    text_to_image, transform_image, vqa)
+    SNLI_ANSWERS,
+    TASKS,
+    Preprocessor,
+    answer_match,
+    caption,
+    classification,
+    decode_image,
+    detection,
+    grounded_caption,
+    grounding,
+    image_infill,
+    image_transform,
+    itm,
+    require_text,
+    resize_transform,
+    snli_ve,
+    text_infill,
+    text_task,
+    text_to_image,
+    transform_image,
+    vqa,
+)
 from ofa_jax.data.vocab import Vocabulary, vocabulary_from_spec
 from ofa_jax.data.world import COLORS, SHAPES, World, WorldText
 
@@ -209,7 +228,7 @@ def register_from_config(data: ml_collections.ConfigDict, world: Any = None) -> 
         return get_tasks(data.mixture)
     if data.source == 'ofa_pretrain':
         if not data.vision_language_path:
-            raise ValueError('data.vision_language_path is empty: point it at OFA\'s vision-language pretraining TSV '
+            raise ValueError("data.vision_language_path is empty: point it at OFA's vision-language pretraining TSV "
                              '(--config.data.vision_language_path=FILE)')
         paths = {role: data[f'{role}_path'] for role in PRETRAIN_FILES if data[f'{role}_path']}
         return get_tasks(register_ofa_pretraining(vocab, paths, data.image_size).name)

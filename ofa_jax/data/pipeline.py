@@ -8,7 +8,8 @@ Records a task cannot use are dropped and counted by reason in every batch (`bat
 import collections
 import dataclasses
 import functools
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -67,9 +68,9 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
     """Fixed-shape model inputs from preprocessed examples (fewer than batch_size: the rest is padding).
 
     Examples hold 'source_ids' and 'target_ids' (no bos/eos), optionally 'image' float32 [S, S, 3] in [-1, 1],
-    'loss_weight', 'code_target' and 'constraint_range' (the token ids [lo, hi) the target may take besides eos). Returns src_tokens [B, Ls],
-    patch_images [B, S, S, 3], patch_masks [B], prev_output_tokens / target_tokens [B, Lt], loss_weights [B],
-    code_masks [B], constraint_ranges [B, 2], task_ids [B], example_mask [B]."""
+    'loss_weight', 'code_target' and 'constraint_range' (the token ids [lo, hi) the target may take besides eos).
+    Returns src_tokens [B, Ls], patch_images [B, S, S, 3], patch_masks [B], prev_output_tokens / target_tokens [B, Lt],
+    loss_weights [B], code_masks [B], constraint_ranges [B, 2], task_ids [B], example_mask [B]."""
     b, ls, lt, s = spec.batch_size, spec.max_source_length, spec.max_target_length, spec.image_size
     batch = {
         'src_tokens': np.full((b, ls), V.PAD, np.int32),
@@ -100,7 +101,7 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
     return batch
 
 
-def to_source_batch(source_ids: Sequence[Sequence[int]], images: Sequence[Optional[np.ndarray]], batch_size: int,
+def to_source_batch(source_ids: Sequence[Sequence[int]], images: Sequence[np.ndarray | None], batch_size: int,
                     image_size: int, max_source_length: int) -> dict[str, np.ndarray]:
     """The model's inputs alone, for inference: src_tokens [B, Ls], patch_images [B, S, S, 3], patch_masks [B];
     rows past len(source_ids) are padding."""
@@ -110,7 +111,7 @@ def to_source_batch(source_ids: Sequence[Sequence[int]], images: Sequence[Option
     return {k: batch[k] for k in ('src_tokens', 'patch_images', 'patch_masks')}
 
 
-def _check_shapes(example: dict, spec: BatchSpec) -> Optional[str]:
+def _check_shapes(example: dict, spec: BatchSpec) -> str | None:
     image = example.get('image')
     if image is not None and image.shape != (spec.image_size, spec.image_size, 3):
         return f'{example["task"]}/image_shape'

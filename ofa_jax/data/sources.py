@@ -25,7 +25,8 @@ import json
 import os
 import pathlib
 import threading
-from typing import Any, Callable, Literal, NamedTuple, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -40,12 +41,12 @@ class _FieldError(Exception):
         super().__init__(f'{field}: {problem}')
 
 
-def _error_record(source: str, index: int, error: Exception, record_id: Optional[str] = None) -> Record:
+def _error_record(source: str, index: int, error: Exception, record_id: str | None = None) -> Record:
     return {'id': record_id if record_id is not None else str(index), 'source': source, 'record': index,
             '_error': str(error)}
 
 
-def line_offsets(path: Union[str, os.PathLike], chunk_bytes: int = 1 << 24) -> np.ndarray:
+def line_offsets(path: str | os.PathLike, chunk_bytes: int = 1 << 24) -> np.ndarray:
     """Byte offsets of a file's lines, int64 [rows + 1]: line i is bytes [offsets[i], offsets[i + 1]).
 
     Streams over the file in chunks, so files far larger than memory are indexed at disk speed. A last line without
@@ -67,12 +68,12 @@ class _LineFile:
     The file descriptor is opened lazily in each process (never pickled) and read with `os.pread`, which keeps no
     file position, so threads and forked workers can share a source."""
 
-    def __init__(self, path: Union[str, os.PathLike], name: Optional[str]):
+    def __init__(self, path: str | os.PathLike, name: str | None):
         self.path = os.fspath(path)
         self.name = name or pathlib.Path(self.path).stem
         self._offsets = line_offsets(self.path)
-        self._fd: Optional[int] = None
-        self._pid: Optional[int] = None
+        self._fd: int | None = None
+        self._pid: int | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -209,14 +210,14 @@ class OFATsvSource(_LineFile):
     `num_columns` columns: 'auto' means the count of OFA's released files when `selected_cols` is the default,
     otherwise (or with None) just enough for the selected columns."""
 
-    def __init__(self, path: Union[str, os.PathLike], kind: str,
-                 selected_cols: Union[None, str, Sequence[Optional[int]]] = None,
-                 num_columns: Union[int, None, Literal['auto']] = 'auto', name: Optional[str] = None):
+    def __init__(self, path: str | os.PathLike, kind: str,
+                 selected_cols: None | str | Sequence[int | None] = None,
+                 num_columns: int | None | Literal['auto'] = 'auto', name: str | None = None):
         if kind not in TSV_LAYOUTS:
             raise ValueError(f'unknown OFA TSV kind {kind!r}; choose one of {sorted(TSV_LAYOUTS)}')
         layout = TSV_LAYOUTS[kind]
         if selected_cols is None:
-            columns: tuple[Optional[int], ...] = layout.columns
+            columns: tuple[int | None, ...] = layout.columns
         elif isinstance(selected_cols, str):
             columns = tuple(None if c.strip().lower() in ('', 'none') else int(c) for c in selected_cols.split(','))
         else:
@@ -322,8 +323,8 @@ class JsonlSource(_LineFile):
     becomes float32 [4], 'boxes' float32 [N, 4], 'answers' {str: float}; other fields pass through unchanged. 'source'
     and 'record' are set by the source; a missing 'id' becomes the line index."""
 
-    def __init__(self, path: Union[str, os.PathLike], image_root: Union[str, os.PathLike, None] = None,
-                 name: Optional[str] = None):
+    def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None,
+                 name: str | None = None):
         super().__init__(path, name)
         self.image_root = os.fspath(image_root) if image_root is not None else os.path.dirname(
             os.path.abspath(self.path))
@@ -458,7 +459,7 @@ class TfdsMapping(NamedTuple):
     `record(example, item, label_names)` builds one; `label` is the path of the ClassLabel feature naming labels;
     `skip` are features never decoded (unused), `skip_for_items` those the item count does not need."""
     record: Callable[[dict, tuple[int, int], Sequence[str]], Record]
-    items: Optional[Callable[[dict], list[tuple[int, int]]]] = None
+    items: Callable[[dict], list[tuple[int, int]]] | None = None
     label: tuple[str, ...] = ()
     skip: tuple[tuple[str, ...], ...] = ()
     skip_for_items: tuple[tuple[str, ...], ...] = (('image',),)
@@ -480,7 +481,7 @@ TFDS_MAPPINGS: dict[str, TfdsMapping] = {
 }
 
 
-def _decoders(paths: Sequence[tuple[str, ...]]) -> Optional[dict]:
+def _decoders(paths: Sequence[tuple[str, ...]]) -> dict | None:
     """Nested TFDS decoders that leave the features at `paths` undecoded."""
     import tensorflow_datasets as tfds
     decoders: dict = {}
@@ -505,8 +506,8 @@ class TfdsSource:
     Builders whose code imports TensorFlow (coco, coco_captions) load from the prepared files when the name carries
     the version, e.g. 'coco/2017:1.1.0'. The dataset is never downloaded here: prepare it first."""
 
-    def __init__(self, name: str, split: str, data_dir: Optional[str] = None, per_example: bool = False,
-                 label_names: Optional[Sequence[str]] = None):
+    def __init__(self, name: str, split: str, data_dir: str | None = None, per_example: bool = False,
+                 label_names: Sequence[str] | None = None):
         import tensorflow_datasets as tfds
         self.dataset = name.split('/')[0].split(':')[0]
         if self.dataset not in TFDS_MAPPINGS:
@@ -529,7 +530,7 @@ class TfdsSource:
         self._data = open_split(mapping.skip)
         self.label_names = list(label_names) if label_names is not None else self._feature_names(mapping.label)
         self.examples_without_items = 0
-        self._items: Optional[np.ndarray] = None  # int32 [records, 3]: example, item a, item b
+        self._items: np.ndarray | None = None  # int32 [records, 3]: example, item a, item b
         if mapping.items is not None and not per_example:
             self._items = self._index(open_split(mapping.skip + mapping.skip_for_items), mapping.items)
 

@@ -11,7 +11,7 @@ a task's chain ends in 'source_ids' / 'target_ids' (no bos/eos) and, where it ha
 import dataclasses
 import io
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -50,7 +50,7 @@ Preprocessor = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
 ImageTransform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def clean_text(text: str, max_words: Optional[int] = None) -> str:
+def clean_text(text: str, max_words: int | None = None) -> str:
     """OFA's caption/question normalization: lower case, leading punctuation off, '-' and '/' as spaces, single
     spaces, at most max_words words."""
     text = text.lower().lstrip(',.!?*#:;~').replace('-', ' ').replace('/', ' ').replace('<person>', 'person')
@@ -58,7 +58,7 @@ def clean_text(text: str, max_words: Optional[int] = None) -> str:
     return ' '.join(words[:max_words] if max_words else words)
 
 
-def _text(value: Any, name: str, max_words: Optional[int] = 30) -> str:
+def _text(value: Any, name: str, max_words: int | None = 30) -> str:
     """`value` cleaned for an instruction; ValueError names an input that is not a non-empty string."""
     if not isinstance(value, str):
         raise ValueError(f'{name} must be a string, got {type(value).__name__}')
@@ -126,7 +126,7 @@ def text_to_image_instruction(vocab: Vocabulary, text: str) -> list[int]:
     return vocab.encode(TEXT_TO_IMAGE.format(_text(text, 'text')))
 
 
-def snli_ve_instruction(vocab: Vocabulary, hypothesis: str, premise: Optional[str] = None) -> list[int]:
+def snli_ve_instruction(vocab: Vocabulary, hypothesis: str, premise: str | None = None) -> list[int]:
     """Does the image (and the text premise, when given) imply the hypothesis?"""
     if premise is None:
         return vocab.encode(SNLI_VE.format(_text(hypothesis, 'hypothesis')))
@@ -249,15 +249,15 @@ class TaskKind:
     instruction: Callable[..., list[int]]  # (vocab, **inputs) -> source ids, no bos/eos
     inputs: tuple[str, ...] = ()  # the raw text (or region) inputs of the instruction, besides the image
     image: bool = True  # whether the model sees an image
-    constraint: Optional[str] = None  # answer tokens limited to 'bins' or 'codes' (and eos), in training and decoding
+    constraint: str | None = None  # answer tokens limited to 'bins' or 'codes' (and eos), in training and decoding
     candidates: tuple[str, ...] = ()  # a closed answer set, scored rather than decoded
     choose: bool = False  # answers are chosen among caller-given candidates (classification)
     decode: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # DecodeSettings, as OFA's evaluation sets
     prompt_type: str = 'none'  # what precedes the answer in the decoder: 'none', 'src' or 'prev_output'
-    output: Optional[Callable[[Sequence[int], Vocabulary, B.Scale], dict[str, Any]]] = None  # tokens -> result
+    output: Callable[[Sequence[int], Vocabulary, B.Scale], dict[str, Any]] | None = None  # tokens -> result
     result_key: str = 'answer'  # the result field holding the answer
-    reference: Optional[Callable[[dict, Vocabulary], Any]] = None  # a preprocessed example -> what is scored
-    metrics: Optional[Callable[[Mapping, Mapping], dict[str, float]]] = None  # None: no automatic evaluation
+    reference: Callable[[dict, Vocabulary], Any] | None = None  # a preprocessed example -> what is scored
+    metrics: Callable[[Mapping, Mapping], dict[str, float]] | None = None  # None: no automatic evaluation
 
     def source_ids(self, vocab: Vocabulary, **inputs: Any) -> list[int]:
         """The instruction's token ids for these inputs; ValueError names a missing, unknown or empty one."""
@@ -523,7 +523,7 @@ def detection(vocab: Vocabulary) -> Preprocessor:
     return preprocess
 
 
-def image_infill(vocab: Vocabulary, tokenizer: Optional[ImageTokenizer]) -> Preprocessor:
+def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None) -> Preprocessor:
     """Source: the image with its centre half (per side) blanked; target: the image codes of that centre, from the
     record's 'codes' (OFA's image TSV) or else from `tokenizer`.
 
@@ -588,7 +588,7 @@ def snli_ve(vocab: Vocabulary) -> Preprocessor:
     return preprocess
 
 
-def text_task(vocab: Vocabulary, kind: str, answers: Optional[dict[str, str]] = None) -> Preprocessor:
+def text_task(vocab: Vocabulary, kind: str, answers: dict[str, str] | None = None) -> Preprocessor:
     """GLUE-style text-only tasks and summarization: the task's instruction of the record's fields, target the
     label (mapped through `answers` when given) or the 'target' text."""
     fields = TASKS[kind].inputs

@@ -16,8 +16,8 @@ pretraining with a new vocabulary; `train_sentencepiece` (or `python -m ofa_jax.
 characters. Mask, code and bin tokens come from `mask_id`, `code_id` and `bin_id`.
 """
 import abc
-import functools
 import argparse
+import functools
 import json
 import os
 from collections.abc import Iterable, Sequence
