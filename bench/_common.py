@@ -3,6 +3,7 @@
 
 Run the scripts as `python bench/NAME.py`, which puts bench/ on the path for this module.
 """
+
 import os
 import statistics
 import sys

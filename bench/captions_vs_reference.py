@@ -7,6 +7,7 @@ Batch 16, 256 px images, beam 5, at most 16 tokens, no-repeat 3-grams, float32. 
 (median over the repeats) and their ratio (above 1: ofa-jax is faster). Needs the test requirements (torch,
 modelscope).
 """
+
 import argparse
 import json
 import os
@@ -35,8 +36,9 @@ def main() -> None:
     settings = DecodeSettings(beam_size=5, max_length=16, min_length=1, no_repeat_ngram_size=3)
 
     rng = np.random.default_rng(0)
-    src = np.concatenate([np.zeros((args.batch, 1)), rng.integers(4, 50000, (args.batch, 10)),
-                          np.full((args.batch, 1), 2)], axis=1).astype(np.int64)  # "what does the image describe?"
+    src = np.concatenate(
+        [np.zeros((args.batch, 1)), rng.integers(4, 50000, (args.batch, 10)), np.full((args.batch, 1), 2)], axis=1
+    ).astype(np.int64)  # "what does the image describe?"
     images = rng.uniform(-1, 1, (args.batch, args.image_size, args.image_size, 3)).astype(np.float32)
 
     jax_inputs = [jax.device_put(x) for x in (src.astype(np.int32), images)]
@@ -50,11 +52,21 @@ def main() -> None:
     ours_s = median_seconds(ours, args.repeats)
     theirs_s = median_seconds(lambda: reference_generate(reference, src, images, settings), args.repeats)
 
-    print(json.dumps({'benchmark': 'tiny captions, beam 5', 'batch': args.batch, 'image_size': args.image_size,
-                      'threads': args.threads, 'device': jax.devices()[0].device_kind,
-                      'ofa_jax_captions_per_s': round(args.batch / ours_s, 2),
-                      'reference_captions_per_s': round(args.batch / theirs_s, 2),
-                      'speedup': round(theirs_s / ours_s, 2), 'ofa_jax_compile_s': round(compile_s, 1)}))
+    print(
+        json.dumps(
+            {
+                'benchmark': 'tiny captions, beam 5',
+                'batch': args.batch,
+                'image_size': args.image_size,
+                'threads': args.threads,
+                'device': jax.devices()[0].device_kind,
+                'ofa_jax_captions_per_s': round(args.batch / ours_s, 2),
+                'reference_captions_per_s': round(args.batch / theirs_s, 2),
+                'speedup': round(theirs_s / ours_s, 2),
+                'ofa_jax_compile_s': round(compile_s, 1),
+            }
+        )
+    )
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ Uses configs/pretrain.py's settings for each size (384 px, 196 sampled patches, 
 (data, fsdp) mesh of 8 host devices; parameters stay abstract (nothing is allocated), so only tracing, lowering and
 XLA compilation are timed. Prints one JSON line per size.
 """
+
 import argparse
 import functools
 import json
@@ -48,13 +49,16 @@ def main() -> None:
         model = OFA(model_config(config.model, **config.model_overrides))
         optimizer = train.make_optimizer(config)
         shardings = train.state_shardings(model, optimizer, config, mesh)
-        state = jax.eval_shape(functools.partial(train.initial_state, model, optimizer, config,
-                                                 config.data.image_size))
-        state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                       state, shardings)
-        step = jax.jit(functools.partial(train.train_step, model, optimizer, config, 5),
-                       in_shardings=(shardings, sharding.batch_sharding(mesh)), out_shardings=(shardings, None),
-                       donate_argnums=0)
+        state = jax.eval_shape(functools.partial(train.initial_state, model, optimizer, config, config.data.image_size))
+        state = jax.tree_util.tree_map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings
+        )
+        step = jax.jit(
+            functools.partial(train.train_step, model, optimizer, config, 5),
+            in_shardings=(shardings, sharding.batch_sharding(mesh)),
+            out_shardings=(shardings, None),
+            donate_argnums=0,
+        )
         with mesh, nn.logical_axis_rules(config.logical_axis_rules):
             start = time.perf_counter()
             lowered = step.lower(state, abstract_batch(config, args.batch, mesh))
@@ -62,9 +66,19 @@ def main() -> None:
             start = time.perf_counter()
             lowered.compile()
             compile_s = time.perf_counter() - start
-        print(json.dumps({'size': size, 'params_m': round(count_params(model.config) / 1e6, 1),
-                          'mesh': dict(mesh.shape), 'batch': args.batch, 'trace_lower_s': round(lowered_s, 1),
-                          'compile_s': round(compile_s, 1)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    'size': size,
+                    'params_m': round(count_params(model.config) / 1e6, 1),
+                    'mesh': dict(mesh.shape),
+                    'batch': args.batch,
+                    'trace_lower_s': round(lowered_s, 1),
+                    'compile_s': round(compile_s, 1),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == '__main__':

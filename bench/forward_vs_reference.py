@@ -5,6 +5,7 @@
 Batch 8, 256 px images, 64 source and 32 target tokens, float32, eval mode. Prints the median times and their ratio
 (reference / ofa-jax: above 1 means ofa-jax is faster). Needs the test requirements (torch, modelscope).
 """
+
 import argparse
 import json
 import os
@@ -45,17 +46,31 @@ def main() -> None:
     compile_s = time.perf_counter() - start
     ours = median_seconds(lambda: forward(variables, *jax_inputs).block_until_ready(), args.repeats)
 
-    torch_inputs = dict(input_ids=torch.from_numpy(src),
-                        patch_images=torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
-                        patch_masks=torch.from_numpy(masks), decoder_input_ids=torch.from_numpy(tgt))
+    torch_inputs = dict(
+        input_ids=torch.from_numpy(src),
+        patch_images=torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
+        patch_masks=torch.from_numpy(masks),
+        decoder_input_ids=torch.from_numpy(tgt),
+    )
     with torch.no_grad():
         reference(**torch_inputs)  # warm-up
         theirs = median_seconds(lambda: reference(**torch_inputs), args.repeats)
 
-    print(json.dumps({'benchmark': 'tiny forward', 'batch': args.batch, 'image_size': args.image_size,
-                      'threads': args.threads, 'device': jax.devices()[0].device_kind,
-                      'ofa_jax_s': round(ours, 4), 'reference_s': round(theirs, 4),
-                      'speedup': round(theirs / ours, 2), 'ofa_jax_compile_s': round(compile_s, 1)}))
+    print(
+        json.dumps(
+            {
+                'benchmark': 'tiny forward',
+                'batch': args.batch,
+                'image_size': args.image_size,
+                'threads': args.threads,
+                'device': jax.devices()[0].device_kind,
+                'ofa_jax_s': round(ours, 4),
+                'reference_s': round(theirs, 4),
+                'speedup': round(theirs / ours, 2),
+                'ofa_jax_compile_s': round(compile_s, 1),
+            }
+        )
+    )
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@
 
 Prints one JSON line per worker count. Compare with what a train step consumes: global batch / step time.
 """
+
 import argparse
 import json
 import time
@@ -30,9 +31,17 @@ def main() -> None:
         for _ in range(args.batches):
             next(iterator)
         rate = args.batches * args.batch_size / (time.perf_counter() - start)
-        print(json.dumps({'benchmark': 'input pipeline', 'image_size': args.image_size, 'workers': workers,
-                          'examples_per_second': round(rate, 1),
-                          'examples_per_second_per_worker': round(rate / max(workers, 1), 1)}))
+        print(
+            json.dumps(
+                {
+                    'benchmark': 'input pipeline',
+                    'image_size': args.image_size,
+                    'workers': workers,
+                    'examples_per_second': round(rate, 1),
+                    'examples_per_second_per_worker': round(rate / max(workers, 1), 1),
+                }
+            )
+        )
 
 
 if __name__ == '__main__':

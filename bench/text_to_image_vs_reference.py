@@ -10,6 +10,7 @@ and pixels) and the ratio (above 1: ofa-jax is faster). The reference needs no w
 query on a CPU (its cost grows with the square of the code count), so it runs `--repeats` times only. Needs the test
 requirements (torch, modelscope, taming-transformers).
 """
+
 import argparse
 import json
 import os
@@ -34,8 +35,12 @@ CAPTION = 'a red double decker bus driving down a city street'
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    for flag, default in (('--repeats', 1), ('--threads', os.cpu_count()), ('--samples', 1),
-                          ('--code_image_size', 256)):
+    for flag, default in (
+        ('--repeats', 1),
+        ('--threads', os.cpu_count()),
+        ('--samples', 1),
+        ('--code_image_size', 256),
+    ):
         parser.add_argument(flag, type=int, default=default)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,8 +53,9 @@ def main() -> None:
     model = OFA(config)
     vqgan_config = vqgan.PRESETS['ofa']
     reference_vqgan = random_reference(vqgan_config)
-    vqgan_variables = vqgan.from_state_dict({k: v.numpy() for k, v in reference_vqgan.state_dict().items()},
-                                            vqgan_config)
+    vqgan_variables = vqgan.from_state_dict(
+        {k: v.numpy() for k, v in reference_vqgan.state_dict().items()}, vqgan_config
+    )
     vqgan_model = vqgan.VQGAN(vqgan_config)
     draw = jax.jit(lambda v, c: vqgan.to_pixels(vqgan_model.apply(v, c, method=vqgan_model.decode)))
 
@@ -59,8 +65,9 @@ def main() -> None:
     queries = iter(range(1_000_000))
 
     def ours():
-        tokens, _ = sample_codes(model, variables, src, code_range, args.samples, jax.random.key(next(queries)),
-                                 top_k=TOP_K)
+        tokens, _ = sample_codes(
+            model, variables, src, code_range, args.samples, jax.random.key(next(queries)), top_k=TOP_K
+        )
         codes = np.asarray(tokens[0]).reshape(args.samples, side, side) - code_range[0]
         return np.asarray(draw(vqgan_variables, codes))
 
@@ -70,9 +77,15 @@ def main() -> None:
     ours_s = median_seconds(ours, args.repeats)
 
     tokenizer = IdsOnlyTokenizer(config.vocab_size)
-    generator = SequenceGenerator(tokenizer, beam_size=args.samples, max_len_b=side * side, min_len=side * side,
-                                  search_strategy=search.Sampling(tokenizer, sampling_topk=TOP_K),
-                                  constraint_range=f'{code_range[0]},{code_range[1]}', gen_code=True)
+    generator = SequenceGenerator(
+        tokenizer,
+        beam_size=args.samples,
+        max_len_b=side * side,
+        min_len=side * side,
+        search_strategy=search.Sampling(tokenizer, sampling_topk=TOP_K),
+        constraint_range=f'{code_range[0]},{code_range[1]}',
+        gen_code=True,
+    )
     sample = {'net_input': {'input_ids': torch.from_numpy(src.astype(np.int64))}}
 
     drawn = []
@@ -80,7 +93,7 @@ def main() -> None:
     def theirs():
         with torch.no_grad():
             hypotheses = generator.generate([reference], sample)[0]
-        codes = np.stack([h['tokens'][:side * side].numpy() for h in hypotheses]) - code_range[0]
+        codes = np.stack([h['tokens'][: side * side].numpy() for h in hypotheses]) - code_range[0]
         pixels = reference_vqgan.decode(codes.reshape(-1, side, side))
         drawn.append(((np.clip(pixels, -1, 1) + 1) / 2 * 255).astype(np.uint8))
 
@@ -88,11 +101,21 @@ def main() -> None:
     expected = (args.samples, side * 8, side * 8, 3)
     assert images.shape == drawn[-1].shape == expected, (images.shape, drawn[-1].shape)
 
-    print(json.dumps({'benchmark': 'tiny text-to-image query (codes + VQGAN decode)', 'codes': side * side,
-                      'samples': args.samples,
-                      'threads': args.threads, 'device': jax.devices()[0].device_kind,
-                      'ofa_jax_s_per_query': round(ours_s, 2), 'reference_s_per_query': round(theirs_s, 2),
-                      'speedup': round(theirs_s / ours_s, 2), 'ofa_jax_compile_s': round(compile_s, 1)}))
+    print(
+        json.dumps(
+            {
+                'benchmark': 'tiny text-to-image query (codes + VQGAN decode)',
+                'codes': side * side,
+                'samples': args.samples,
+                'threads': args.threads,
+                'device': jax.devices()[0].device_kind,
+                'ofa_jax_s_per_query': round(ours_s, 2),
+                'reference_s_per_query': round(theirs_s, 2),
+                'speedup': round(theirs_s / ours_s, 2),
+                'ofa_jax_compile_s': round(compile_s, 1),
+            }
+        )
+    )
 
 
 if __name__ == '__main__':

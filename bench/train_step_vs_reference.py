@@ -6,6 +6,7 @@ Batch 8, 256 px, 64 source and 32 target tokens, AdamW, float32, dropout 0.1 in 
 and the throughput ratio (reference time / ofa-jax time: above 1 means ofa-jax is faster). Needs the test
 requirements (torch, modelscope).
 """
+
 import argparse
 import functools
 import json
@@ -42,11 +43,17 @@ def main() -> None:
     state = jax.jit(functools.partial(train.initial_state, model, optimizer, config, image_size))()
     step = jax.jit(functools.partial(train.train_step, model, optimizer, config, 1), donate_argnums=0)
     jax_batch = {
-        'src_tokens': jnp.asarray(src, jnp.int32), 'patch_images': jnp.asarray(images),
-        'patch_masks': jnp.ones((batch,), bool), 'prev_output_tokens': jnp.asarray(tgt[:, :-1], jnp.int32),
-        'target_tokens': jnp.asarray(tgt[:, 1:], jnp.int32), 'loss_weights': jnp.ones((batch,)),
-        'code_masks': jnp.zeros((batch,), bool), 'constraint_ranges': jnp.tile(jnp.array([0, 59457]), (batch, 1)),
-        'task_ids': jnp.zeros((batch,), jnp.int32), 'example_mask': jnp.ones((batch,), bool)}
+        'src_tokens': jnp.asarray(src, jnp.int32),
+        'patch_images': jnp.asarray(images),
+        'patch_masks': jnp.ones((batch,), bool),
+        'prev_output_tokens': jnp.asarray(tgt[:, :-1], jnp.int32),
+        'target_tokens': jnp.asarray(tgt[:, 1:], jnp.int32),
+        'loss_weights': jnp.ones((batch,)),
+        'code_masks': jnp.zeros((batch,), bool),
+        'constraint_ranges': jnp.tile(jnp.array([0, 59457]), (batch, 1)),
+        'task_ids': jnp.zeros((batch,), jnp.int32),
+        'example_mask': jnp.ones((batch,), bool),
+    }
     start = time.perf_counter()
     state, metrics = step(state, jax_batch)
     jax.block_until_ready(metrics)
@@ -60,10 +67,15 @@ def main() -> None:
     ours = median_seconds(jax_step, args.repeats)
 
     reference = tiny_reference(dropout=0.1).train()
-    torch_optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
-                                        weight_decay=0.01)
-    inputs = dict(input_ids=torch.from_numpy(src), patch_images=torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
-                  patch_masks=torch.ones(batch, dtype=torch.bool), decoder_input_ids=torch.from_numpy(tgt[:, :-1]))
+    torch_optimizer = torch.optim.AdamW(
+        reference.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01
+    )
+    inputs = dict(
+        input_ids=torch.from_numpy(src),
+        patch_images=torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
+        patch_masks=torch.ones(batch, dtype=torch.bool),
+        decoder_input_ids=torch.from_numpy(tgt[:, :-1]),
+    )
     targets = torch.from_numpy(tgt[:, 1:])
 
     def torch_step():
@@ -76,9 +88,20 @@ def main() -> None:
 
     torch_step()  # warm-up
     theirs = median_seconds(torch_step, args.repeats)
-    print(json.dumps({'benchmark': 'tiny train step', 'batch': batch, 'image_size': image_size,
-                      'threads': args.threads, 'ofa_jax_s': round(ours, 3), 'reference_s': round(theirs, 3),
-                      'speedup': round(theirs / ours, 2), 'ofa_jax_compile_s': round(compile_s, 1)}))
+    print(
+        json.dumps(
+            {
+                'benchmark': 'tiny train step',
+                'batch': batch,
+                'image_size': image_size,
+                'threads': args.threads,
+                'ofa_jax_s': round(ours, 3),
+                'reference_s': round(theirs, 3),
+                'speedup': round(theirs / ours, 2),
+                'ofa_jax_compile_s': round(compile_s, 1),
+            }
+        )
+    )
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ Encoding 256 px images to argmax codes (codes/s) and decoding 32x32 code grids t
 medians and the ratios ofa-jax / reference (above 1 means ofa-jax is faster). Needs the test requirements (torch,
 taming-transformers).
 """
+
 import argparse
 import json
 import os
@@ -36,8 +37,9 @@ def main() -> None:
     encode = jax.jit(lambda v, x: model.apply(v, x, method=model.encode))
     decode = jax.jit(lambda v, c: vqgan.to_pixels(model.apply(v, c, method=model.decode)))
 
-    images = np.random.default_rng(0).uniform(-1, 1, (args.batch, args.image_size, args.image_size, 3)
-                                              ).astype(np.float32)
+    images = (
+        np.random.default_rng(0).uniform(-1, 1, (args.batch, args.image_size, args.image_size, 3)).astype(np.float32)
+    )
     start = time.perf_counter()
     codes = np.asarray(encode(variables, images))
     compile_s = time.perf_counter() - start
@@ -52,15 +54,28 @@ def main() -> None:
     theirs_decode = median_seconds(lambda: reference.decode(codes), args.repeats)
 
     codes_per_batch = codes.size
-    print(json.dumps({
-        'benchmark': 'vqgan ofa f8-8192', 'batch': args.batch, 'image_size': args.image_size,
-        'threads': args.threads, 'device': jax.devices()[0].device_kind,
-        'encode_codes_per_s': {'ofa_jax': round(codes_per_batch / ours_encode, 1),
-                               'reference': round(codes_per_batch / theirs_encode, 1)},
-        'decode_images_per_s': {'ofa_jax': round(args.batch / ours_decode, 3),
-                                'reference': round(args.batch / theirs_decode, 3)},
-        'encode_ratio': round(theirs_encode / ours_encode, 2), 'decode_ratio': round(theirs_decode / ours_decode, 2),
-        'ofa_jax_compile_s': round(compile_s, 1)}))
+    print(
+        json.dumps(
+            {
+                'benchmark': 'vqgan ofa f8-8192',
+                'batch': args.batch,
+                'image_size': args.image_size,
+                'threads': args.threads,
+                'device': jax.devices()[0].device_kind,
+                'encode_codes_per_s': {
+                    'ofa_jax': round(codes_per_batch / ours_encode, 1),
+                    'reference': round(codes_per_batch / theirs_encode, 1),
+                },
+                'decode_images_per_s': {
+                    'ofa_jax': round(args.batch / ours_decode, 3),
+                    'reference': round(args.batch / theirs_decode, 3),
+                },
+                'encode_ratio': round(theirs_encode / ours_encode, 2),
+                'decode_ratio': round(theirs_decode / ours_decode, 2),
+                'ofa_jax_compile_s': round(compile_s, 1),
+            }
+        )
+    )
 
 
 if __name__ == '__main__':

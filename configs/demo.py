@@ -13,6 +13,7 @@ their caption names.
     python -m ofa_jax.train --config configs/demo.py:text_to_image --workdir workdir/text_to_image
     python -m ofa_jax.demo --config configs/demo.py:text_to_image --workdir workdir/text_to_image
 """
+
 import ml_collections
 
 from ofa_jax.train_config import default_config

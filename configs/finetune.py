@@ -10,21 +10,55 @@ The TSV files are OFA's released finetuning data (tsv_kind says which layout: ca
 Evaluate with
 `python -m ofa_jax.evaluate --config configs/finetune.py:caption --checkpoint WORKDIR ...`.
 """
+
 import ml_collections
 
 from ofa_jax.train_config import default_config, finetune_task_config
 
 # learning rate, total updates, warmup fraction (OFA's run scripts), label smoothing, EMA, image side, token lengths.
 TASKS = {
-    'caption': dict(learning_rate=1e-5, total_steps=50_000, warmup=0.06, label_smoothing=0.1, ema_decay=0.0,
-                    image_size=480, max_source_length=80, max_target_length=20),
-    'vqa': dict(learning_rate=5e-5, total_steps=40_000, warmup=0.04, label_smoothing=0.1, ema_decay=0.9999,
-                image_size=480, max_source_length=80, max_target_length=16),
-    'grounding': dict(learning_rate=3e-5, total_steps=20_000, warmup=0.06, label_smoothing=0.1, ema_decay=0.0,
-                      image_size=512, max_source_length=80, max_target_length=5),
-    'snli_ve': dict(learning_rate=2e-5, total_steps=30_000, warmup=0.06, label_smoothing=0.0, ema_decay=0.0,
-                    image_size=480, max_source_length=80, max_target_length=5),
+    'caption': dict(
+        learning_rate=1e-5,
+        total_steps=50_000,
+        warmup=0.06,
+        label_smoothing=0.1,
+        ema_decay=0.0,
+        image_size=480,
+        max_source_length=80,
+        max_target_length=20,
+    ),
+    'vqa': dict(
+        learning_rate=5e-5,
+        total_steps=40_000,
+        warmup=0.04,
+        label_smoothing=0.1,
+        ema_decay=0.9999,
+        image_size=480,
+        max_source_length=80,
+        max_target_length=16,
+    ),
+    'grounding': dict(
+        learning_rate=3e-5,
+        total_steps=20_000,
+        warmup=0.06,
+        label_smoothing=0.1,
+        ema_decay=0.0,
+        image_size=512,
+        max_source_length=80,
+        max_target_length=5,
+    ),
+    'snli_ve': dict(
+        learning_rate=2e-5,
+        total_steps=30_000,
+        warmup=0.06,
+        label_smoothing=0.0,
+        ema_decay=0.0,
+        image_size=480,
+        max_source_length=80,
+        max_target_length=5,
+    ),
 }
+
 
 def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     task, _, size = arg.partition(',')
@@ -34,8 +68,12 @@ def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     config = default_config('tasks')
     config.model = size or 'base'
     config.model_overrides = dict(dtype='bfloat16')
-    config.data.update(image_size=settings['image_size'], max_source_length=settings['max_source_length'],
-                       max_target_length=settings['max_target_length'], workers=8)
+    config.data.update(
+        image_size=settings['image_size'],
+        max_source_length=settings['max_source_length'],
+        max_target_length=settings['max_target_length'],
+        workers=8,
+    )
     config.data.tasks = {task: finetune_task_config(task)}
 
     config.batch_size = 512

@@ -11,6 +11,7 @@ file is required.
         --config.data.detection_path=detection_examples.tsv
     bash launch/tpu_pod.sh TPU_NAME ZONE configs/pretrain.py:large gs://BUCKET/ofa_large --config.data...
 """
+
 import ml_collections
 
 from ofa_jax.train_config import default_config

@@ -12,6 +12,7 @@ be read or an empty question gives that item {'error': '...'} naming what was wr
 still answered. Images are prepared as OFA's finetuning evaluation prepares them (bicubic square resize,
 normalization to [-1, 1]). Batches are padded to a power-of-two size so each task compiles once per size.
 """
+
 import dataclasses
 import functools
 import math
@@ -61,8 +62,11 @@ def read_image(image: ImageInput) -> np.ndarray:
     try:
         return task_declarations.decode_image({'image': image}, np.random.default_rng(0))['image']
     except DropExample as error:
-        what = 'is not a readable image file' if error.reason == 'undecodable_image' else \
-            'must be uint8 [H, W, 3] or [H, W]'
+        what = (
+            'is not a readable image file'
+            if error.reason == 'undecodable_image'
+            else 'must be uint8 [H, W, 3] or [H, W]'
+        )
         raise ValueError(f'image {what} ({error.detail})') from None
 
 
@@ -70,6 +74,7 @@ def read_image(image: ImageInput) -> np.ndarray:
 class ModelInput:
     """One prepared input: instruction ids (no bos/eos) and, for vision tasks, the image as the model sees it
     (float32 [S, S, 3] in [-1, 1]) with the resize ratio (sx, sy) that maps boxes back to the original pixels."""
+
     source_ids: Sequence[int]
     image: np.ndarray | None = None
     scale: tuple[float, float] = (1.0, 1.0)
@@ -101,12 +106,13 @@ def prepare_image(image: ImageInput, task: str, size: int) -> tuple[np.ndarray, 
     """The image as the model sees it for `task`, float32 [size, size, 3] in [-1, 1], and the resize ratio (sx, sy)."""
     sample = T.finetune_transform(size)(T.Sample.from_image(read_image(image)), np.random.default_rng(0))
     if task == 'image_infill':  # the centre half (per side) is what the model fills in, as in training
-        sample.image[size // 4:size - size // 4, size // 4:size - size // 4] = 0.0
+        sample.image[size // 4 : size - size // 4, size // 4 : size - size // 4] = 0.0
     return sample.image, sample.scale
 
 
-def prepare_input(kind: TaskKind, vocab: Vocabulary, image: ImageInput | None, inputs: dict[str, Any],
-                  image_size: int) -> ModelInput:
+def prepare_input(
+    kind: TaskKind, vocab: Vocabulary, image: ImageInput | None, inputs: dict[str, Any], image_size: int
+) -> ModelInput:
     """One item of a task as the model takes it: the declared instruction of `inputs` and, for vision tasks, the
     prepared image. A region is given in the original image's pixels. ValueError says what was wrong."""
     if not kind.image:
@@ -123,11 +129,19 @@ def prepare_input(kind: TaskKind, vocab: Vocabulary, image: ImageInput | None, i
 class Predictor:
     """A loaded OFA model answering its tasks on batches; see the module docstring."""
 
-    def __init__(self, config: OFAConfig, variables: dict[str, Any], *, image_size: int | None = None,
-                 max_source_length: int = DEFAULT_MAX_SOURCE_LENGTH, batch_size: int = 16,
-                 vocab: Vocabulary | None = None, mesh: jax.sharding.Mesh | None = None,
-                 logical_axis_rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
-                 prompt_type: str | None = None):
+    def __init__(
+        self,
+        config: OFAConfig,
+        variables: dict[str, Any],
+        *,
+        image_size: int | None = None,
+        max_source_length: int = DEFAULT_MAX_SOURCE_LENGTH,
+        batch_size: int = 16,
+        vocab: Vocabulary | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        logical_axis_rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
+        prompt_type: str | None = None,
+    ):
         """image_size: the square side images are resized to (None: OFA's per-task sides, 480 or 512).
         mesh: where the model runs (default: every device, data parallel); batches split over its batch axes.
         prompt_type: what precedes the answer in the decoder, as the model was finetuned (OFA's --prompt-type):
@@ -144,9 +158,10 @@ class Predictor:
         self.image_size, self.max_source_length, self.batch_size = image_size, max_source_length, batch_size
         self.mesh = mesh or sharding.make_mesh()
         self.rules = tuple(logical_axis_rules)
-        self.variables = jax.device_put({'params': variables['params'], 'batch_stats': variables['batch_stats']},
-                                        sharding.variable_shardings(abstract_variables(config), self.mesh,
-                                                                    self.rules))
+        self.variables = jax.device_put(
+            {'params': variables['params'], 'batch_stats': variables['batch_stats']},
+            sharding.variable_shardings(abstract_variables(config), self.mesh, self.rules),
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs: Any) -> 'Predictor':
@@ -156,8 +171,11 @@ class Predictor:
         defaults = {}
         if checkpoint.train_config is not None:
             data = checkpoint.train_config.data
-            defaults = {'image_size': data.image_size, 'max_source_length': data.max_source_length,
-                        'vocab': vocabulary_from_spec(data.get('vocab', 'ofa'))}
+            defaults = {
+                'image_size': data.image_size,
+                'max_source_length': data.max_source_length,
+                'vocab': vocabulary_from_spec(data.get('vocab', 'ofa')),
+            }
         return cls(checkpoint.config, checkpoint.variables, **{**defaults, **kwargs})
 
     # ---- the tasks, by their declared names ------------------------------------------------------------------------
@@ -166,8 +184,14 @@ class Predictor:
         """[{'caption', 'score'}] per image (beam 5, at most 16 tokens before eos, no repeated trigram)."""
         return self.run('caption', images, **settings)
 
-    def vqa(self, images: Sequence[ImageInput], questions: Sequence[str], answers: Sequence[str] | None = None,
-            mode: str = 'all', **settings: Any) -> list[Result]:
+    def vqa(
+        self,
+        images: Sequence[ImageInput],
+        questions: Sequence[str],
+        answers: Sequence[str] | None = None,
+        mode: str = 'all',
+        **settings: Any,
+    ) -> list[Result]:
         """[{'answer', 'score'}] per (image, question).
 
         Without `answers`: free beam search. With them, mode 'all' scores every candidate answer and takes the best
@@ -178,8 +202,9 @@ class Predictor:
         """[{'box': [x0, y0, x1, y1] in the original image's pixels, 'score'}] per (image, referring text)."""
         return self.run('grounding', images, text=texts, **settings)
 
-    def grounded_caption(self, images: Sequence[ImageInput], regions: Sequence[Sequence[float]],
-                         **settings: Any) -> list[Result]:
+    def grounded_caption(
+        self, images: Sequence[ImageInput], regions: Sequence[Sequence[float]], **settings: Any
+    ) -> list[Result]:
         """[{'caption', 'score'}] per (image, region [x0, y0, x1, y1] in the original image's pixels)."""
         return self.run('grounded_caption', images, region=regions, **settings)
 
@@ -187,8 +212,9 @@ class Predictor:
         """Image-text matching: [{'answer': 'yes' | 'no', 'score'}] per (image, text)."""
         return self.run('itm', images, text=texts)
 
-    def snli_ve(self, images: Sequence[ImageInput], hypotheses: Sequence[str],
-                premises: Sequence[str] | None = None) -> list[Result]:
+    def snli_ve(
+        self, images: Sequence[ImageInput], hypotheses: Sequence[str], premises: Sequence[str] | None = None
+    ) -> list[Result]:
         """SNLI-VE: [{'answer': 'yes' | 'no' | 'maybe', 'score'}] per (image, hypothesis), optionally with a text
         premise."""
         inputs = {'hypothesis': hypotheses} | ({} if premises is None else {'premise': premises})
@@ -215,16 +241,23 @@ class Predictor:
         """Gigaword-style summaries: [{'summary', 'score'}] per text (beam 6, length penalty 0.7, 32 tokens)."""
         return self.run('summarization', text=texts, **settings)
 
-    def text_to_image(self, texts: Sequence[str], tokenizer: ImageTokenizer, samples: int = 1, seed: int = 0,
-                      **settings: Any) -> list[Result]:
+    def text_to_image(
+        self, texts: Sequence[str], tokenizer: ImageTokenizer, samples: int = 1, seed: int = 0, **settings: Any
+    ) -> list[Result]:
         """OFA's text-to-image: [{'images': uint8 [samples, S, S, 3], 'scores': [samples]}] per text. Each sample is
         exactly (code_image_size / 8)^2 code tokens drawn by top-k sampling (k 256 unless overridden), constrained
         to the tokenizer's codes, and drawn by `tokenizer` (OFA's VQGAN, `ofa_jax.vqgan.VQGANTokenizer.load(...)`)."""
         return self.run('text_to_image', text=texts, tokenizer=tokenizer, samples=samples, seed=seed, **settings)
 
-    def run(self, task: str, images: Sequence[ImageInput] | None = None, *,
-            candidates: Sequence[str] | None = None, mode: str = 'all', **inputs_and_settings: Any
-            ) -> list[Result]:
+    def run(
+        self,
+        task: str,
+        images: Sequence[ImageInput] | None = None,
+        *,
+        candidates: Sequence[str] | None = None,
+        mode: str = 'all',
+        **inputs_and_settings: Any,
+    ) -> list[Result]:
         """Any declared task by name: `images` for vision tasks and one list per instruction input (the task's
         `inputs`, e.g. question=[...]); other keywords are decoding settings. One result per item."""
         kind = task_kind(task)
@@ -235,8 +268,15 @@ class Predictor:
         if not kind.image and images is not None:
             raise ValueError(f'task {task} takes no images')
         count = _check_lengths(images=images, **inputs)
-        preparers = [functools.partial(self._prepare, kind, None if images is None else images[i],
-                                       {name: values[i] for name, values in inputs.items()}) for i in range(count)]
+        preparers = [
+            functools.partial(
+                self._prepare,
+                kind,
+                None if images is None else images[i],
+                {name: values[i] for name, values in inputs.items()},
+            )
+            for i in range(count)
+        ]
         return self._answer_each(kind, preparers, candidates=candidates, mode=mode, **settings)
 
     # ---- inputs --------------------------------------------------------------------------------------------------
@@ -251,8 +291,9 @@ class Predictor:
     def _prepare(self, kind: TaskKind, image: ImageInput | None, inputs: dict[str, Any]) -> ModelInput:
         return prepare_input(kind, self.vocab, image, inputs, self.task_image_size(kind.name))
 
-    def _answer_each(self, kind: TaskKind, preparers: Sequence[Callable[[], ModelInput]], **kwargs: Any
-                     ) -> list[Result]:
+    def _answer_each(
+        self, kind: TaskKind, preparers: Sequence[Callable[[], ModelInput]], **kwargs: Any
+    ) -> list[Result]:
         results: list[Result | None] = [None] * len(preparers)
         ready, inputs = [], []
         for i, prepare in enumerate(preparers):
@@ -265,8 +306,14 @@ class Predictor:
             results[i] = result
         return results
 
-    def answer(self, task: str, inputs: Sequence[ModelInput], candidates: Sequence[str] | None = None,
-               mode: str = 'all', **settings: Any) -> list[Result]:
+    def answer(
+        self,
+        task: str,
+        inputs: Sequence[ModelInput],
+        candidates: Sequence[str] | None = None,
+        mode: str = 'all',
+        **settings: Any,
+    ) -> list[Result]:
         """Runs `task` on prepared inputs, one result per input.
 
         Tasks with a closed answer set (snli_ve, itm, the text classifications), classification and vqa with
@@ -287,32 +334,41 @@ class Predictor:
             return self._draw_images(inputs, **settings)
         key = kind.result_key
         if candidates is not None and (task != 'vqa' or mode == 'all'):
-            return [{key: candidates[int(np.argmax(s))], 'score': float(np.max(s))}
-                    for s in self._score(kind, inputs, candidates)]
+            return [
+                {key: candidates[int(np.argmax(s))], 'score': float(np.max(s))}
+                for s in self._score(kind, inputs, candidates)
+            ]
         trie = None if candidates is None else decode.Trie.from_sequences([self._answer_ids(c) for c in candidates])
         if task == 'image_infill':
-            return [{key: (tokens[:-1] - self.vocab.code_id(0)).tolist(), 'score': score}
-                    for tokens, score in self._generate(kind, inputs, settings, codes=True)]
+            return [
+                {key: (tokens[:-1] - self.vocab.code_id(0)).tolist(), 'score': score}
+                for tokens, score in self._generate(kind, inputs, settings, codes=True)
+            ]
         outputs = self._generate(kind, inputs, settings, trie=trie)
-        return [{**kind.output(tokens, self.vocab, model_input.scale), 'score': score}
-                for model_input, (tokens, score) in zip(inputs, outputs)]
+        return [
+            {**kind.output(tokens, self.vocab, model_input.scale), 'score': score}
+            for model_input, (tokens, score) in zip(inputs, outputs)
+        ]
 
     def _answer_ids(self, answer: str) -> list[int]:
         return self.vocab.encode(' ' + answer)
 
     # ---- running the model: every decode goes through _generate, every candidate scoring through _score -----------
 
-    def _batches(self, inputs: Sequence[ModelInput]
-                 ) -> Iterator[tuple[int, dict[str, jax.Array | None]]]:
+    def _batches(self, inputs: Sequence[ModelInput]) -> Iterator[tuple[int, dict[str, jax.Array | None]]]:
         """(rows, batch) per chunk of at most batch_size inputs, padded to a bucket size: src_tokens [B, Ls],
         patch_images [B, S, S, 3] and patch_masks [B] (both None for text-only inputs), placed on the mesh."""
         shards = sharding.batch_shards(self.mesh)
         for start in range(0, len(inputs), self.batch_size):
-            chunk = inputs[start:start + self.batch_size]
+            chunk = inputs[start : start + self.batch_size]
             size = PATCH_SIZE if chunk[0].image is None else chunk[0].image.shape[0]
-            batch = pipeline.to_source_batch([list(x.source_ids) for x in chunk], [x.image for x in chunk],
-                                             _bucket(len(chunk), self.batch_size, shards), size,
-                                             self.max_source_length)
+            batch = pipeline.to_source_batch(
+                [list(x.source_ids) for x in chunk],
+                [x.image for x in chunk],
+                _bucket(len(chunk), self.batch_size, shards),
+                size,
+                self.max_source_length,
+            )
             placed = jax.device_put(batch, sharding.batch_sharding(self.mesh))
             if chunk[0].image is None:  # text-only rows: no image trunk at all
                 placed['patch_images'] = placed['patch_masks'] = None
@@ -324,8 +380,14 @@ class Predictor:
     def _prefix(self, kind: TaskKind, batch: dict[str, Any]) -> np.ndarray | None:
         return decode.prompt_prefix(np.asarray(batch['src_tokens']), self.prompt_type or kind.prompt_type)
 
-    def _generate(self, kind: TaskKind, inputs: Sequence[ModelInput], overrides: dict[str, Any], trie: Any = None,
-                  codes: bool = False) -> list[tuple[np.ndarray, float]]:
+    def _generate(
+        self,
+        kind: TaskKind,
+        inputs: Sequence[ModelInput],
+        overrides: dict[str, Any],
+        trie: Any = None,
+        codes: bool = False,
+    ) -> list[tuple[np.ndarray, float]]:
         """Beam search with the task's settings: the best (tokens [max_length], score) per input. codes: the answer
         is exactly the model's code grid (image infilling)."""
         if codes:
@@ -339,26 +401,40 @@ class Predictor:
             if kind.constraint:
                 ranges = np.tile(np.array(self.vocab.constraint_range(kind.constraint), np.int32), (size, 1))
             with self.mesh, nn.logical_axis_rules(self.rules):
-                tokens, scores = decode.generate(self.model, self.variables, batch['src_tokens'],
-                                                 batch['patch_images'], batch['patch_masks'], settings,
-                                                 constraint_ranges=ranges, trie=trie,
-                                                 prefix_tokens=self._prefix(kind, batch),
-                                                 code_masks=np.ones((size,), bool) if codes else None)
+                tokens, scores = decode.generate(
+                    self.model,
+                    self.variables,
+                    batch['src_tokens'],
+                    batch['patch_images'],
+                    batch['patch_masks'],
+                    settings,
+                    constraint_ranges=ranges,
+                    trie=trie,
+                    prefix_tokens=self._prefix(kind, batch),
+                    code_masks=np.ones((size,), bool) if codes else None,
+                )
             tokens, scores = np.asarray(tokens), np.asarray(scores)
             outputs += [(tokens[row, 0], float(scores[row, 0])) for row in range(rows)]
         return outputs
 
-    def _draw_images(self, inputs: Sequence[ModelInput], tokenizer: ImageTokenizer, samples: int = 1, seed: int = 0,
-                     **overrides: Any) -> list[Result]:
+    def _draw_images(
+        self, inputs: Sequence[ModelInput], tokenizer: ImageTokenizer, samples: int = 1, seed: int = 0, **overrides: Any
+    ) -> list[Result]:
         kind = TASKS['text_to_image']
         code_range = self.vocab.code_range(tokenizer.num_codes)
         results = []
         for index, (rows, batch) in enumerate(self._batches(inputs)):
             with self.mesh, nn.logical_axis_rules(self.rules):
-                tokens, scores = decode.sample_codes(self.model, self.variables, batch['src_tokens'], code_range,
-                                                     samples, jax.random.key(seed + index),
-                                                     prefix_tokens=self._prefix(kind, batch),
-                                                     **{**kind.decode, **overrides})
+                tokens, scores = decode.sample_codes(
+                    self.model,
+                    self.variables,
+                    batch['src_tokens'],
+                    code_range,
+                    samples,
+                    jax.random.key(seed + index),
+                    prefix_tokens=self._prefix(kind, batch),
+                    **{**kind.decode, **overrides},
+                )
             tokens = np.asarray(tokens)[:rows]
             images = images_from_code_tokens(self.vocab, tokenizer, tokens.reshape(rows * samples, -1))
             images = images.reshape(rows, samples, *images.shape[1:])
@@ -371,8 +447,14 @@ class Predictor:
         outputs = []
         for rows, batch in self._batches(inputs):
             with self.mesh, nn.logical_axis_rules(self.rules):
-                scores = decode.score_candidates(self.model, self.variables, batch['src_tokens'],
-                                                 batch['patch_images'], batch['patch_masks'], candidate_ids,
-                                                 prefix_tokens=self._prefix(kind, batch))
+                scores = decode.score_candidates(
+                    self.model,
+                    self.variables,
+                    batch['src_tokens'],
+                    batch['patch_images'],
+                    batch['patch_masks'],
+                    candidate_ids,
+                    prefix_tokens=self._prefix(kind, batch),
+                )
             outputs += list(np.asarray(scores)[:rows])
         return outputs

@@ -5,6 +5,7 @@ model's config as JSON. A training workdir holds the trainer's checkpoints (`che
 `load_checkpoint` reads only the model's variables out of its latest one (an orbax partial restore: the optimizer
 state and the data iterator are never read), so inference does not depend on how the trainer or its optimizer is built.
 """
+
 import dataclasses
 import json
 import os
@@ -55,6 +56,7 @@ def model_from_config(config: ml_collections.ConfigDict) -> OFA:
 class Checkpoint:
     """What a checkpoint holds for inference. `train_config` (with `step`) only when it came from a training workdir:
     it says how the model was trained (image size, source length, vocabulary)."""
+
     config: OFAConfig
     variables: dict[str, Any]  # {'params', 'batch_stats'}, unboxed; the EMA parameters when the run kept them
     train_config: ml_collections.ConfigDict | None = None
@@ -73,25 +75,36 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         config, variables = load_model(path)
         return Checkpoint(config, variables)
     if not is_training_workdir(path):
-        raise ValueError(f'checkpoint {path!r} is neither a model directory ({CONFIG_FILE} + {VARIABLES_DIR}/) nor '
-                         f'a training workdir ({TRAINING_CHECKPOINTS}/)')
+        raise ValueError(
+            f'checkpoint {path!r} is neither a model directory ({CONFIG_FILE} + {VARIABLES_DIR}/) nor '
+            f'a training workdir ({TRAINING_CHECKPOINTS}/)'
+        )
     manager = ocp.CheckpointManager(os.path.join(path, TRAINING_CHECKPOINTS), item_names=('state', 'config'))
     step = manager.latest_step()
     if step is None:
         raise ValueError(f'checkpoint {path!r}: the training workdir has no saved step yet')
     train_config = ml_collections.ConfigDict(
-        manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
+        manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    )
     model = model_from_config(train_config)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                      nn.meta.unbox(abstract_variables(model.config)))
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+        nn.meta.unbox(abstract_variables(model.config)),
+    )
     wanted = {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
     if train_config.ema_decay:
         wanted['ema_params'] = abstract['params']
     # Only the model's leaves of the saved TrainState are read; their placement comes from the target, so restoring
     # needs no knowledge of the training mesh.
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True))).state
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True
+            )
+        ),
+    ).state
     manager.close()
     params = restored.get('ema_params', restored['params'])
     return Checkpoint(model.config, {'params': params, 'batch_stats': restored['batch_stats']}, train_config, step)

@@ -9,6 +9,7 @@ CLI:
 
 The model size is read off the weights themselves. Checkpoint files are read without unpickling code.
 """
+
 import argparse
 import math
 import re
@@ -54,7 +55,7 @@ def normalize_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]
     strip = 'model.' if keys and all(k.startswith('model.') for k in keys) else ''
     out = {}
     for key, value in state_dict.items():
-        name = '.'.join(FAIRSEQ_RENAMES.get(part, part) for part in key[len(strip):].split('.'))
+        name = '.'.join(FAIRSEQ_RENAMES.get(part, part) for part in key[len(strip) :].split('.'))
         out[name] = _to_numpy(value)
     return out
 
@@ -79,19 +80,25 @@ def infer_config(state_dict: Mapping[str, np.ndarray], **overrides: Any) -> OFAC
     except KeyError as missing:
         raise ValueError(f'not an OFA (ResNet) state dict: weight {missing} is missing') from None
     derived = dict(
-        vocab_size=vocab_size, d_model=d_model, num_heads=num_heads, ffn_dim=ffn_dim, resnet_width=resnet_width,
-        encoder_layers=_count(state_dict, 'encoder.layers.'), decoder_layers=_count(state_dict, 'decoder.layers.'),
+        vocab_size=vocab_size,
+        d_model=d_model,
+        num_heads=num_heads,
+        ffn_dim=ffn_dim,
+        resnet_width=resnet_width,
+        encoder_layers=_count(state_dict, 'encoder.layers.'),
+        decoder_layers=_count(state_dict, 'decoder.layers.'),
         resnet_blocks=tuple(_count(state_dict, f'encoder.embed_images.layer{i}.') for i in (1, 2, 3)),
-        token_bucket_size=(token_buckets + 1) // 2, image_bucket_size=math.isqrt(image_positions - 1),
-        max_positions=max_positions)
+        token_bucket_size=(token_buckets + 1) // 2,
+        image_bucket_size=math.isqrt(image_positions - 1),
+        max_positions=max_positions,
+    )
     code_positions = state_dict.get('decoder.image_position_idx')
     if code_positions is not None:
         derived['code_image_size'] = 8 * math.isqrt(code_positions.shape[0] - 1 - _CODE_POSITION_PADDING)
     return OFAConfig(**{**derived, **overrides})
 
 
-def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any
-                          ) -> tuple[OFAConfig, dict[str, Any]]:
+def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any) -> tuple[OFAConfig, dict[str, Any]]:
     """(config, variables) from an OFA PyTorch state dict (fairseq or HF/modelscope names; tensors or arrays).
 
     Variables are unboxed numpy float32 trees {'params', 'batch_stats'}. Raises ValueError on a missing, extra
@@ -108,8 +115,10 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any
         for path, leaf in flatten_dict(tree).items():
             name = torch_name(path)
             if name not in weights:
-                raise ValueError(f'state dict lacks weight {name} (a {config.encoder_layers}+'
-                                 f'{config.decoder_layers}-layer, d_model {config.d_model} OFA was inferred)')
+                raise ValueError(
+                    f'state dict lacks weight {name} (a {config.encoder_layers}+'
+                    f'{config.decoder_layers}-layer, d_model {config.d_model} OFA was inferred)'
+                )
             converted[path] = to_flax(path, weights[name], leaf.shape)
             unused.discard(name)
         variables[collection] = unflatten_dict(converted)
@@ -129,14 +138,15 @@ def to_torch_state_dict(config: OFAConfig, variables: Mapping[str, Any]) -> dict
     for name in [n for n in state if n.endswith('.running_mean')]:
         state[name.replace('running_mean', 'num_batches_tracked')] = np.zeros((), np.int64)
     token_buckets = layers.token_relative_buckets(config.token_bucket_size, config.max_positions).astype(np.int64)
-    image_ids = np.arange(config.image_bucket_size ** 2 + 1)
+    image_ids = np.arange(config.image_bucket_size**2 + 1)
     image_buckets = layers.image_relative_buckets(image_ids, image_ids, config.image_bucket_size).astype(np.int64)
     for stack in ('encoder', 'decoder'):
         state[f'{stack}.token_rp_bucket'] = token_buckets
         state[f'{stack}.image_rp_bucket'] = image_buckets
     code_length = 1 + (config.code_image_size // 8) ** 2 + _CODE_POSITION_PADDING
     state['decoder.image_position_idx'] = layers.code_position_ids(
-        code_length, config.code_image_size, config.image_bucket_size).astype(np.int64)
+        code_length, config.code_image_size, config.image_bucket_size
+    ).astype(np.int64)
     return state
 
 
@@ -147,8 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--to_torch', action='store_true', help='convert an ofa-jax checkpoint back to PyTorch')
     args = parser.parse_args(argv)
     from ofa_jax.checkpoint import load_model, save_model
+
     if args.to_torch:
         from safetensors.numpy import save_file
+
         config, variables = load_model(args.src)
         save_file({k: np.ascontiguousarray(v) for k, v in to_torch_state_dict(config, variables).items()}, args.out)
         print(f'wrote {args.out}')

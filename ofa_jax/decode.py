@@ -11,6 +11,7 @@ prefix instead: slower, same tokens and scores).
 `max_length` counts every generated token including eos: a hypothesis that has not ended by then is closed with eos
 (fairseq's max_len_b is max_length - 1).
 """
+
 import dataclasses
 import functools
 from collections.abc import Sequence
@@ -45,8 +46,9 @@ class DecodeSettings:
         if self.max_length < 1:
             raise ValueError(f'DecodeSettings.max_length must be >= 1, got {self.max_length}')
         if not 0 <= self.min_length < self.max_length:
-            raise ValueError(f'DecodeSettings.min_length must be in [0, max_length={self.max_length}), '
-                             f'got {self.min_length}')
+            raise ValueError(
+                f'DecodeSettings.min_length must be in [0, max_length={self.max_length}), got {self.min_length}'
+            )
         if self.no_repeat_ngram_size < 0:
             raise ValueError(f'DecodeSettings.no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}')
         if self.temperature <= 0:
@@ -62,6 +64,7 @@ class Trie:
     """Allowed continuations as a flat edge list (node 0 is the root), so lookups run inside jit.
 
     Each sequence is one candidate's token ids (no bos); eos is appended unless the sequence already ends in it."""
+
     parents: jax.Array  # [edges] int32
     tokens: jax.Array  # [edges] int32
     children: jax.Array  # [edges] int32
@@ -94,11 +97,21 @@ class Trie:
         return jnp.max(jnp.where(match, self.children[None], -1), axis=1)
 
 
-def generate(model: OFA, variables: Any, src_tokens: jax.Array, patch_images: jax.Array | None,
-             patch_masks: jax.Array | None, settings: DecodeSettings, *,
-             constraint_ranges: jax.Array | None = None, trie: Trie | None = None,
-             prefix_tokens: jax.Array | None = None, rng: jax.Array | None = None,
-             code_masks: jax.Array | None = None, use_cache: bool = True) -> tuple[jax.Array, jax.Array]:
+def generate(
+    model: OFA,
+    variables: Any,
+    src_tokens: jax.Array,
+    patch_images: jax.Array | None,
+    patch_masks: jax.Array | None,
+    settings: DecodeSettings,
+    *,
+    constraint_ranges: jax.Array | None = None,
+    trie: Trie | None = None,
+    prefix_tokens: jax.Array | None = None,
+    rng: jax.Array | None = None,
+    code_masks: jax.Array | None = None,
+    use_cache: bool = True,
+) -> tuple[jax.Array, jax.Array]:
     """tokens [batch, beam, max_length] int32 (no bos; PAD after eos), scores [batch, beam] float32, best first.
 
     src_tokens [b, s]; patch_images [b, h, w, 3] or None; patch_masks [b] or None;
@@ -119,35 +132,83 @@ def generate(model: OFA, variables: Any, src_tokens: jax.Array, patch_images: ja
     if prefix_tokens is not None:
         prefix = np.asarray(prefix_tokens)
         if prefix.ndim != 2 or prefix.shape[0] != batch or not np.issubdtype(prefix.dtype, np.integer):
-            raise ValueError(f'generate: prefix_tokens must be integer [{batch}, p], got {prefix.dtype} '
-                             f'{prefix.shape}')
+            raise ValueError(f'generate: prefix_tokens must be integer [{batch}, p], got {prefix.dtype} {prefix.shape}')
         if np.any((prefix[:, 1:] != V.PAD) & (prefix[:, :-1] == V.PAD)):
             raise ValueError('generate: prefix_tokens must be PAD-padded on the right')
-    return _generate(model, settings, use_cache, variables, jnp.asarray(src_tokens, jnp.int32), patch_images,
-                     patch_masks, constraint_ranges, trie, prefix_tokens, rng, code_masks)
+    return _generate(
+        model,
+        settings,
+        use_cache,
+        variables,
+        jnp.asarray(src_tokens, jnp.int32),
+        patch_images,
+        patch_masks,
+        constraint_ranges,
+        trie,
+        prefix_tokens,
+        rng,
+        code_masks,
+    )
 
 
-def sample_codes(model: OFA, variables: Any, src_tokens: jax.Array, code_range: tuple[int, int], samples: int,
-                 rng: jax.Array, *, prefix_tokens: jax.Array | None = None,
-                 **settings: Any) -> tuple[jax.Array, jax.Array]:
+def sample_codes(
+    model: OFA,
+    variables: Any,
+    src_tokens: jax.Array,
+    code_range: tuple[int, int],
+    samples: int,
+    rng: jax.Array,
+    *,
+    prefix_tokens: jax.Array | None = None,
+    **settings: Any,
+) -> tuple[jax.Array, jax.Array]:
     """OFA's text-to-image decoding: `samples` code grids per row, each exactly (code_image_size / 8)^2 code tokens
     drawn by top-k sampling (k 256 unless `settings` overrides it) among the ids [lo, hi) of `code_range`.
 
     src_tokens [b, s] (text only). Returns tokens [b, samples, side * side] int32 (no eos), scores [b, samples]."""
     side = model.config.code_image_size // 8
     count = side * side
-    settings = DecodeSettings(**{'top_k': 256, **settings, 'beam_size': samples, 'sampling': True,
-                                 'min_length': count, 'max_length': count + 1})
+    settings = DecodeSettings(
+        **{
+            'top_k': 256,
+            **settings,
+            'beam_size': samples,
+            'sampling': True,
+            'min_length': count,
+            'max_length': count + 1,
+        }
+    )
     batch = np.shape(src_tokens)[0]
-    tokens, scores = generate(model, variables, src_tokens, None, None, settings,
-                              constraint_ranges=np.tile(np.asarray(code_range, np.int32), (batch, 1)),
-                              prefix_tokens=prefix_tokens, rng=rng, code_masks=np.ones((batch,), bool))
+    tokens, scores = generate(
+        model,
+        variables,
+        src_tokens,
+        None,
+        None,
+        settings,
+        constraint_ranges=np.tile(np.asarray(code_range, np.int32), (batch, 1)),
+        prefix_tokens=prefix_tokens,
+        rng=rng,
+        code_masks=np.ones((batch,), bool),
+    )
     return tokens[:, :, :count], scores
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _generate(model, settings, use_cache, variables, src_tokens, patch_images, patch_masks, constraint_ranges, trie,
-              prefix_tokens, rng, code_masks):
+def _generate(
+    model,
+    settings,
+    use_cache,
+    variables,
+    src_tokens,
+    patch_images,
+    patch_masks,
+    constraint_ranges,
+    trie,
+    prefix_tokens,
+    rng,
+    code_masks,
+):
     batch, beam, vocab = src_tokens.shape[0], settings.beam_size, model.config.vocab_size
     rows = batch * beam
     encoder_out = model.apply(variables, src_tokens, patch_images, patch_masks, method=OFA.encode)
@@ -162,30 +223,52 @@ def _generate(model, settings, use_cache, variables, src_tokens, patch_images, p
     forced = jnp.pad(prefix_tokens, ((0, 0), (0, settings.max_length)), constant_values=V.PAD)
 
     if use_cache:
+
         def decoder(tokens, position, cache):
-            logits, mutated = model.apply({**variables, **cache}, encoder_out, tokens[:, position], position, steps,
-                                          code_masks, method=OFA.decode_step, mutable=['cache'])
+            logits, mutated = model.apply(
+                {**variables, **cache},
+                encoder_out,
+                tokens[:, position],
+                position,
+                steps,
+                code_masks,
+                method=OFA.decode_step,
+                mutable=['cache'],
+            )
             return logits, {**cache, **mutated}
     else:
+
         def decoder(tokens, position, cache):
             logits = model.apply(variables, encoder_out, tokens[:, :steps], code_masks, method=OFA.decode)
             return jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False), cache
 
     tokens = jnp.full((rows, steps + 1), V.PAD, jnp.int32).at[:, 0].set(V.BOS)
     if use_cache:
-        logits, cache = model.apply(variables, encoder_out, tokens[:, 0], 0, steps, code_masks,
-                                    method=OFA.decode_step, mutable=['cache', 'encoder_cache'])
+        logits, cache = model.apply(
+            variables,
+            encoder_out,
+            tokens[:, 0],
+            0,
+            steps,
+            code_masks,
+            method=OFA.decode_step,
+            mutable=['cache', 'encoder_cache'],
+        )
     else:
         logits, cache = decoder(tokens, 0, {})
     ids = jnp.arange(vocab)
     state = dict(
-        step=jnp.zeros((), jnp.int32), tokens=tokens, logits=logits, cache=cache,
+        step=jnp.zeros((), jnp.int32),
+        tokens=tokens,
+        logits=logits,
+        cache=cache,
         scores=jnp.zeros((batch, beam), jnp.float32),
         nodes=jnp.zeros((rows,), jnp.int32),
         done=jnp.zeros((batch,), bool),
         finished_tokens=jnp.full((batch, beam, steps + 1), V.PAD, jnp.int32),
         finished_scores=jnp.full((batch, beam), NEG_INF, jnp.float32),
-        finished_count=jnp.zeros((batch,), jnp.int32))
+        finished_count=jnp.zeros((batch,), jnp.int32),
+    )
 
     def log_probs(state, generated):
         """Processed log-probabilities [batch, beam, vocab] of the next token; generated [batch] counts the tokens
@@ -230,8 +313,9 @@ def _generate(model, settings, use_cache, variables, src_tokens, patch_images, p
         if 'cache' in cache:
             cache['cache'] = jax.tree_util.tree_map(lambda x: x[flat_origin], cache['cache'])
         logits, cache = decoder(tokens, jnp.minimum(step + 1, steps - 1), cache)
-        return dict(state, step=step + 1, tokens=tokens, logits=logits, cache=cache, scores=scores, nodes=nodes,
-                    **update)
+        return dict(
+            state, step=step + 1, tokens=tokens, logits=logits, cache=cache, scores=scores, nodes=nodes, **update
+        )
 
     state = jax.lax.while_loop(lambda s: (s['step'] < steps) & ~jnp.all(s['done']), body, state)
     order = jnp.argsort(-state['finished_scores'], axis=1, stable=True)
@@ -270,11 +354,15 @@ def _beam_step(state, lp, generated, settings):
     # Continue with the first beam candidates that do not end in eos.
     rank = jnp.where(is_eos, top.shape[1], 0) + jnp.arange(top.shape[1])
     keep = jnp.argsort(rank, axis=1)[:, :beam]
-    return dict(origin=jnp.take_along_axis(top_beams, keep, axis=1),
-                chosen=jnp.take_along_axis(top_tokens, keep, axis=1),
-                scores=jnp.take_along_axis(top_scores, keep, axis=1),
-                finished_tokens=finished_tokens, finished_scores=finished_scores, finished_count=finished_count,
-                done=done)
+    return dict(
+        origin=jnp.take_along_axis(top_beams, keep, axis=1),
+        chosen=jnp.take_along_axis(top_tokens, keep, axis=1),
+        scores=jnp.take_along_axis(top_scores, keep, axis=1),
+        finished_tokens=finished_tokens,
+        finished_scores=finished_scores,
+        finished_count=finished_count,
+        done=done,
+    )
 
 
 def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -316,9 +404,15 @@ def _sample_step(state, lp, generated, rng, settings):
     finished_scores = jnp.where(ends, normalized, state['finished_scores'])
     done = state['done'] | ((generated >= 0) & jnp.all(finished_scores > NEG_INF, axis=1))
     chosen = jnp.where(live & ~ends, chosen, V.PAD)
-    return dict(origin=jnp.broadcast_to(jnp.arange(beam), (batch, beam)), chosen=chosen, scores=scores,
-                finished_tokens=finished_tokens, finished_scores=finished_scores,
-                finished_count=jnp.sum(finished_scores > NEG_INF, axis=1), done=done)
+    return dict(
+        origin=jnp.broadcast_to(jnp.arange(beam), (batch, beam)),
+        chosen=chosen,
+        scores=scores,
+        finished_tokens=finished_tokens,
+        finished_scores=finished_scores,
+        finished_count=jnp.sum(finished_scores > NEG_INF, axis=1),
+        done=done,
+    )
 
 
 def _repeated_ngrams(tokens: jax.Array, step: jax.Array, size: int, vocab: int) -> jax.Array:
@@ -327,12 +421,16 @@ def _repeated_ngrams(tokens: jax.Array, step: jax.Array, size: int, vocab: int) 
     tokens [rows, length] hold the decoder input so far at positions 0..step."""
     rows, length = tokens.shape
     starts = length - size + 1
-    windows = jnp.stack([tokens[:, i:i + starts] for i in range(size)], axis=-1)  # [rows, starts, size]
+    windows = jnp.stack([tokens[:, i : i + starts] for i in range(size)], axis=-1)  # [rows, starts, size]
     last = jax.lax.dynamic_slice_in_dim(jnp.pad(tokens, ((0, 0), (size, 0))), step + 2, size - 1, axis=1)
     match = jnp.all(windows[:, :, :-1] == last[:, None], axis=-1)
     match &= (jnp.arange(starts) + size - 1 <= step) & (step + 2 - size >= 0)
-    return jnp.zeros((rows, vocab), jnp.int32).at[jnp.arange(rows)[:, None], windows[:, :, -1]].max(
-        match.astype(jnp.int32)) > 0
+    return (
+        jnp.zeros((rows, vocab), jnp.int32)
+        .at[jnp.arange(rows)[:, None], windows[:, :, -1]]
+        .max(match.astype(jnp.int32))
+        > 0
+    )
 
 
 PROMPT_TYPES = ('none', 'src', 'prev_output')
@@ -353,9 +451,16 @@ def prompt_prefix(src_tokens: np.ndarray, prompt_type: str) -> np.ndarray | None
     return prefix
 
 
-def score_candidates(model: OFA, variables: Any, src_tokens: jax.Array, patch_images: jax.Array | None,
-                     patch_masks: jax.Array | None, candidates: Sequence[Sequence[int]],
-                     batch_size: int = 256, prefix_tokens: np.ndarray | None = None) -> jax.Array:
+def score_candidates(
+    model: OFA,
+    variables: Any,
+    src_tokens: jax.Array,
+    patch_images: jax.Array | None,
+    patch_masks: jax.Array | None,
+    candidates: Sequence[Sequence[int]],
+    batch_size: int = 256,
+    prefix_tokens: np.ndarray | None = None,
+) -> jax.Array:
     """OFA's "all candidates" scoring: scores [b, n_candidates], each the summed log-prob of the candidate
     (ids without bos/eos) followed by eos, teacher-forced after bos and the row's prefix_tokens [b, p] (PAD-padded on
     the right, see `prompt_prefix`; not scored).
@@ -381,11 +486,15 @@ def score_candidates(model: OFA, variables: Any, src_tokens: jax.Array, patch_im
     targets = np.full((padded, length), V.PAD, np.int32)
     for i, (row, candidate) in enumerate(zip(pair_rows, pair_candidates)):
         forced, answer = prefixes[row], candidates[candidate]
-        inputs[i, :len(forced) + len(answer) + 1] = [V.BOS, *forced, *answer]
-        targets[i, len(forced):len(forced) + len(answer) + 1] = [*answer, V.EOS]
+        inputs[i, : len(forced) + len(answer) + 1] = [V.BOS, *forced, *answer]
+        targets[i, len(forced) : len(forced) + len(answer) + 1] = [*answer, V.EOS]
     encoder_out = _encode(model, variables, jnp.asarray(src_tokens, jnp.int32), patch_images, patch_masks)
-    scores = [_score_chunk(model, variables, encoder_out, pair_rows[i:i + chunk], inputs[i:i + chunk],
-                           targets[i:i + chunk]) for i in range(0, padded, chunk)]
+    scores = [
+        _score_chunk(
+            model, variables, encoder_out, pair_rows[i : i + chunk], inputs[i : i + chunk], targets[i : i + chunk]
+        )
+        for i in range(0, padded, chunk)
+    ]
     return jnp.concatenate(scores)[:pairs].reshape(batch, count)
 
 

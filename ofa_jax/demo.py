@@ -8,6 +8,7 @@ checkpoint, writing evaluation.json (the metrics) and predictions.jsonl to the w
 instead draws the captions of unseen scenes through the API, scores whether each drawing shows exactly the colours its
 caption names, and puts a few beside the true scenes in drawings.png.
 """
+
 import json
 import os
 from typing import Any
@@ -34,26 +35,31 @@ def unseen_world(config: ml_collections.ConfigDict, count: int) -> World:
 def run(config: ml_collections.ConfigDict, workdir: str, count: int = 32, draw: bool = True) -> dict[str, float]:
     """Scores the workdir's model on `count` unseen scenes; a text-to-image mixture goes to `evaluate_drawing`."""
     if config.data.source != 'world':
-        raise ValueError(f'the demo evaluates the synthetic world; data.source is {config.data.source!r} '
-                         f'(use python -m ofa_jax.evaluate)')
+        raise ValueError(
+            f'the demo evaluates the synthetic world; data.source is {config.data.source!r} '
+            f'(use python -m ofa_jax.evaluate)'
+        )
     if config.data.mixture == mixtures.world_task_name('text_to_image'):
         return evaluate_drawing(config, workdir, count, draw=draw)
     world = unseen_world(config, count)
-    scores, predictions = evaluate.evaluate(config, workdir, workdir, batch_size=count, world=world,
-                                            metrics_file=EVALUATION_FILE)
+    scores, predictions = evaluate.evaluate(
+        config, workdir, workdir, batch_size=count, world=world, metrics_file=EVALUATION_FILE
+    )
     if draw:
         _draw(world, predictions, os.path.join(workdir, 'predictions.png'))
     return _report(scores)
 
 
-def evaluate_drawing(config: ml_collections.ConfigDict, workdir: str, count: int = 32, seed: int = 0,
-                     draw: bool = True) -> dict[str, float]:
+def evaluate_drawing(
+    config: ml_collections.ConfigDict, workdir: str, count: int = 32, seed: int = 0, draw: bool = True
+) -> dict[str, float]:
     """Draws the captions of `count` unseen scenes (one top-k sample each, decoded by the training world's
     codebook) and scores the fraction whose drawing shows exactly the colours the caption names."""
     world = unseen_world(config, count)
     predictor = api.Predictor.load(workdir, batch_size=count)
-    results = predictor.text_to_image([world[i]['caption'] for i in range(count)],
-                                      mixtures.world_tokenizer(config.data), seed=seed)
+    results = predictor.text_to_image(
+        [world[i]['caption'] for i in range(count)], mixtures.world_tokenizer(config.data), seed=seed
+    )
     drawings = np.stack([r['images'][0] for r in results])
     matches = [colors_drawn(drawing) == {s.color for s in world.shapes(i)} for i, drawing in enumerate(drawings)]
     scores = {'text_to_image_color_match': float(np.mean(matches))}
@@ -86,8 +92,11 @@ def _draw(world: World, predictions: dict[str, list[dict]], path: str, shown: in
         for box, color in found:
             (x0, x1), (y0, y1) = sorted(box[0::2]), sorted(box[1::2])  # a predicted box may come corners swapped
             draw.rectangle([left + x0 * SCALE, y0 * SCALE, left + x1 * SCALE, y1 * SCALE], outline=color, width=2)
-        lines = [captions.get(record['id'], ''), f'{record["question"]} {answers.get(record["id"], "")}',
-                 record['text']]
+        lines = [
+            captions.get(record['id'], ''),
+            f'{record["question"]} {answers.get(record["id"], "")}',
+            record['text'],
+        ]
         for row, line in enumerate(lines):
             draw.text((left, size + 4 + 20 * row), line[:40], fill='black')
     canvas.save(path)

@@ -12,6 +12,7 @@ by its kind, or by its registered name when two tasks share a kind).
 Boxes are in the pixels of the model's input image (IoU does not change under the resize). Classification chooses
 among the labels of the evaluated examples.
 """
+
 import collections
 import json
 import os
@@ -56,17 +57,29 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: np.asarray(v).tolist()))
 
 
-def evaluate(config: ml_collections.ConfigDict, checkpoint: str, workdir: str, max_examples: int = 0,
-             batch_size: int = 0, predictor: api.Predictor | None = None, world: Any = None,
-             metrics_file: str = 'metrics.json') -> tuple[dict[str, float], dict[str, list[dict]]]:
+def evaluate(
+    config: ml_collections.ConfigDict,
+    checkpoint: str,
+    workdir: str,
+    max_examples: int = 0,
+    batch_size: int = 0,
+    predictor: api.Predictor | None = None,
+    world: Any = None,
+    metrics_file: str = 'metrics.json',
+) -> tuple[dict[str, float], dict[str, list[dict]]]:
     """Runs every evaluable task of the config; returns (metrics {'<task>_<metric>': value}, the predictions of
     each task as written to predictions.jsonl), both also written to workdir (the metrics to `metrics_file`)."""
     os.makedirs(workdir, exist_ok=True)
     vocab = vocabulary_from_spec(config.data.vocab)
     predictor = predictor or api.Predictor.load(
-        checkpoint, image_size=config.data.image_size, max_source_length=config.data.max_source_length,
-        batch_size=batch_size or config.batch_size, mesh=sharding.make_mesh(**config.mesh),
-        logical_axis_rules=config.logical_axis_rules, vocab=vocab)
+        checkpoint,
+        image_size=config.data.image_size,
+        max_source_length=config.data.max_source_length,
+        batch_size=batch_size or config.batch_size,
+        mesh=sharding.make_mesh(**config.mesh),
+        logical_axis_rules=config.logical_axis_rules,
+        vocab=vocab,
+    )
     results, predictions_by_task = {}, {}
     for name, task in evaluable_tasks(config.data, world).items():
         kind = TASKS[task.kind]
@@ -87,7 +100,8 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str, workdir: str, m
         results.update({f'{name}_examples': len(examples), f'{name}_dropped': sum(dropped.values())})
         predictions_by_task[name] = [
             {'task': name, 'id': k, 'prediction': _jsonable(predictions[k]), 'reference': _jsonable(references[k])}
-            for k in ids]
+            for k in ids
+        ]
         logging.info('%s: %s', name, scores)
     with open(os.path.join(workdir, 'predictions.jsonl'), 'w') as f:
         f.writelines(json.dumps(line) + '\n' for lines in predictions_by_task.values() for line in lines)
@@ -98,8 +112,9 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint: str, workdir: str, m
 
 def define_flags() -> None:
     """The command line of evaluate (and of the demo, which adds its drawings)."""
-    config_flags.DEFINE_config_file('config', None, 'The training config whose data section names the tasks.',
-                                    lock_config=True)
+    config_flags.DEFINE_config_file(
+        'config', None, 'The training config whose data section names the tasks.', lock_config=True
+    )
     flags.DEFINE_string('checkpoint', None, 'A save_model directory or a training workdir.')
     flags.DEFINE_string('workdir', None, 'predictions.jsonl and metrics.json go here.')
     flags.DEFINE_integer('max_examples', 0, 'Examples per task (0: the whole source).')
@@ -108,8 +123,13 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    scores, _ = evaluate(flags.FLAGS.config, flags.FLAGS.checkpoint, flags.FLAGS.workdir, flags.FLAGS.max_examples,
-                         flags.FLAGS.batch_size)
+    scores, _ = evaluate(
+        flags.FLAGS.config,
+        flags.FLAGS.checkpoint,
+        flags.FLAGS.workdir,
+        flags.FLAGS.max_examples,
+        flags.FLAGS.batch_size,
+    )
     print(json.dumps(scores, indent=2))
 
 

@@ -4,6 +4,7 @@ drop path, and the relative-position buckets.
 Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`, ...) that the trainer maps onto
 mesh axes; activations are constrained with the same names.
 """
+
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,25 +22,43 @@ CODE_POSITION_OVERFLOW_ID = 1024
 
 
 def layer_norm(dtype: jnp.dtype, name: str, axis: str = 'embed') -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)))
+    return nn.LayerNorm(
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)),
+    )
 
 
 def dense(features: int, dtype: jnp.dtype, name: str, axes: tuple[str, str] = ('embed', 'joined_kv')) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
-                    kernel_init=nn.with_logical_partitioning(init_normal, axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+        kernel_init=nn.with_logical_partitioning(init_normal, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+    )
 
 
-def embedding(num: int, features: int, dtype: jnp.dtype, name: str,
-              axes: tuple[str, str] = ('positions', 'embed')) -> nn.Embed:
-    return nn.Embed(num, features, dtype=dtype, param_dtype=jnp.float32, name=name,
-                    embedding_init=nn.with_logical_partitioning(init_normal, axes))
+def embedding(
+    num: int, features: int, dtype: jnp.dtype, name: str, axes: tuple[str, str] = ('positions', 'embed')
+) -> nn.Embed:
+    return nn.Embed(
+        num,
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+        embedding_init=nn.with_logical_partitioning(init_normal, axes),
+    )
 
 
 class DropPath(nn.Module):
     """Stochastic depth: zeroes a whole sample's residual branch with probability `rate` while training."""
+
     rate: float
 
     @nn.compact
@@ -53,15 +72,24 @@ class DropPath(nn.Module):
 
 class MultiHeadAttention(nn.Module):
     """Attention with additive position bias and NormFormer's learned per-head output scale (`c_attn`)."""
+
     num_heads: int
     scale_factor: float = 2.0
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, kv: jax.Array, bias: jax.Array, mask: jax.Array, deterministic: bool,
-                 cache: str | None = None, decode_position: jax.Array | None = None,
-                 cache_length: int = 0) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        kv: jax.Array,
+        bias: jax.Array,
+        mask: jax.Array,
+        deterministic: bool,
+        cache: str | None = None,
+        decode_position: jax.Array | None = None,
+        cache_length: int = 0,
+    ) -> jax.Array:
         """x: [batch, q_len, embed]; kv: [batch, kv_len, embed]; bias: float32 broadcastable to
         [batch, heads, q_len, kv_len]; mask: bool broadcastable to the same, True where attending is allowed.
         Returns [batch, q_len, embed].
@@ -73,16 +101,23 @@ class MultiHeadAttention(nn.Module):
         head_dim = d_model // self.num_heads
 
         def projection(name):
-            return nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, param_dtype=jnp.float32, name=name,
-                                   kernel_init=nn.with_logical_partitioning(init_normal, ('embed', 'heads', 'kv')),
-                                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')))
+            return nn.DenseGeneral(
+                (self.num_heads, head_dim),
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                name=name,
+                kernel_init=nn.with_logical_partitioning(init_normal, ('embed', 'heads', 'kv')),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')),
+            )
 
         qkv_axes = ('batch', 'length', 'heads', 'kv')
         q = nn.with_logical_constraint(projection('q_proj')(x), qkv_axes) * (head_dim * self.scale_factor) ** -0.5
 
         def keys_values():
-            return (nn.with_logical_constraint(projection('k_proj')(kv), qkv_axes),
-                    nn.with_logical_constraint(projection('v_proj')(kv), qkv_axes))
+            return (
+                nn.with_logical_constraint(projection('k_proj')(kv), qkv_axes),
+                nn.with_logical_constraint(projection('v_proj')(kv), qkv_axes),
+            )
 
         if cache == 'cross':
             k, v = computed_once(self, 'keys_values', keys_values)
@@ -101,32 +136,61 @@ class MultiHeadAttention(nn.Module):
         probs = jax.nn.softmax(logits, axis=-1)
         probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic).astype(self.dtype)
         out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
-        c_attn = self.param('c_attn', nn.with_logical_partitioning(nn.initializers.ones, ('heads',)),
-                            (self.num_heads,), jnp.float32)
+        c_attn = self.param(
+            'c_attn', nn.with_logical_partitioning(nn.initializers.ones, ('heads',)), (self.num_heads,), jnp.float32
+        )
         out = out * c_attn.astype(self.dtype)[:, None]
-        out = nn.DenseGeneral(d_model, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32, name='out_proj',
-                              kernel_init=nn.with_logical_partitioning(init_normal, ('heads', 'kv', 'embed')),
-                              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(out)
+        out = nn.DenseGeneral(
+            d_model,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name='out_proj',
+            kernel_init=nn.with_logical_partitioning(init_normal, ('heads', 'kv', 'embed')),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+        )(out)
         return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
 
 
-def attention_block(x: jax.Array, kv: jax.Array | None, bias: jax.Array, mask: jax.Array, *, prefix: str,
-                    num_heads: int, scale_factor: float, dropout: float, attention_dropout: float,
-                    drop_path: DropPath, deterministic: bool, dtype: jnp.dtype, **cache_args) -> jax.Array:
+def attention_block(
+    x: jax.Array,
+    kv: jax.Array | None,
+    bias: jax.Array,
+    mask: jax.Array,
+    *,
+    prefix: str,
+    num_heads: int,
+    scale_factor: float,
+    dropout: float,
+    attention_dropout: float,
+    drop_path: DropPath,
+    deterministic: bool,
+    dtype: jnp.dtype,
+    **cache_args,
+) -> jax.Array:
     """Pre-LN NormFormer attention: x + DropPath(Dropout(mid_LN(Attn(LN(x))))). Self-attention when kv is None.
 
     Called inside a layer's compact method; submodules are named `{prefix}`, `{prefix}_layer_norm` and
     `{prefix}_mid_layer_norm` as in OFA's checkpoints. cache_args go to MultiHeadAttention (incremental decoding)."""
     h = layer_norm(dtype, f'{prefix}_layer_norm')(x)
     h = MultiHeadAttention(num_heads, scale_factor, attention_dropout, dtype, name=prefix)(
-        h, h if kv is None else kv, bias, mask, deterministic, **cache_args)
+        h, h if kv is None else kv, bias, mask, deterministic, **cache_args
+    )
     h = layer_norm(dtype, f'{prefix}_mid_layer_norm')(h)
     h = nn.Dropout(dropout)(h, deterministic=deterministic)
     return x + drop_path(h, deterministic)
 
 
-def feed_forward_block(x: jax.Array, *, ffn_dim: int, dropout: float, activation_dropout: float,
-                       drop_path: DropPath, deterministic: bool, dtype: jnp.dtype) -> jax.Array:
+def feed_forward_block(
+    x: jax.Array,
+    *,
+    ffn_dim: int,
+    dropout: float,
+    activation_dropout: float,
+    drop_path: DropPath,
+    deterministic: bool,
+    dtype: jnp.dtype,
+) -> jax.Array:
     """Pre-LN NormFormer FFN: x + DropPath(Dropout(fc2(ffn_LN(gelu(fc1(LN(x)))))))."""
     h = layer_norm(dtype, 'final_layer_norm')(x)
     h = nn.gelu(dense(ffn_dim, dtype, 'fc1', ('embed', 'mlp'))(h), approximate=False)
@@ -147,8 +211,14 @@ def token_relative_buckets(bucket_size: int, max_position: int = 1024) -> np.nda
     mid = bucket_size // 2
     abs_pos = np.where((relative < mid) & (relative > -mid), mid - 1, np.abs(relative))
     with np.errstate(divide='ignore'):
-        log_pos = np.ceil(np.log((abs_pos / np.float32(mid)).astype(np.float32))
-                          / np.float32(math.log((max_position - 1) / mid)) * np.float32(mid - 1)) + mid
+        log_pos = (
+            np.ceil(
+                np.log((abs_pos / np.float32(mid)).astype(np.float32))
+                / np.float32(math.log((max_position - 1) / mid))
+                * np.float32(mid - 1)
+            )
+            + mid
+        )
     buckets = np.where(abs_pos <= mid, relative, log_pos.astype(np.int32) * np.sign(relative))
     return (buckets + bucket_size - 1).astype(np.int32)
 
@@ -192,8 +262,9 @@ def position_keys(k_linear: nn.Dense, k_pos: jax.Array, num_heads: int) -> jax.A
     return k_linear(k_pos).reshape(*k_pos.shape[:2], num_heads, k_pos.shape[-1] // num_heads)
 
 
-def position_bias(q_linear: nn.Dense, keys: jax.Array, q_pos: jax.Array, num_heads: int,
-                  scale_factor: float) -> jax.Array:
+def position_bias(
+    q_linear: nn.Dense, keys: jax.Array, q_pos: jax.Array, num_heads: int, scale_factor: float
+) -> jax.Array:
     """Disentangled absolute-position bias: (W_q p_i)(W_k p_j) per head.
 
     keys: `position_keys` of the key positions [b, k_len, heads, head_dim]; q_pos: [b, q_len, embed] (either b may

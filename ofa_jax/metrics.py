@@ -10,6 +10,7 @@ Caption and answer inputs are dicts keyed by image or question id. Caption text 
 evaluation runs the PTB tokenizer first); it is split on whitespace. Only the ids of the candidates are scored, as in
 COCO's caption evaluation, so references may hold more ids than the candidates.
 """
+
 import math
 import re
 from collections import Counter
@@ -29,7 +30,7 @@ Ngram = tuple[str, ...]
 
 def _ngram_counts(words: list[str], n: int) -> Counter[Ngram]:
     # Orders first, then positions: the order in which CIDEr's sums run, so that its floats add up the same way.
-    return Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+    return Counter(tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
 
 
 def _check_ids(refs: Mapping, cands: Mapping, refs_name: str, cands_name: str) -> None:
@@ -56,8 +57,9 @@ def _check_text_lists(lists: Mapping[Hashable, Sequence[str]], keys: Sequence[Ha
             raise ValueError(f'{name}[{key!r}] is empty')
 
 
-def _caption_pairs(refs: Mapping[Hashable, Sequence[str]],
-                   cands: Mapping[Hashable, str]) -> list[tuple[list[str], list[list[str]]]]:
+def _caption_pairs(
+    refs: Mapping[Hashable, Sequence[str]], cands: Mapping[Hashable, str]
+) -> list[tuple[list[str], list[list[str]]]]:
     """(candidate words, [reference words]) for each candidate id."""
     _check_ids(refs, cands, 'refs', 'cands')
     _check_texts(cands, 'cands')
@@ -103,8 +105,9 @@ def bleu4(refs: Mapping[Hashable, Sequence[str]], cands: Mapping[Hashable, str])
     return bleu(refs, cands, 4)[3]
 
 
-def _tfidf(counts: Counter[Ngram], idf: Mapping[Ngram, float],
-           unseen_idf: float) -> tuple[list[dict[Ngram, float]], list[float], int]:
+def _tfidf(
+    counts: Counter[Ngram], idf: Mapping[Ngram, float], unseen_idf: float
+) -> tuple[list[dict[Ngram, float]], list[float], int]:
     """Per-order tf-idf vectors of one sentence, their norms, and the length CIDEr-D compares."""
     vectors: list[dict[Ngram, float]] = [{} for _ in range(_CIDER_N)]
     squares = [0.0] * _CIDER_N
@@ -140,7 +143,7 @@ def cider(refs: Mapping[Hashable, Sequence[str]], cands: Mapping[Hashable, str])
         per_order = np.zeros(_CIDER_N)
         for counts in image_ref_counts:
             ref_vectors, ref_norms, ref_length = _tfidf(counts, idf, unseen_idf)
-            penalty = math.e ** (-float(cand_length - ref_length) ** 2 / (2 * _CIDER_SIGMA ** 2))
+            penalty = math.e ** (-(float(cand_length - ref_length) ** 2) / (2 * _CIDER_SIGMA**2))
             similarity = np.zeros(_CIDER_N)
             for k in range(_CIDER_N):
                 for gram, weight in cand_vectors[k].items():
@@ -155,43 +158,165 @@ def cider(refs: Mapping[Hashable, Sequence[str]], cands: Mapping[Hashable, str])
 
 
 # The official VQA evaluation's normalization tables.
-_VQA_PUNCTUATION = (';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`', ',',
-                    '?', '!')
+_VQA_PUNCTUATION = (
+    ';',
+    '/',
+    '[',
+    ']',
+    '"',
+    '{',
+    '}',
+    '(',
+    ')',
+    '=',
+    '+',
+    '\\',
+    '_',
+    '-',
+    '>',
+    '<',
+    '@',
+    '`',
+    ',',
+    '?',
+    '!',
+)
 _VQA_DIGIT_COMMA_DIGIT = re.compile(r'\d,\d')
 _VQA_PERIOD = re.compile(r'\.(?!\d)')  # a period not followed by a digit: "3.5" keeps its point
 # The official code passes re.UNICODE (32) where `sub` takes its count, so at most 32 periods go.
 _VQA_MAX_PERIODS = 32
-_VQA_NUMBERS = {'none': '0', 'zero': '0', 'one': '1', 'two': '2', 'three': '3', 'four': '4', 'five': '5', 'six': '6',
-                'seven': '7', 'eight': '8', 'nine': '9', 'ten': '10'}
+_VQA_NUMBERS = {
+    'none': '0',
+    'zero': '0',
+    'one': '1',
+    'two': '2',
+    'three': '3',
+    'four': '4',
+    'five': '5',
+    'six': '6',
+    'seven': '7',
+    'eight': '8',
+    'nine': '9',
+    'ten': '10',
+}
 _VQA_ARTICLES = frozenset({'a', 'an', 'the'})
 # Its entries with capitals ("Im", "Ive") never match lowercased words and are left out, as are those that map a word
 # to itself. "somebody'd" -> "somebodyd" runs backwards in the official table and is kept so.
 _VQA_CONTRACTIONS = {
-    'aint': "ain't", 'arent': "aren't", 'cant': "can't", 'couldve': "could've", 'couldnt': "couldn't",
-    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", 'didnt': "didn't", 'doesnt': "doesn't", 'dont': "don't",
-    'hadnt': "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", 'hasnt': "hasn't", 'havent': "haven't",
-    'hed': "he'd", "hed've": "he'd've", "he'dve": "he'd've", 'hes': "he's", 'howd': "how'd", 'howll': "how'll",
-    'hows': "how's", 'isnt': "isn't", 'itd': "it'd", "itd've": "it'd've", "it'dve": "it'd've", 'itll': "it'll",
-    'maam': "ma'am", 'mightnt': "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've",
-    'mightve': "might've", 'mustnt': "mustn't", 'mustve': "must've", 'neednt': "needn't", 'notve': "not've",
-    'oclock': "o'clock", 'oughtnt': "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at",
-    'shant': "shan't", "shed've": "she'd've", "she'dve": "she'd've", 'shouldve': "should've", 'shouldnt': "shouldn't",
-    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": 'somebodyd',
-    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", 'somebodyll': "somebody'll",
-    'somebodys': "somebody's", 'someoned': "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
-    'someonell': "someone'll", 'someones': "someone's", 'somethingd': "something'd",
-    "somethingd've": "something'd've", "something'dve": "something'd've", 'somethingll': "something'll",
-    'thats': "that's", 'thered': "there'd", "thered've": "there'd've", "there'dve": "there'd've",
-    'therere': "there're", 'theres': "there's", 'theyd': "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
-    'theyll': "they'll", 'theyre': "they're", 'theyve': "they've", 'twas': "'twas", 'wasnt': "wasn't",
-    "wed've": "we'd've", "we'dve": "we'd've", 'weve': "we've", 'werent': "weren't", 'whatll': "what'll",
-    'whatre': "what're", 'whats': "what's", 'whatve': "what've", 'whens': "when's", 'whered': "where'd",
-    'wheres': "where's", 'whereve': "where've", 'whod': "who'd", "whod've": "who'd've", "who'dve": "who'd've",
-    'wholl': "who'll", 'whos': "who's", 'whove': "who've", 'whyll': "why'll", 'whyre': "why're", 'whys': "why's",
-    'wont': "won't", 'wouldve': "would've", 'wouldnt': "wouldn't", "wouldnt've": "wouldn't've",
-    "wouldn'tve": "wouldn't've", 'yall': "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
-    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", 'youd': "you'd",
-    "youd've": "you'd've", "you'dve": "you'd've", 'youll': "you'll", 'youre': "you're", 'youve': "you've",
+    'aint': "ain't",
+    'arent': "aren't",
+    'cant': "can't",
+    'couldve': "could've",
+    'couldnt': "couldn't",
+    "couldn'tve": "couldn't've",
+    "couldnt've": "couldn't've",
+    'didnt': "didn't",
+    'doesnt': "doesn't",
+    'dont': "don't",
+    'hadnt': "hadn't",
+    "hadnt've": "hadn't've",
+    "hadn'tve": "hadn't've",
+    'hasnt': "hasn't",
+    'havent': "haven't",
+    'hed': "he'd",
+    "hed've": "he'd've",
+    "he'dve": "he'd've",
+    'hes': "he's",
+    'howd': "how'd",
+    'howll': "how'll",
+    'hows': "how's",
+    'isnt': "isn't",
+    'itd': "it'd",
+    "itd've": "it'd've",
+    "it'dve": "it'd've",
+    'itll': "it'll",
+    'maam': "ma'am",
+    'mightnt': "mightn't",
+    "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've",
+    'mightve': "might've",
+    'mustnt': "mustn't",
+    'mustve': "must've",
+    'neednt': "needn't",
+    'notve': "not've",
+    'oclock': "o'clock",
+    'oughtnt': "oughtn't",
+    "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at",
+    'shant': "shan't",
+    "shed've": "she'd've",
+    "she'dve": "she'd've",
+    'shouldve': "should've",
+    'shouldnt': "shouldn't",
+    "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've",
+    "somebody'd": 'somebodyd',
+    "somebodyd've": "somebody'd've",
+    "somebody'dve": "somebody'd've",
+    'somebodyll': "somebody'll",
+    'somebodys': "somebody's",
+    'someoned': "someone'd",
+    "someoned've": "someone'd've",
+    "someone'dve": "someone'd've",
+    'someonell': "someone'll",
+    'someones': "someone's",
+    'somethingd': "something'd",
+    "somethingd've": "something'd've",
+    "something'dve": "something'd've",
+    'somethingll': "something'll",
+    'thats': "that's",
+    'thered': "there'd",
+    "thered've": "there'd've",
+    "there'dve": "there'd've",
+    'therere': "there're",
+    'theres': "there's",
+    'theyd': "they'd",
+    "theyd've": "they'd've",
+    "they'dve": "they'd've",
+    'theyll': "they'll",
+    'theyre': "they're",
+    'theyve': "they've",
+    'twas': "'twas",
+    'wasnt': "wasn't",
+    "wed've": "we'd've",
+    "we'dve": "we'd've",
+    'weve': "we've",
+    'werent': "weren't",
+    'whatll': "what'll",
+    'whatre': "what're",
+    'whats': "what's",
+    'whatve': "what've",
+    'whens': "when's",
+    'whered': "where'd",
+    'wheres': "where's",
+    'whereve': "where've",
+    'whod': "who'd",
+    "whod've": "who'd've",
+    "who'dve": "who'd've",
+    'wholl': "who'll",
+    'whos': "who's",
+    'whove': "who've",
+    'whyll': "why'll",
+    'whyre': "why're",
+    'whys': "why's",
+    'wont': "won't",
+    'wouldve': "would've",
+    'wouldnt': "wouldn't",
+    "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've",
+    'yall': "y'all",
+    "yall'll": "y'all'll",
+    "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've",
+    "y'all'dve": "y'all'd've",
+    'youd': "you'd",
+    "youd've": "you'd've",
+    "you'dve": "you'd've",
+    'youll': "you'll",
+    'youre': "you're",
+    'youve': "you've",
 }
 
 
@@ -307,8 +432,11 @@ def vqa_score(preds: Mapping[Hashable, str], answers: Mapping[Hashable, Mapping[
     return sum(scores) / len(scores)
 
 
-def detection_f1(preds: Mapping[Hashable, tuple[np.ndarray, Sequence[str]]],
-                 targets: Mapping[Hashable, tuple[np.ndarray, Sequence[str]]], threshold: float = 0.5) -> float:
+def detection_f1(
+    preds: Mapping[Hashable, tuple[np.ndarray, Sequence[str]]],
+    targets: Mapping[Hashable, tuple[np.ndarray, Sequence[str]]],
+    threshold: float = 0.5,
+) -> float:
     """F1 of detected objects over all images: a predicted (box [4], label) is a true positive when it matches an
     unmatched target object of the same label with IoU >= `threshold` (greedily, predictions in order).
 

@@ -9,6 +9,7 @@ patch_masks [batch] bool (False: the row has no image); prev_output_tokens [batc
 bool (True: the row's target is image codes). Returns float32 logits [batch, tgt_len, vocab].
 Training passes `train=True`, `rngs={'dropout': key}` and `mutable=['batch_stats']`.
 """
+
 import dataclasses
 from typing import Any
 
@@ -28,6 +29,7 @@ PATCH_SIZE = 16  # the ResNet trunk's stride: one encoder token per 16x16 pixels
 @dataclasses.dataclass(frozen=True)
 class OFAConfig:
     """Architecture and regularization of one OFA model; hashable, so it can be a Flax module attribute."""
+
     d_model: int = 256
     encoder_layers: int = 4
     decoder_layers: int = 4
@@ -66,18 +68,30 @@ class OFAConfig:
 
 
 PRESETS: dict[str, OFAConfig] = {
-    'nano': OFAConfig(d_model=64, encoder_layers=2, decoder_layers=2, num_heads=4, ffn_dim=256,
-                      resnet_blocks=(1, 1, 1), resnet_width=16),
-    'tiny': OFAConfig(d_model=256, encoder_layers=4, decoder_layers=4, num_heads=4, ffn_dim=1024,
-                      resnet_blocks=(3, 4, 6)),
-    'medium': OFAConfig(d_model=512, encoder_layers=4, decoder_layers=4, num_heads=8, ffn_dim=2048,
-                        resnet_blocks=(3, 4, 23)),
-    'base': OFAConfig(d_model=768, encoder_layers=6, decoder_layers=6, num_heads=12, ffn_dim=3072,
-                      resnet_blocks=(3, 4, 23)),
-    'large': OFAConfig(d_model=1024, encoder_layers=12, decoder_layers=12, num_heads=16, ffn_dim=4096,
-                       resnet_blocks=(3, 8, 36)),
-    'huge': OFAConfig(d_model=1280, encoder_layers=24, decoder_layers=12, num_heads=16, ffn_dim=5120,
-                      resnet_blocks=(3, 8, 36)),
+    'nano': OFAConfig(
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        num_heads=4,
+        ffn_dim=256,
+        resnet_blocks=(1, 1, 1),
+        resnet_width=16,
+    ),
+    'tiny': OFAConfig(
+        d_model=256, encoder_layers=4, decoder_layers=4, num_heads=4, ffn_dim=1024, resnet_blocks=(3, 4, 6)
+    ),
+    'medium': OFAConfig(
+        d_model=512, encoder_layers=4, decoder_layers=4, num_heads=8, ffn_dim=2048, resnet_blocks=(3, 4, 23)
+    ),
+    'base': OFAConfig(
+        d_model=768, encoder_layers=6, decoder_layers=6, num_heads=12, ffn_dim=3072, resnet_blocks=(3, 4, 23)
+    ),
+    'large': OFAConfig(
+        d_model=1024, encoder_layers=12, decoder_layers=12, num_heads=16, ffn_dim=4096, resnet_blocks=(3, 8, 36)
+    ),
+    'huge': OFAConfig(
+        d_model=1280, encoder_layers=24, decoder_layers=12, num_heads=16, ffn_dim=5120, resnet_blocks=(3, 8, 36)
+    ),
 }
 
 
@@ -109,12 +123,28 @@ class EncoderLayer(nn.Module):
         cfg, deterministic = self.config, self.deterministic
         drop_path = layers.DropPath(self.drop_path_rate)
         x = layers.attention_block(
-            x, None, bias, mask, prefix='self_attn', num_heads=cfg.num_heads, scale_factor=cfg.attn_scale_factor,
-            dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, drop_path=drop_path,
-            deterministic=deterministic, dtype=cfg.compute_dtype)
+            x,
+            None,
+            bias,
+            mask,
+            prefix='self_attn',
+            num_heads=cfg.num_heads,
+            scale_factor=cfg.attn_scale_factor,
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            drop_path=drop_path,
+            deterministic=deterministic,
+            dtype=cfg.compute_dtype,
+        )
         x = layers.feed_forward_block(
-            x, ffn_dim=cfg.ffn_dim, dropout=cfg.dropout, activation_dropout=cfg.activation_dropout,
-            drop_path=drop_path, deterministic=deterministic, dtype=cfg.compute_dtype)
+            x,
+            ffn_dim=cfg.ffn_dim,
+            dropout=cfg.dropout,
+            activation_dropout=cfg.activation_dropout,
+            drop_path=drop_path,
+            deterministic=deterministic,
+            dtype=cfg.compute_dtype,
+        )
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -124,23 +154,56 @@ class DecoderLayer(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x: jax.Array, self_bias: jax.Array, self_mask: jax.Array, encoder_hidden: jax.Array,
-                 cross_bias: jax.Array, cross_mask: jax.Array, decode_position: jax.Array | None = None,
-                 cache_length: int = 0) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        self_bias: jax.Array,
+        self_mask: jax.Array,
+        encoder_hidden: jax.Array,
+        cross_bias: jax.Array,
+        cross_mask: jax.Array,
+        decode_position: jax.Array | None = None,
+        cache_length: int = 0,
+    ) -> jax.Array:
         cfg, deterministic = self.config, self.deterministic
         decoding = decode_position is not None
         drop_path = layers.DropPath(self.drop_path_rate)
-        common = dict(num_heads=cfg.num_heads, scale_factor=cfg.attn_scale_factor, dropout=cfg.dropout,
-                      attention_dropout=cfg.attention_dropout, drop_path=drop_path, deterministic=deterministic,
-                      dtype=cfg.compute_dtype)
-        x = layers.attention_block(x, None, self_bias, self_mask, prefix='self_attn', **common,
-                                   **(dict(cache='self', decode_position=decode_position, cache_length=cache_length)
-                                      if decoding else {}))
-        x = layers.attention_block(x, encoder_hidden, cross_bias, cross_mask, prefix='cross_attn', **common,
-                                   **(dict(cache='cross') if decoding else {}))
+        common = dict(
+            num_heads=cfg.num_heads,
+            scale_factor=cfg.attn_scale_factor,
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            drop_path=drop_path,
+            deterministic=deterministic,
+            dtype=cfg.compute_dtype,
+        )
+        x = layers.attention_block(
+            x,
+            None,
+            self_bias,
+            self_mask,
+            prefix='self_attn',
+            **common,
+            **(dict(cache='self', decode_position=decode_position, cache_length=cache_length) if decoding else {}),
+        )
+        x = layers.attention_block(
+            x,
+            encoder_hidden,
+            cross_bias,
+            cross_mask,
+            prefix='cross_attn',
+            **common,
+            **(dict(cache='cross') if decoding else {}),
+        )
         x = layers.feed_forward_block(
-            x, ffn_dim=cfg.ffn_dim, dropout=cfg.dropout, activation_dropout=cfg.activation_dropout,
-            drop_path=drop_path, deterministic=deterministic, dtype=cfg.compute_dtype)
+            x,
+            ffn_dim=cfg.ffn_dim,
+            dropout=cfg.dropout,
+            activation_dropout=cfg.activation_dropout,
+            drop_path=drop_path,
+            deterministic=deterministic,
+            dtype=cfg.compute_dtype,
+        )
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -153,8 +216,14 @@ class Encoder(nn.Module):
     embed_tokens: nn.Embed
 
     @nn.compact
-    def __call__(self, src_tokens: jax.Array, patch_images: jax.Array | None, patch_masks: jax.Array | None,
-                 train: bool, sample_patch_num: int | None = None) -> EncoderOutput:
+    def __call__(
+        self,
+        src_tokens: jax.Array,
+        patch_images: jax.Array | None,
+        patch_masks: jax.Array | None,
+        train: bool,
+        sample_patch_num: int | None = None,
+    ) -> EncoderOutput:
         cfg = self.config
         dtype = cfg.compute_dtype
         batch, text_len = src_tokens.shape
@@ -163,8 +232,7 @@ class Encoder(nn.Module):
 
         x = self.embed_tokens(src_tokens) + type_embedding(jnp.zeros((), jnp.int32))
         x = dropout(layers.layer_norm(dtype, 'layernorm_embedding')(x), deterministic=not train)
-        text_pos = layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions')(
-            jnp.arange(text_len))
+        text_pos = layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions')(jnp.arange(text_len))
         # Positions, and so the absolute-position bias, are shared by all rows unless patches are sampled per row.
         pos_rows = 1 if sample_patch_num is None else batch
         pos = jnp.broadcast_to(layers.layer_norm(dtype, 'pos_ln')(text_pos), (pos_rows, text_len, cfg.d_model))
@@ -172,12 +240,19 @@ class Encoder(nn.Module):
 
         num_patches = 0
         if patch_images is not None:
-            features = ResNet(cfg.resnet_blocks, cfg.resnet_width, cfg.resnet_drop_path_rate,
-                              cfg.freeze_batch_norm, dtype, name='embed_images')(patch_images, train)
+            features = ResNet(
+                cfg.resnet_blocks,
+                cfg.resnet_width,
+                cfg.resnet_drop_path_rate,
+                cfg.freeze_batch_norm,
+                dtype,
+                name='embed_images',
+            )(patch_images, train)
             _, height, width, channels = features.shape
             features = features.reshape(batch, height * width, channels)
-            image_ids = jnp.broadcast_to(layers.image_position_ids(height, width, cfg.image_bucket_size),
-                                         (pos_rows, height * width))
+            image_ids = jnp.broadcast_to(
+                layers.image_position_ids(height, width, cfg.image_bucket_size), (pos_rows, height * width)
+            )
             image_valid = jnp.broadcast_to(patch_masks[:, None], (batch, height * width))
             if sample_patch_num is not None:
                 # A random subset of patches per row, as OFA's pretraining feeds 196 of them.
@@ -189,10 +264,10 @@ class Encoder(nn.Module):
             num_patches = image_ids.shape[1]
             image_x = layers.dense(cfg.d_model, dtype, 'image_proj', ('conv_out', 'embed'))(features)
             image_x = image_x + type_embedding(jnp.ones((), jnp.int32))
-            image_x = dropout(layers.layer_norm(dtype, 'patch_layernorm_embedding')(image_x),
-                              deterministic=not train)
-            image_pos = layers.embedding(cfg.image_bucket_size ** 2 + 1, cfg.d_model, dtype,
-                                         'embed_image_positions')(image_ids)
+            image_x = dropout(layers.layer_norm(dtype, 'patch_layernorm_embedding')(image_x), deterministic=not train)
+            image_pos = layers.embedding(cfg.image_bucket_size**2 + 1, cfg.d_model, dtype, 'embed_image_positions')(
+                image_ids
+            )
             image_pos = layers.layer_norm(dtype, 'image_pos_ln')(image_pos)
             x = jnp.concatenate([image_x, x], axis=1)
             pos = jnp.concatenate([image_pos, pos], axis=1)
@@ -203,10 +278,12 @@ class Encoder(nn.Module):
         abs_bias = layers.position_bias(
             layers.dense(cfg.d_model, dtype, 'pos_q_linear'),
             layers.position_keys(layers.dense(cfg.d_model, dtype, 'pos_k_linear'), pos, cfg.num_heads),
-            pos, cfg.num_heads, cfg.attn_scale_factor)
+            pos,
+            cfg.num_heads,
+            cfg.attn_scale_factor,
+        )
         mask = valid[:, None, None, :]
-        token_buckets = layers.token_relative_buckets(cfg.token_bucket_size, cfg.max_positions)[
-            :text_len, :text_len]
+        token_buckets = layers.token_relative_buckets(cfg.token_bucket_size, cfg.max_positions)[:text_len, :text_len]
         if patch_images is not None:
             if sample_patch_num is None:
                 ids = layers.image_position_ids(height, width, cfg.image_bucket_size)
@@ -217,24 +294,40 @@ class Encoder(nn.Module):
         layer_cls = _layer_class(EncoderLayer, cfg.remat)
         rates = layers.linear_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
         for i in range(cfg.encoder_layers):
-            token_table = layers.embedding(2 * cfg.token_bucket_size - 1, cfg.num_heads, dtype,
-                                           f'token_rel_pos_table_{i}', ('rel_buckets', 'heads'))
+            token_table = layers.embedding(
+                2 * cfg.token_bucket_size - 1,
+                cfg.num_heads,
+                dtype,
+                f'token_rel_pos_table_{i}',
+                ('rel_buckets', 'heads'),
+            )
             bias = abs_bias.at[:, :, num_patches:, num_patches:].add(layers.gather_table(token_table, token_buckets))
             if patch_images is not None:
-                image_table = layers.embedding((2 * cfg.image_bucket_size - 1) ** 2 + 3, cfg.num_heads, dtype,
-                                               f'image_rel_pos_table_{i}', ('rel_buckets', 'heads'))
+                image_table = layers.embedding(
+                    (2 * cfg.image_bucket_size - 1) ** 2 + 3,
+                    cfg.num_heads,
+                    dtype,
+                    f'image_rel_pos_table_{i}',
+                    ('rel_buckets', 'heads'),
+                )
                 bias = bias.at[:, :, :num_patches, :num_patches].add(layers.gather_table(image_table, image_buckets))
             x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(x, bias, mask)
         x = layers.layer_norm(dtype, 'layer_norm')(x)
-        return EncoderOutput(hidden=x, padding_mask=~valid,
-                             position_embedding=jnp.broadcast_to(pos, (batch,) + pos.shape[1:]))
+        return EncoderOutput(
+            hidden=x, padding_mask=~valid, position_embedding=jnp.broadcast_to(pos, (batch,) + pos.shape[1:])
+        )
 
 
 def _image_relative_buckets_jnp(ids: jax.Array, bucket_size: int) -> jax.Array:
     """Per-row image buckets [batch, n, n] for sampled patch ids [batch, n] (ids >= 1)."""
     row, col = jnp.divmod(ids - 1, bucket_size)
-    return ((row[:, :, None] - row[:, None, :] + bucket_size - 1) * (2 * bucket_size - 1)
-            + col[:, :, None] - col[:, None, :] + bucket_size - 1)
+    return (
+        (row[:, :, None] - row[:, None, :] + bucket_size - 1) * (2 * bucket_size - 1)
+        + col[:, :, None]
+        - col[:, None, :]
+        + bucket_size
+        - 1
+    )
 
 
 class Decoder(nn.Module):
@@ -242,8 +335,15 @@ class Decoder(nn.Module):
     embed_tokens: nn.Embed
 
     @nn.compact
-    def __call__(self, prev_output_tokens: jax.Array, encoder_out: EncoderOutput, code_masks: jax.Array | None,
-                 train: bool, decode_position: jax.Array | None = None, cache_length: int = 0) -> jax.Array:
+    def __call__(
+        self,
+        prev_output_tokens: jax.Array,
+        encoder_out: EncoderOutput,
+        code_masks: jax.Array | None,
+        train: bool,
+        decode_position: jax.Array | None = None,
+        cache_length: int = 0,
+    ) -> jax.Array:
         """Logits [batch, length, vocab]. Incremental decoding (decode_position given): prev_output_tokens
         [batch, 1] is the token at decode_position of a sequence of at most cache_length tokens; attention keys and
         values live in the collections 'cache' (per position) and 'encoder_cache' (computed on the first call)."""
@@ -264,11 +364,12 @@ class Decoder(nn.Module):
         def query_rows(table, axis):  # the rows of the queries: all positions, or the one being decoded
             return jax.lax.dynamic_slice_in_dim(table, decode_position, 1, axis) if decoding else table
 
-        src_keys = once('cross_position_keys', lambda: layers.position_keys(cross_k, encoder_out.position_embedding,
-                                                                            heads))
+        src_keys = once(
+            'cross_position_keys', lambda: layers.position_keys(cross_k, encoder_out.position_embedding, heads)
+        )
         text_pos = layers.layer_norm(dtype, 'pos_ln')(
-            layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions')(
-                jnp.arange(positions)))[None]
+            layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions')(jnp.arange(positions))
+        )[None]
         text_keys = once('self_position_keys', lambda: layers.position_keys(self_k, text_pos, heads))
         self_bias = layers.position_bias(self_q, text_keys, query_rows(text_pos, 1), heads, scale)
         cross_bias = layers.position_bias(cross_q, src_keys, query_rows(text_pos, 1), heads, scale)
@@ -283,18 +384,23 @@ class Decoder(nn.Module):
                 code_masks = jnp.zeros((batch,), bool)
             code_ids = layers.code_position_ids(positions, cfg.code_image_size, cfg.image_bucket_size)
             code_pos = layers.layer_norm(dtype, 'image_pos_ln')(
-                layers.embedding(cfg.image_bucket_size ** 2 + 1, cfg.d_model, dtype, 'embed_image_positions')(
-                    jnp.asarray(code_ids)))[None]
+                layers.embedding(cfg.image_bucket_size**2 + 1, cfg.d_model, dtype, 'embed_image_positions')(
+                    jnp.asarray(code_ids)
+                )
+            )[None]
             code_keys = once('self_code_position_keys', lambda: layers.position_keys(self_k, code_pos, heads))
             is_code = code_masks[:, None, None, None]
-            self_bias = jnp.where(is_code, layers.position_bias(self_q, code_keys, query_rows(code_pos, 1), heads,
-                                                                scale), self_bias)
-            cross_bias = jnp.where(is_code, layers.position_bias(cross_q, src_keys, query_rows(code_pos, 1), heads,
-                                                                 scale), cross_bias)
+            self_bias = jnp.where(
+                is_code, layers.position_bias(self_q, code_keys, query_rows(code_pos, 1), heads, scale), self_bias
+            )
+            cross_bias = jnp.where(
+                is_code, layers.position_bias(cross_q, src_keys, query_rows(code_pos, 1), heads, scale), cross_bias
+            )
             code_x = layers.layer_norm(dtype, 'code_layernorm_embedding')(x)
             x = jnp.where(code_masks[:, None, None], code_x, text_x)
-            image_buckets = query_rows(jnp.asarray(layers.image_relative_buckets(code_ids, code_ids,
-                                                                                 cfg.image_bucket_size)), 0)
+            image_buckets = query_rows(
+                jnp.asarray(layers.image_relative_buckets(code_ids, code_ids, cfg.image_bucket_size)), 0
+            )
         else:
             x = text_x
         x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
@@ -314,16 +420,32 @@ class Decoder(nn.Module):
         layer_cls = DecoderLayer if decoding else _layer_class(DecoderLayer, cfg.remat)  # remat only pays in training
         rates = layers.linear_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
         for i in range(cfg.decoder_layers):
-            token_table = layers.embedding(2 * cfg.token_bucket_size - 1, cfg.num_heads, dtype,
-                                           f'token_rel_pos_table_{i}', ('rel_buckets', 'heads'))
+            token_table = layers.embedding(
+                2 * cfg.token_bucket_size - 1,
+                cfg.num_heads,
+                dtype,
+                f'token_rel_pos_table_{i}',
+                ('rel_buckets', 'heads'),
+            )
             rel = layers.gather_table(token_table, token_buckets)[None]
             if with_codes:
-                image_table = layers.embedding((2 * cfg.image_bucket_size - 1) ** 2 + 3, cfg.num_heads, dtype,
-                                               f'image_rel_pos_table_{i}', ('rel_buckets', 'heads'))
+                image_table = layers.embedding(
+                    (2 * cfg.image_bucket_size - 1) ** 2 + 3,
+                    cfg.num_heads,
+                    dtype,
+                    f'image_rel_pos_table_{i}',
+                    ('rel_buckets', 'heads'),
+                )
                 rel = jnp.where(is_code, layers.gather_table(image_table, image_buckets)[None], rel)
             x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(
-                x, self_bias + rel, self_mask, encoder_out.hidden, cross_bias, cross_mask,
-                *((decode_position, cache_length) if decoding else ()))
+                x,
+                self_bias + rel,
+                self_mask,
+                encoder_out.hidden,
+                cross_bias,
+                cross_mask,
+                *((decode_position, cache_length) if decoding else ()),
+            )
         x = layers.layer_norm(dtype, 'layer_norm')(x)
         logits = self.embed_tokens.attend(x).astype(jnp.float32)
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
@@ -331,41 +453,68 @@ class Decoder(nn.Module):
 
 class OFA(nn.Module):
     """The whole model; `encode` and `decode` are also callable on their own (`method=OFA.encode`)."""
+
     config: OFAConfig
 
     def setup(self):
         cfg = self.config
         # One table for encoder input, decoder input and the (bias-free) output projection.
-        self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
-                                     param_dtype=jnp.float32,
-                                     embedding_init=nn.with_logical_partitioning(layers.init_normal,
-                                                                                 ('vocab', 'embed')))
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=cfg.compute_dtype,
+            param_dtype=jnp.float32,
+            embedding_init=nn.with_logical_partitioning(layers.init_normal, ('vocab', 'embed')),
+        )
         self.encoder = Encoder(cfg, self.embed_tokens)
         self.decoder = Decoder(cfg, self.embed_tokens)
 
-    def __call__(self, src_tokens: jax.Array, patch_images: jax.Array | None, patch_masks: jax.Array | None,
-                 prev_output_tokens: jax.Array, code_masks: jax.Array | None = None, train: bool = False,
-                 sample_patch_num: int | None = None) -> jax.Array:
+    def __call__(
+        self,
+        src_tokens: jax.Array,
+        patch_images: jax.Array | None,
+        patch_masks: jax.Array | None,
+        prev_output_tokens: jax.Array,
+        code_masks: jax.Array | None = None,
+        train: bool = False,
+        sample_patch_num: int | None = None,
+    ) -> jax.Array:
         """Logits [batch, tgt_len, vocab] (float32); see the module docstring for the inputs."""
         validate_target(self.config, prev_output_tokens, code_masks, src_tokens.shape[0])  # fail before encoding
         encoder_out = self.encode(src_tokens, patch_images, patch_masks, train, sample_patch_num)
         return self.decode(encoder_out, prev_output_tokens, code_masks, train)
 
-    def encode(self, src_tokens: jax.Array, patch_images: jax.Array | None = None,
-               patch_masks: jax.Array | None = None, train: bool = False,
-               sample_patch_num: int | None = None) -> EncoderOutput:
+    def encode(
+        self,
+        src_tokens: jax.Array,
+        patch_images: jax.Array | None = None,
+        patch_masks: jax.Array | None = None,
+        train: bool = False,
+        sample_patch_num: int | None = None,
+    ) -> EncoderOutput:
         validate_source(self.config, src_tokens, patch_images, patch_masks, sample_patch_num)
         if patch_images is not None and patch_masks is None:
             patch_masks = jnp.ones((src_tokens.shape[0],), bool)
         return self.encoder(jnp.asarray(src_tokens), patch_images, patch_masks, train, sample_patch_num)
 
-    def decode(self, encoder_out: EncoderOutput, prev_output_tokens: jax.Array,
-               code_masks: jax.Array | None = None, train: bool = False) -> jax.Array:
+    def decode(
+        self,
+        encoder_out: EncoderOutput,
+        prev_output_tokens: jax.Array,
+        code_masks: jax.Array | None = None,
+        train: bool = False,
+    ) -> jax.Array:
         validate_target(self.config, prev_output_tokens, code_masks, encoder_out.hidden.shape[0])
         return self.decoder(jnp.asarray(prev_output_tokens), encoder_out, code_masks, train)
 
-    def decode_step(self, encoder_out: EncoderOutput, tokens: jax.Array, position: jax.Array, cache_length: int,
-                    code_masks: jax.Array | None = None) -> jax.Array:
+    def decode_step(
+        self,
+        encoder_out: EncoderOutput,
+        tokens: jax.Array,
+        position: jax.Array,
+        cache_length: int,
+        code_masks: jax.Array | None = None,
+    ) -> jax.Array:
         """Logits [batch, vocab] after feeding tokens [batch] at decoder position `position` (< cache_length).
 
         Apply with mutable=['cache', 'encoder_cache'] at position 0, then with the returned collections and
@@ -388,18 +537,20 @@ def _check_tokens(config: OFAConfig, name: str, tokens: Any) -> None:
         values = np.asarray(tokens)  # numpy, so no reduction is staged into an enclosing jit
         low, high = int(values.min()), int(values.max())
         if low < 0 or high >= config.vocab_size:
-            raise ValueError(f'{name} holds ids outside the vocabulary [0, {config.vocab_size}): '
-                             f'min {low}, max {high}')
+            raise ValueError(f'{name} holds ids outside the vocabulary [0, {config.vocab_size}): min {low}, max {high}')
 
 
 def _check_row_flags(name: str, flags: Any, batch: int) -> None:
     if getattr(flags, 'shape', None) != (batch,) or flags.dtype != jnp.bool_:
-        raise ValueError(f'{name} must be a bool array of shape [{batch}] (one flag per row), got '
-                         f'shape {getattr(flags, "shape", None)} dtype {getattr(flags, "dtype", None)}')
+        raise ValueError(
+            f'{name} must be a bool array of shape [{batch}] (one flag per row), got '
+            f'shape {getattr(flags, "shape", None)} dtype {getattr(flags, "dtype", None)}'
+        )
 
 
-def validate_source(config: OFAConfig, src_tokens: Any, patch_images: Any, patch_masks: Any,
-                    sample_patch_num: int | None = None) -> None:
+def validate_source(
+    config: OFAConfig, src_tokens: Any, patch_images: Any, patch_masks: Any, sample_patch_num: int | None = None
+) -> None:
     """Raises ValueError naming the argument when the encoder inputs are malformed (runs before compiling)."""
     _check_tokens(config, 'src_tokens', src_tokens)
     batch = src_tokens.shape[0]
@@ -408,16 +559,19 @@ def validate_source(config: OFAConfig, src_tokens: Any, patch_images: Any, patch
             raise ValueError('patch_masks given without patch_images')
         return
     if getattr(patch_images, 'ndim', None) != 4 or patch_images.shape[-1] != 3:
-        raise ValueError(f'patch_images must be NHWC [batch, height, width, 3], got shape '
-                         f'{getattr(patch_images, "shape", None)}')
+        raise ValueError(
+            f'patch_images must be NHWC [batch, height, width, 3], got shape {getattr(patch_images, "shape", None)}'
+        )
     if not jnp.issubdtype(patch_images.dtype, jnp.floating):
         raise ValueError(f'patch_images must be floating point (normalized pixels), got dtype {patch_images.dtype}')
     if patch_images.shape[0] != batch:
         raise ValueError(f'patch_images has batch {patch_images.shape[0]} but src_tokens has batch {batch}')
     for side, size in zip(('height', 'width'), patch_images.shape[1:3]):
         if size % PATCH_SIZE or not 0 < size // PATCH_SIZE <= config.image_bucket_size:
-            raise ValueError(f'patch_images {side} {size} must be a positive multiple of {PATCH_SIZE} of at most '
-                             f'{config.image_bucket_size * PATCH_SIZE} ({config.image_bucket_size} patches)')
+            raise ValueError(
+                f'patch_images {side} {size} must be a positive multiple of {PATCH_SIZE} of at most '
+                f'{config.image_bucket_size * PATCH_SIZE} ({config.image_bucket_size} patches)'
+            )
     if patch_masks is not None:
         _check_row_flags('patch_masks', patch_masks, batch)
     if sample_patch_num is not None:
@@ -430,8 +584,7 @@ def validate_target(config: OFAConfig, prev_output_tokens: Any, code_masks: Any,
     """Raises ValueError naming the argument when the decoder inputs are malformed (runs before compiling)."""
     _check_tokens(config, 'prev_output_tokens', prev_output_tokens)
     if prev_output_tokens.shape[0] != batch:
-        raise ValueError(f'prev_output_tokens has batch {prev_output_tokens.shape[0]} but the source has batch '
-                         f'{batch}')
+        raise ValueError(f'prev_output_tokens has batch {prev_output_tokens.shape[0]} but the source has batch {batch}')
     if code_masks is not None:
         _check_row_flags('code_masks', code_masks, batch)
 

@@ -13,6 +13,7 @@ each to `codes-SSSSS.tsv`, one line per record: `id<TAB>space-separated codes` (
 decode). A shard is written to a `.partial` file first and renamed once complete, so a restarted run skips finished
 shards and, within an unfinished one, the records already written.
 """
+
 import argparse
 import io
 import os
@@ -63,8 +64,7 @@ def shard_path(out_dir: str | os.PathLike, shard: int) -> pathlib.Path:
     return pathlib.Path(out_dir) / f'codes-{shard:05d}.tsv'
 
 
-def _batches(source: Any, indices: range, size: int,
-             batch_size: int) -> Iterator[list[tuple[str, np.ndarray | None]]]:
+def _batches(source: Any, indices: range, size: int, batch_size: int) -> Iterator[list[tuple[str, np.ndarray | None]]]:
     batch = []
     for index in indices:
         record = source[index]
@@ -82,26 +82,36 @@ def _batches(source: Any, indices: range, size: int,
         yield batch
 
 
-def encode_batch(tokenizer: ImageTokenizer, images: list[np.ndarray | None], size: int, batch_size: int,
-                 target: str) -> list[np.ndarray | None]:
+def encode_batch(
+    tokenizer: ImageTokenizer, images: list[np.ndarray | None], size: int, batch_size: int, target: str
+) -> list[np.ndarray | None]:
     """Codes int32 [K] per image (None stays None). Batches are padded to `batch_size` so one compilation serves all."""
     present = [i for i, image in enumerate(images) if image is not None]
     out: list[np.ndarray | None] = [None] * len(images)
     if not present:
         return out
     pixels = np.zeros((batch_size, size, size, 3), np.uint8)
-    pixels[:len(present)] = [images[i] for i in present]
+    pixels[: len(present)] = [images[i] for i in present]
     if target == 'image_infill':
-        pixels = pixels[:, size // 4:size - size // 4, size // 4:size - size // 4]
+        pixels = pixels[:, size // 4 : size - size // 4, size // 4 : size - size // 4]
     codes = tokenizer.encode(pixels)
     for row, i in enumerate(present):
         out[i] = codes[row].reshape(-1)
     return out
 
 
-def precompute(source: Any, tokenizer: ImageTokenizer, out_dir: str | os.PathLike, *, size: int = 256,
-               target: str = 'image_infill', shard_size: int = 1000, batch_size: int = 8, process_index: int = 0,
-               process_count: int = 1) -> list[pathlib.Path]:
+def precompute(
+    source: Any,
+    tokenizer: ImageTokenizer,
+    out_dir: str | os.PathLike,
+    *,
+    size: int = 256,
+    target: str = 'image_infill',
+    shard_size: int = 1000,
+    batch_size: int = 8,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[pathlib.Path]:
     """Writes this process's shards of `source` (records with 'id' and 'image') under `out_dir`; returns their paths.
 
     Finished shards are skipped; an unfinished one continues after the records its `.partial` file holds."""
@@ -158,9 +168,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument('--process_count', type=int, default=1)
     args = parser.parse_args(argv)
     source = ImageFolder(args.images) if args.images else OFATsvSource(args.tsv, args.kind, args.selected_cols)
-    paths = precompute(source, VQGANTokenizer.load(args.vqgan, seed=args.seed), args.out, size=args.size,
-                       target=args.target, shard_size=args.shard_size, batch_size=args.batch_size,
-                       process_index=args.process_index, process_count=args.process_count)
+    paths = precompute(
+        source,
+        VQGANTokenizer.load(args.vqgan, seed=args.seed),
+        args.out,
+        size=args.size,
+        target=args.target,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        process_index=args.process_index,
+        process_count=args.process_count,
+    )
     print(f'{len(paths)} shards of {len(source)} records in {args.out}')
 
 

@@ -17,6 +17,7 @@ answers, classification labels). For grounding and detection, --draw writes the 
 several images, `_<index>` goes before the extension); for text_to_image it names the drawings (`_<text>_<sample>`
 added).
 """
+
 import argparse
 import json
 import os
@@ -66,14 +67,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--checkpoint', required=True, help='a save_model directory or a training workdir')
     parser.add_argument('--task', required=True, choices=PREDICTED)
     parser.add_argument('--image', action='append', default=[], help='image file (repeatable)')
-    parser.add_argument('--text', action='append', default=[],
-                        help="the task's text input: question, referring text, hypothesis, or the text of "
-                             'text_infill, summarization and text_to_image (repeatable)')
+    parser.add_argument(
+        '--text',
+        action='append',
+        default=[],
+        help="the task's text input: question, referring text, hypothesis, or the text of "
+        'text_infill, summarization and text_to_image (repeatable)',
+    )
     parser.add_argument('--premise', action='append', default=[], help='a text premise per item (repeatable)')
     parser.add_argument('--region', action='append', default=[], help='grounded_caption: x0,y0,x1,y1 per image')
     parser.add_argument('--answers', help='file of candidates, one per line: VQA answers or classification labels')
-    parser.add_argument('--mode', choices=('all', 'trie'), default='all',
-                        help='vqa with --answers: score every candidate, or beam search inside their trie')
+    parser.add_argument(
+        '--mode',
+        choices=('all', 'trie'),
+        default='all',
+        help='vqa with --answers: score every candidate, or beam search inside their trie',
+    )
     parser.add_argument('--draw', default='prediction.png', help='grounding/detection: where the drawing goes')
     parser.add_argument('--image_size', type=int, help="resize images to this square side (default: OFA's)")
     parser.add_argument('--beam_size', type=int, help="override the task's beam size")
@@ -82,8 +91,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--vqgan', help='text_to_image: a converted VQGAN directory (python -m ofa_jax.vqgan convert)')
     parser.add_argument('--samples', type=int, default=1, help='text_to_image: images per text')
     parser.add_argument('--seed', type=int, default=0, help='text_to_image: the sampling seed')
-    parser.add_argument('--prompt_type', choices=decode.PROMPT_TYPES,
-                        help="what precedes the answer in the decoder (default: the task's)")
+    parser.add_argument(
+        '--prompt_type',
+        choices=decode.PROMPT_TYPES,
+        help="what precedes the answer in the decoder (default: the task's)",
+    )
     args = parser.parse_args(argv)
     kind = TASKS[args.task]
     if kind.image and not args.image:
@@ -96,8 +108,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         flag = 'text' if name in TEXT_INPUTS else name
         optional = args.task == 'snli_ve' and name == 'premise'
         if not (optional and not given[flag]) and len(given[flag]) != count or not count:
-            parser.error(f'--task {args.task} needs one --{flag} per {"--image" if kind.image else "item"}, '
-                         f'got {len(given[flag])} for {count}')
+            parser.error(
+                f'--task {args.task} needs one --{flag} per {"--image" if kind.image else "item"}, '
+                f'got {len(given[flag])} for {count}'
+            )
     if args.task == 'text_to_image' and not args.vqgan:
         parser.error('--task text_to_image needs --vqgan (the image tokenizer that draws the codes)')
     if kind.choose and not args.answers:
@@ -125,8 +139,9 @@ def predict(args: argparse.Namespace) -> list[dict[str, Any]]:
         results = predictor.text_to_image(args.text, **settings)
     else:
         candidates = _read_lines(args.answers) if args.answers else None
-        results = predictor.run(args.task, args.image if kind.image else None, candidates=candidates,
-                                mode=args.mode, **inputs, **settings)
+        results = predictor.run(
+            args.task, args.image if kind.image else None, candidates=candidates, mode=args.mode, **inputs, **settings
+        )
     shown = [{'image': image} for image in args.image] or [{} for _ in results]
     for name, values in inputs.items():
         for item, value in zip(shown, values):

@@ -5,6 +5,7 @@ Mesh axes: `replica` (data parallel across slices or hosts, over the slow networ
 The model names its axes logically (batch, embed, mlp, heads, ...); the rules below map them onto the mesh, and a
 config may replace them without touching the model.
 """
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,8 +50,9 @@ def make_mesh(replica: int = 1, data: int = -1, fsdp: int = 1, tensor: int = 1, 
             raise ValueError(f'mesh sizes {dict(zip(MESH_AXES, sizes))} do not divide the {len(devices)} devices')
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
-        raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, '
-                         f'but {len(devices)} are available')
+        raise ValueError(
+            f'mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, but {len(devices)} are available'
+        )
     if sizes[0] > 1:  # slices (or hosts) first: only the replica axis crosses the slow network
         grid = mesh_utils.create_hybrid_device_mesh([1, *sizes[1:]], [sizes[0], 1, 1, 1], devices)
     else:
@@ -77,5 +79,7 @@ def variable_shardings(boxed_variables: Any, mesh: Mesh, rules: Sequence[tuple[s
     """Where a model's {'params', 'batch_stats'} live: parameters by their logical axes, BatchNorm statistics
     replicated. boxed_variables: `model.abstract_variables(config)`."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    return {'params': tree_shardings(boxed_variables['params'], mesh, rules),
-            'batch_stats': jax.tree_util.tree_map(lambda _: replicated, boxed_variables['batch_stats'])}
+    return {
+        'params': tree_shardings(boxed_variables['params'], mesh, rules),
+        'batch_stats': jax.tree_util.tree_map(lambda _: replicated, boxed_variables['batch_stats']),
+    }

@@ -1,9 +1,10 @@
 """Flax <-> PyTorch weight layouts: state-dict names and kernel layouts, shared by the OFA and VQGAN converters.
 
-    name = torch_name(('encoder', 'layers_0', 'fc1', 'kernel'))   # 'encoder.layers.0.fc1.weight'
-    weight = to_torch(path, value)                                # Flax array -> its PyTorch layout
-    value = to_flax(path, weight, shape)                          # and back, checked against the Flax shape
+name = torch_name(('encoder', 'layers_0', 'fc1', 'kernel'))   # 'encoder.layers.0.fc1.weight'
+weight = to_torch(path, value)                                # Flax array -> its PyTorch layout
+value = to_flax(path, weight, shape)                          # and back, checked against the Flax shape
 """
+
 import math
 import re
 
@@ -13,8 +14,13 @@ from ofa_jax import torch_pickle
 
 SHARED_EMBEDDING = 'encoder.embed_tokens.weight'  # OFA's token embedding, which the decoder shares
 # Flax leaf names -> PyTorch's.
-LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'mean': 'running_mean',
-              'var': 'running_var'}
+LEAF_NAMES = {
+    'kernel': 'weight',
+    'scale': 'weight',
+    'embedding': 'weight',
+    'mean': 'running_mean',
+    'var': 'running_var',
+}
 
 
 def torch_name(path: tuple[str, ...]) -> str:
@@ -35,8 +41,10 @@ def to_flax(path: tuple[str, ...], weight: np.ndarray, shape: tuple[int, ...]) -
     linear [out, in] -> [in, out], then split heads). Raises ValueError if the weight does not fit `shape`."""
     expected = to_torch(path, np.broadcast_to(np.float32(0), shape)).shape  # a view: nothing allocated
     if weight.shape != expected:
-        raise ValueError(f'weight {torch_name(path)} has shape {weight.shape}, which does not fit the inferred '
-                         f'model (expected {expected})')
+        raise ValueError(
+            f'weight {torch_name(path)} has shape {weight.shape}, which does not fit the inferred '
+            f'model (expected {expected})'
+        )
     if path[-1] == 'kernel' and weight.ndim == 4:  # conv [out, in, kh, kw] -> [kh, kw, in, out]
         weight = weight.transpose(2, 3, 1, 0)
     elif path[-1] == 'kernel':  # linear [out, in] -> [in, out], then split heads where the kernel has them
@@ -60,5 +68,6 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """Weights from an OFA checkpoint file: fairseq `.pt`, HF `pytorch_model.bin` or `.safetensors`."""
     if path.endswith('.safetensors'):
         from safetensors.numpy import load_file
+
         return load_file(path)
     return torch_pickle.state_dict_from(torch_pickle.load(path))

@@ -254,9 +254,7 @@ class _Unpickler(pickle.Unpickler):
         if offset + sum((n - 1) * s for n, s in zip(shape, steps)) >= storage.size:
             raise pickle.UnpicklingError(f'tensor view size={shape} stride={steps} exceeds its storage')
         item = storage.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            storage[offset:], shape, tuple(s * item for s in steps), writeable=False
-        )
+        view = np.lib.stride_tricks.as_strided(storage[offset:], shape, tuple(s * item for s in steps), writeable=False)
         out = np.array(view, order='C')  # contiguous, writable, detached from the file mapping
         if self._big_endian:
             _byteswap_inplace(out)

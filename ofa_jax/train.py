@@ -7,6 +7,7 @@ iterator). SIGTERM finishes the current step, saves and exits. Outputs in the wo
 TensorBoard events in tb/, config.json. Evaluation is its own command (`python -m ofa_jax.evaluate`, or
 `python -m ofa_jax.demo` for the synthetic world), reading the workdir.
 """
+
 import functools
 import json
 import os
@@ -36,8 +37,17 @@ from ofa_jax.data import vocab as V
 from ofa_jax.model import OFA, abstract_variables, init_variables
 
 # Dense bfloat16 peak FLOP/s per chip, by jax device_kind prefix.
-PEAK_FLOPS = {'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v5': 459e12,
-              'TPU v6': 918e12, 'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12, 'NVIDIA A100': 312e12}
+PEAK_FLOPS = {
+    'TPU v4': 275e12,
+    'TPU v5 lite': 197e12,
+    'TPU v5e': 197e12,
+    'TPU v5p': 459e12,
+    'TPU v5': 459e12,
+    'TPU v6': 918e12,
+    'NVIDIA H100': 989e12,
+    'NVIDIA H200': 989e12,
+    'NVIDIA A100': 312e12,
+}
 
 
 @flax.struct.dataclass
@@ -54,8 +64,12 @@ def maybe_initialize_distributed() -> None:
     """Joins the other processes when the environment describes a multi-process job (TPU pods are detected by jax;
     GPU/CPU clusters set OFA_COORDINATOR, OFA_NUM_PROCESSES and OFA_PROCESS_ID, or run under SLURM)."""
     explicit = 'OFA_COORDINATOR' in os.environ
-    if not (explicit or 'SLURM_NTASKS' in os.environ and int(os.environ['SLURM_NTASKS']) > 1
-            or os.environ.get('TPU_WORKER_HOSTNAMES')):
+    if not (
+        explicit
+        or 'SLURM_NTASKS' in os.environ
+        and int(os.environ['SLURM_NTASKS']) > 1
+        or os.environ.get('TPU_WORKER_HOSTNAMES')
+    ):
         return
     # Processes on CPUs reduce over gloo (TCP). Only the CPU client reads this setting, and it must be set before
     # the backends start; older jax versions leave it unset, which fails every cross-process computation on CPU.
@@ -63,8 +77,9 @@ def maybe_initialize_distributed() -> None:
     if not jax.config.jax_cpu_collectives_implementation:
         jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     if explicit:
-        jax.distributed.initialize(os.environ['OFA_COORDINATOR'], int(os.environ['OFA_NUM_PROCESSES']),
-                                   int(os.environ['OFA_PROCESS_ID']))
+        jax.distributed.initialize(
+            os.environ['OFA_COORDINATOR'], int(os.environ['OFA_NUM_PROCESSES']), int(os.environ['OFA_PROCESS_ID'])
+        )
     else:
         jax.distributed.initialize()
 
@@ -72,22 +87,33 @@ def maybe_initialize_distributed() -> None:
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     """Linear warmup from 0, then linear (polynomial, power 1) decay to end_learning_rate at total_steps."""
     warmup = int(config.warmup_steps)
-    return optax.join_schedules([
-        optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
-        optax.polynomial_schedule(config.learning_rate, config.end_learning_rate, 1.0,
-                                  max(config.total_steps - warmup, 1)),
-    ], [warmup])
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
+            optax.polynomial_schedule(
+                config.learning_rate, config.end_learning_rate, 1.0, max(config.total_steps - warmup, 1)
+            ),
+        ],
+        [warmup],
+    )
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
-        optax.adamw(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                    weight_decay=config.weight_decay))
+        optax.adamw(
+            learning_rate_schedule(config),
+            b1=config.adam_b1,
+            b2=config.adam_b2,
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+        ),
+    )
 
 
-def token_losses(logits: jax.Array, targets: jax.Array, constraint_ranges: jax.Array,
-                 label_smoothing: float) -> tuple[jax.Array, jax.Array]:
+def token_losses(
+    logits: jax.Array, targets: jax.Array, constraint_ranges: jax.Array, label_smoothing: float
+) -> tuple[jax.Array, jax.Array]:
     """OFA's label-smoothed cross entropy per token, with the vocabulary limited to each row's allowed range.
 
     logits [B, T, V], targets [B, T], constraint_ranges [B, 2] -> (loss [B, T], correct [B, T])."""
@@ -101,15 +127,20 @@ def token_losses(logits: jax.Array, targets: jax.Array, constraint_ranges: jax.A
     return loss, jnp.argmax(lprobs, axis=-1) == targets
 
 
-def train_step(model: OFA, optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict,
-               num_tasks: int, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+def train_step(
+    model: OFA,
+    optimizer: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    num_tasks: int,
+    state: TrainState,
+    batch: dict[str, jax.Array],
+) -> tuple[TrainState, dict]:
     """One optimizer update over `config.grad_accum_steps` micro-batches; the loss is normalized by all target tokens
     of the whole batch, so accumulation equals one large batch."""
     accum = config.grad_accum_steps
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     # Micro-batch k takes rows k, k + accum, ...: every device keeps a share of every micro-batch.
-    micro = jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1),
-                                   batch)
+    micro = jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
 
     def micro_step(carry, inputs):
         grads, batch_stats, totals = carry
@@ -117,17 +148,28 @@ def train_step(model: OFA, optimizer: optax.GradientTransformation, config: ml_c
 
         def loss_fn(params):
             logits, updates = model.apply(
-                {'params': params, 'batch_stats': batch_stats}, mb['src_tokens'], mb['patch_images'],
-                mb['patch_masks'], mb['prev_output_tokens'], mb['code_masks'], train=True,
+                {'params': params, 'batch_stats': batch_stats},
+                mb['src_tokens'],
+                mb['patch_images'],
+                mb['patch_masks'],
+                mb['prev_output_tokens'],
+                mb['code_masks'],
+                train=True,
                 sample_patch_num=config.sample_patch_num or None,
-                rngs={'dropout': jax.random.fold_in(rng, index)}, mutable=['batch_stats'])
+                rngs={'dropout': jax.random.fold_in(rng, index)},
+                mutable=['batch_stats'],
+            )
             loss, correct = token_losses(logits, mb['target_tokens'], mb['constraint_ranges'], config.label_smoothing)
             tokens = (mb['target_tokens'] != V.PAD) & mb['example_mask'][:, None]
             weighted = jnp.where(tokens, loss * mb['loss_weights'][:, None], 0.0)
             per_task = jax.nn.one_hot(mb['task_ids'], num_tasks)  # [B, tasks]
-            stats = {'loss_sum': weighted.sum(), 'tokens': tokens.sum(),
-                     'task_loss_sum': per_task.T @ weighted.sum(1), 'task_tokens': per_task.T @ tokens.sum(1),
-                     'task_correct': per_task.T @ (correct & tokens).sum(1)}
+            stats = {
+                'loss_sum': weighted.sum(),
+                'tokens': tokens.sum(),
+                'task_loss_sum': per_task.T @ weighted.sum(1),
+                'task_tokens': per_task.T @ tokens.sum(1),
+                'task_correct': per_task.T @ (correct & tokens).sum(1),
+            }
             return weighted.sum(), (updates['batch_stats'], stats)
 
         micro_grads, (batch_stats, stats) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -135,8 +177,13 @@ def train_step(model: OFA, optimizer: optax.GradientTransformation, config: ml_c
         totals = jax.tree_util.tree_map(jnp.add, totals, stats)
         return (grads, batch_stats, totals), None
 
-    zeros = {'loss_sum': 0.0, 'tokens': 0, 'task_loss_sum': jnp.zeros(num_tasks), 'task_tokens': jnp.zeros(num_tasks),
-             'task_correct': jnp.zeros(num_tasks)}
+    zeros = {
+        'loss_sum': 0.0,
+        'tokens': 0,
+        'task_loss_sum': jnp.zeros(num_tasks),
+        'task_tokens': jnp.zeros(num_tasks),
+        'task_correct': jnp.zeros(num_tasks),
+    }
     init = (jax.tree_util.tree_map(jnp.zeros_like, state.params), state.batch_stats, zeros)
     if accum == 1:  # XLA runs loop bodies slowly on CPU: no loop when there is nothing to accumulate
         (grads, batch_stats, totals), _ = micro_step(init, (0, batch))
@@ -149,46 +196,69 @@ def train_step(model: OFA, optimizer: optax.GradientTransformation, config: ml_c
     ema = state.ema_params
     if ema is not None:
         ema = jax.tree_util.tree_map(lambda e, p: config.ema_decay * e + (1 - config.ema_decay) * p, ema, params)
-    metrics = {'loss': totals['loss_sum'] / tokens, 'grad_norm': optax.tree.norm(grads),
-               'learning_rate': learning_rate_schedule(config)(state.step), 'target_tokens': totals['tokens'],
-               'task_loss': totals['task_loss_sum'] / jnp.maximum(totals['task_tokens'], 1),
-               'task_accuracy': totals['task_correct'] / jnp.maximum(totals['task_tokens'], 1)}
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-                              ema_params=ema)
+    metrics = {
+        'loss': totals['loss_sum'] / tokens,
+        'grad_norm': optax.tree.norm(grads),
+        'learning_rate': learning_rate_schedule(config)(state.step),
+        'target_tokens': totals['tokens'],
+        'task_loss': totals['task_loss_sum'] / jnp.maximum(totals['task_tokens'], 1),
+        'task_accuracy': totals['task_correct'] / jnp.maximum(totals['task_tokens'], 1),
+    }
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema
+    )
     return new_state, metrics
 
 
-def initial_state(model: OFA, optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                  image_size: int) -> TrainState:
+def initial_state(
+    model: OFA, optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict, image_size: int
+) -> TrainState:
     variables = init_variables(model.config, jax.random.key(config.seed), image_size)
     params = nn.meta.unbox(variables['params'])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables['batch_stats'],
-                      opt_state=optimizer.init(params), ema_params=params if config.ema_decay else None,
-                      rng=jax.random.key_data(jax.random.key(config.seed + 1)))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables['batch_stats'],
+        opt_state=optimizer.init(params),
+        ema_params=params if config.ema_decay else None,
+        rng=jax.random.key_data(jax.random.key(config.seed + 1)),
+    )
 
 
-def start_from(state: TrainState, directory: str, optimizer: optax.GradientTransformation,
-               shardings: TrainState) -> TrainState:
+def start_from(
+    state: TrainState, directory: str, optimizer: optax.GradientTransformation, shardings: TrainState
+) -> TrainState:
     """The state with its model replaced by a saved (or converted OFA) model, for finetuning."""
     _, loaded = load_model(directory)
     params = jax.device_put(loaded['params'], shardings.params)
-    return state.replace(params=params, batch_stats=jax.device_put(loaded['batch_stats'], shardings.batch_stats),
-                         opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params),
-                         ema_params=params if state.ema_params is not None else None)
+    return state.replace(
+        params=params,
+        batch_stats=jax.device_put(loaded['batch_stats'], shardings.batch_stats),
+        opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params),
+        ema_params=params if state.ema_params is not None else None,
+    )
 
 
-def state_shardings(model: OFA, optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                    mesh: jax.sharding.Mesh) -> TrainState:
+def state_shardings(
+    model: OFA, optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> TrainState:
     """The sharding of every TrainState leaf: parameters by their logical axes, optimizer moments like their
     parameters, everything else replicated."""
     boxed = abstract_variables(model.config)
     variables = sharding.variable_shardings(boxed, mesh, config.logical_axis_rules)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     opt_shapes = jax.eval_shape(optimizer.init, nn.meta.unbox(boxed['params']))
-    opt = optax.tree_map_params(optimizer, lambda _, shard: shard, opt_shapes, variables['params'],
-                                transform_non_params=lambda _: replicated)
-    return TrainState(step=replicated, params=variables['params'], batch_stats=variables['batch_stats'],
-                      opt_state=opt, ema_params=variables['params'] if config.ema_decay else None, rng=replicated)
+    opt = optax.tree_map_params(
+        optimizer, lambda _, shard: shard, opt_shapes, variables['params'], transform_non_params=lambda _: replicated
+    )
+    return TrainState(
+        step=replicated,
+        params=variables['params'],
+        batch_stats=variables['batch_stats'],
+        opt_state=opt,
+        ema_params=variables['params'] if config.ema_decay else None,
+        rng=replicated,
+    )
 
 
 def validate_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
@@ -197,8 +267,10 @@ def validate_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
     per_process = config.batch_size // processes
     problems = []
     if config.batch_size % (shards * config.grad_accum_steps):
-        problems.append(f'batch_size {config.batch_size} must be a multiple of grad_accum_steps '
-                        f'{config.grad_accum_steps} x the {shards} batch shards of mesh {dict(mesh.shape)}')
+        problems.append(
+            f'batch_size {config.batch_size} must be a multiple of grad_accum_steps '
+            f'{config.grad_accum_steps} x the {shards} batch shards of mesh {dict(mesh.shape)}'
+        )
     if config.batch_size % processes:
         problems.append(f'batch_size {config.batch_size} must divide over the {processes} processes')
     if problems:
@@ -218,7 +290,7 @@ def peak_flops_per_device() -> float:
     start = time.perf_counter()
     for _ in range(5):
         matmul(x).block_until_ready()
-    return 5 * 2 * 1024 ** 3 / (time.perf_counter() - start)
+    return 5 * 2 * 1024**3 / (time.perf_counter() - start)
 
 
 class MetricWriter:
@@ -277,11 +349,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     # Data: this process's shard of the mixture, in batches of batch_size / processes.
     tasks, rates = mixtures.register_from_config(config.data)
     task_names = [t.name for t in tasks]
-    spec = pipeline.BatchSpec(per_process_batch, config.data.image_size, config.data.max_source_length,
-                              config.data.max_target_length)
-    dataset = pipeline.batches(tasks, rates, spec, seed=config.seed, shard_index=jax.process_index(),
-                               shard_count=jax.process_count(), workers=config.data.workers,
-                               strict=config.data.strict)
+    spec = pipeline.BatchSpec(
+        per_process_batch, config.data.image_size, config.data.max_source_length, config.data.max_target_length
+    )
+    dataset = pipeline.batches(
+        tasks,
+        rates,
+        spec,
+        seed=config.seed,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        workers=config.data.workers,
+        strict=config.data.strict,
+    )
     data_iter = iter(dataset)
 
     # State: restored from the latest checkpoint when there is one, else initialized, directly into its shardings.
@@ -290,46 +370,64 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         os.path.abspath(os.path.join(workdir, TRAINING_CHECKPOINTS)),
         item_names=('state', 'data', 'config'),
         item_handlers={'data': grain.checkpoint.CheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                             keep_period=config.keep_every_steps or None,
-                                             enable_async_checkpointing=True))
-    abstract_state = jax.eval_shape(functools.partial(initial_state, model, optimizer, config,
-                                                      config.data.image_size))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.keep_checkpoints,
+            keep_period=config.keep_every_steps or None,
+            enable_async_checkpointing=True,
+        ),
+    )
+    abstract_state = jax.eval_shape(functools.partial(initial_state, model, optimizer, config, config.data.image_size))
     if manager.latest_step() is not None:
-        target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                        abstract_state, shardings)
-        restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iter)))
+        target = jax.tree_util.tree_map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+        )
+        restored = manager.restore(
+            manager.latest_step(),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iter)
+            ),
+        )
         state = restored.state
         logging.info('resumed from step %d', int(state.step))
     else:
-        state = jax.jit(functools.partial(initial_state, model, optimizer, config, config.data.image_size),
-                        out_shardings=shardings)()
+        state = jax.jit(
+            functools.partial(initial_state, model, optimizer, config, config.data.image_size), out_shardings=shardings
+        )()
         if config.init_from:
             state = start_from(state, config.init_from, optimizer, shardings)
 
-    step_fn = jax.jit(functools.partial(train_step, model, optimizer, config, len(tasks)),
-                      in_shardings=(shardings, sharding.batch_sharding(mesh)), out_shardings=(shardings, None),
-                      donate_argnums=0)
+    step_fn = jax.jit(
+        functools.partial(train_step, model, optimizer, config, len(tasks)),
+        in_shardings=(shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(shardings, None),
+        donate_argnums=0,
+    )
 
     def device_batch(batch):
         arrays = {k: v for k, v in batch.items() if k != 'dropped'}
         global_batch = jax.tree_util.tree_map(
-            lambda x: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), x), arrays)
+            lambda x: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), x), arrays
+        )
         return global_batch, batch['dropped']
 
     def save(step: int) -> None:
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   data=grain.checkpoint.CheckpointSave(data_iter),
-                                                   config=ocp.args.JsonSave(config.to_dict())))
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iter),
+                config=ocp.args.JsonSave(config.to_dict()),
+            ),
+        )
 
     writer, preemption = MetricWriter(workdir), Preemption()
     start_step = int(state.step)
     flops_per_step, peak = None, peak_flops_per_device()
     dropped_total: dict[str, int] = {}
     window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
-    progress = tqdm.tqdm(total=config.total_steps, initial=start_step, disable=jax.process_index() != 0,
-                         dynamic_ncols=True)
+    progress = tqdm.tqdm(
+        total=config.total_steps, initial=start_step, disable=jax.process_index() != 0, dynamic_ncols=True
+    )
     with mesh, nn.logical_axis_rules(config.logical_axis_rules):
         for step in range(start_step, config.total_steps):
             host_batch = next(data_iter)
@@ -345,25 +443,34 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 dropped_total[reason] = dropped_total.get(reason, 0) + count
             window_steps += 1
             window_examples += per_process_batch * jax.process_count()
-            window_tokens += jax.process_count() * int(np.sum(host_batch['src_tokens'] != V.PAD)
-                                                       + np.sum(host_batch['target_tokens'] != V.PAD))
+            window_tokens += jax.process_count() * int(
+                np.sum(host_batch['src_tokens'] != V.PAD) + np.sum(host_batch['target_tokens'] != V.PAD)
+            )
             progress.update(1)
             done = step + 1
             if done % config.log_every == 0 or done == config.total_steps:
                 metrics = jax.device_get(metrics)
                 seconds = (time.perf_counter() - window_start) / window_steps
-                logged = {'loss': float(metrics['loss']), 'learning_rate': float(metrics['learning_rate']),
-                          'grad_norm': float(metrics['grad_norm']), 'target_tokens': int(metrics['target_tokens']),
-                          'step_seconds': seconds, 'examples_per_second': window_examples / (seconds * window_steps),
-                          'tokens_per_second': window_tokens / (seconds * window_steps),
-                          'mfu': flops_per_step / seconds / peak if flops_per_step else 0.0,
-                          'dropped': dict(dropped_total)}
+                logged = {
+                    'loss': float(metrics['loss']),
+                    'learning_rate': float(metrics['learning_rate']),
+                    'grad_norm': float(metrics['grad_norm']),
+                    'target_tokens': int(metrics['target_tokens']),
+                    'step_seconds': seconds,
+                    'examples_per_second': window_examples / (seconds * window_steps),
+                    'tokens_per_second': window_tokens / (seconds * window_steps),
+                    'mfu': flops_per_step / seconds / peak if flops_per_step else 0.0,
+                    'dropped': dict(dropped_total),
+                }
                 for i, name in enumerate(task_names):
                     logged[f'loss/{name}'] = float(metrics['task_loss'][i])
                     logged[f'accuracy/{name}'] = float(metrics['task_accuracy'][i])
-                writer.write(done, {k: v for k, v in logged.items() if k != 'dropped'} | {
-                    f'dropped/{reason}': count for reason, count in dropped_total.items()} | {
-                    'dropped_examples': sum(dropped_total.values())})
+                writer.write(
+                    done,
+                    {k: v for k, v in logged.items() if k != 'dropped'}
+                    | {f'dropped/{reason}': count for reason, count in dropped_total.items()}
+                    | {'dropped_examples': sum(dropped_total.values())},
+                )
                 progress.set_postfix(loss=f'{logged["loss"]:.3f}', mfu=f'{logged["mfu"]:.1%}')
                 window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
             stop = preemption.agreed()

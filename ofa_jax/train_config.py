@@ -4,6 +4,7 @@ Every file in configs/ starts from `default_config(source)` and overrides; confi
 
 Kept apart from ofa_jax.train so config files can import it while `python -m ofa_jax.train` runs.
 """
+
 import ml_collections
 
 from ofa_jax import sharding
@@ -43,14 +44,29 @@ def data_config(source: str) -> ml_collections.ConfigDict:
 
 
 # OFA's finetuning TSV layout (ofa_jax.data.sources) of each task that has one; the text tasks come as JSONL or TFDS.
-TASK_TSV_LAYOUTS = {'caption': 'caption', 'vqa': 'vqa', 'grounding': 'refcoco', 'snli_ve': 'snli_ve',
-               'classification': 'imagenet'}
+TASK_TSV_LAYOUTS = {
+    'caption': 'caption',
+    'vqa': 'vqa',
+    'grounding': 'refcoco',
+    'snli_ve': 'snli_ve',
+    'classification': 'imagenet',
+}
 
 
 def finetune_task_config(kind: str, name: str = '', format: str = 'tsv', path: str = '', rate: float = 1.0) -> dict:
     """One entry of data.tasks, with every key a source format may read (so each can be set from the command line)."""
-    return dict(name=name or f'ofa_{kind}', kind=kind, rate=rate, format=format, path=path,
-                tsv_kind=TASK_TSV_LAYOUTS.get(kind, ''), image_root='', dataset='', split='train', data_dir='')
+    return dict(
+        name=name or f'ofa_{kind}',
+        kind=kind,
+        rate=rate,
+        format=format,
+        path=path,
+        tsv_kind=TASK_TSV_LAYOUTS.get(kind, ''),
+        image_root='',
+        dataset='',
+        split='train',
+        data_dir='',
+    )
 
 
 def default_config(source: str = 'world') -> ml_collections.ConfigDict:

@@ -11,6 +11,7 @@ The tokenizer that the data pipeline uses (uint8 in, uint8 out, jitted) is `VQGA
 CLI:
     python -m ofa_jax.vqgan convert --checkpoint last.ckpt --config model.yaml --out DIR
 """
+
 import argparse
 import dataclasses
 import functools
@@ -34,6 +35,7 @@ _NORM_GROUPS = 32
 @dataclasses.dataclass(frozen=True)
 class VQGANConfig:
     """The fields of taming's `model.yaml` (`params.ddconfig`, `params.embed_dim`, `params.n_embed`)."""
+
     ch: int = 128
     ch_mult: tuple[int, ...] = (1, 1, 2, 4)
     num_res_blocks: int = 2
@@ -85,8 +87,16 @@ class VQGANConfig:
             raise ValueError(f'{path}: ddconfig.double_z is true, which is a KL autoencoder, not a VQGAN')
         if ddconfig.get('dropout', 0.0):
             raise ValueError(f'{path}: ddconfig.dropout is {ddconfig["dropout"]}; this VQGAN is inference-only')
-        names = ('ch', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'resolution', 'z_channels', 'in_channels',
-                 'out_ch')
+        names = (
+            'ch',
+            'ch_mult',
+            'num_res_blocks',
+            'attn_resolutions',
+            'resolution',
+            'z_channels',
+            'in_channels',
+            'out_ch',
+        )
         lacking = [n for n in names if n not in ddconfig]
         if lacking:
             raise ValueError(f'{path}: ddconfig lacks {lacking}')
@@ -125,7 +135,7 @@ class AttnBlock(nn.Module):
         b, height, width, c = x.shape
         h = _norm(name='norm')(x)
         q, k, v = (_conv1(c, name=n)(h).reshape(b, height * width, c) for n in 'qkv')
-        weights = jax.nn.softmax(jnp.einsum('bic,bjc->bij', q, k) * c ** -0.5, axis=-1)
+        weights = jax.nn.softmax(jnp.einsum('bic,bjc->bij', q, k) * c**-0.5, axis=-1)
         out = jnp.einsum('bij,bjc->bic', weights, v).reshape(b, height, width, c)
         return x + _conv1(c, name='proj_out')(out)
 
@@ -156,6 +166,7 @@ class Mid(nn.Module):
 
 class Level(nn.Module):
     """Resnet blocks, each followed by attention where the level attends; then resampling unless it is the last."""
+
     features: int
     num_blocks: int
     attend: bool
@@ -183,8 +194,13 @@ class Encoder(nn.Module):
         x = _conv3(c.ch, name='conv_in')(x)
         last = len(c.ch_mult) - 1
         for i, mult in enumerate(c.ch_mult):
-            x = Level(c.ch * mult, c.num_res_blocks, c.resolution // 2 ** i in c.attn_resolutions,
-                      'down' if i != last else None, name=f'down_{i}')(x)
+            x = Level(
+                c.ch * mult,
+                c.num_res_blocks,
+                c.resolution // 2**i in c.attn_resolutions,
+                'down' if i != last else None,
+                name=f'down_{i}',
+            )(x)
         x = Mid(name='mid')(x)
         return _conv3(c.z_channels, name='conv_out')(nn.swish(_norm(name='norm_out')(x)))
 
@@ -199,8 +215,13 @@ class Decoder(nn.Module):
         x = _conv3(c.ch * c.ch_mult[last], name='conv_in')(z)
         x = Mid(name='mid')(x)
         for i in reversed(range(len(c.ch_mult))):
-            x = Level(c.ch * c.ch_mult[i], c.num_res_blocks + 1, c.resolution // 2 ** i in c.attn_resolutions,
-                      'up' if i != 0 else None, name=f'up_{i}')(x)
+            x = Level(
+                c.ch * c.ch_mult[i],
+                c.num_res_blocks + 1,
+                c.resolution // 2**i in c.attn_resolutions,
+                'up' if i != 0 else None,
+                name=f'up_{i}',
+            )(x)
         return _conv3(c.out_ch, name='conv_out')(nn.swish(_norm(name='norm_out')(x)))
 
 
@@ -214,6 +235,7 @@ class GumbelQuantize(nn.Module):
 
 class VQGAN(nn.Module):
     """Images are NHWC floats in [-1, 1]; code grids are [b, H / f, W / f] with f = config.downsample."""
+
     config: VQGANConfig
 
     def setup(self):
@@ -293,12 +315,15 @@ def from_state_dict(state_dict: dict[str, np.ndarray], config: VQGANConfig) -> d
 
 def to_state_dict(variables: dict[str, Any]) -> dict[str, np.ndarray]:
     """The GumbelVQ state dict (taming names, torch layouts) of Flax variables."""
-    return {torch_name(path): torch_layout.to_torch(path, np.asarray(value))
-            for path, value in flatten_dict(variables['params']).items()}
+    return {
+        torch_name(path): torch_layout.to_torch(path, np.asarray(value))
+        for path, value in flatten_dict(variables['params']).items()
+    }
 
 
-def from_lightning_checkpoint(checkpoint_path: str | os.PathLike, config_yaml: str | os.PathLike
-                              ) -> tuple[VQGANConfig, dict[str, Any]]:
+def from_lightning_checkpoint(
+    checkpoint_path: str | os.PathLike, config_yaml: str | os.PathLike
+) -> tuple[VQGANConfig, dict[str, Any]]:
     """(config, variables) from taming's `last.ckpt` (read without unpickling code) and its `model.yaml`."""
     config = VQGANConfig.from_yaml(config_yaml)
     return config, from_state_dict(torch_layout.read_state_dict(os.fspath(checkpoint_path)), config)
@@ -335,8 +360,9 @@ class VQGANTokenizer:
     def encode(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != self.config.in_channels or images.dtype != np.uint8:
-            raise ValueError(f'images must be uint8 [batch, H, W, {self.config.in_channels}], got {images.dtype} '
-                             f'{images.shape}')
+            raise ValueError(
+                f'images must be uint8 [batch, H, W, {self.config.in_channels}], got {images.dtype} {images.shape}'
+            )
         if images.shape[1] % self.downsample or images.shape[2] % self.downsample:
             raise ValueError(f'image sides {images.shape[1]}x{images.shape[2]} must be multiples of {self.downsample}')
         rng = None
@@ -347,8 +373,10 @@ class VQGANTokenizer:
     def decode(self, codes: np.ndarray) -> np.ndarray:
         codes = np.asarray(codes)
         if codes.ndim != 3 or codes.min() < 0 or codes.max() >= self.num_codes:
-            raise ValueError(f'codes must be [batch, h, w] in [0, {self.num_codes}), got {codes.shape} in '
-                             f'[{codes.min()}, {codes.max()}]')
+            raise ValueError(
+                f'codes must be [batch, h, w] in [0, {self.num_codes}), got {codes.shape} in '
+                f'[{codes.min()}, {codes.max()}]'
+            )
         return np.asarray(self._decode(self.variables, codes))
 
 

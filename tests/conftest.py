@@ -3,6 +3,7 @@
 Markers (registered in pyproject.toml): `slow` (whole training runs), `parity` (compares with the PyTorch reference)
 and `multihost` (several processes). The quick loop is `bash tests/run.sh -m "not slow"`.
 """
+
 import importlib.util
 import pathlib
 from typing import Any

@@ -5,6 +5,7 @@
 Joins the job described by OFA_COORDINATOR / OFA_NUM_PROCESSES / OFA_PROCESS_ID when they are set (else runs alone),
 trains to STEPS and exits 0. KEY is a dotted config path (data.world_size=100), VALUE a Python literal or a string.
 """
+
 import ast
 import pathlib
 import sys

@@ -4,6 +4,7 @@ modelscope's OFA package imports `fairseq` for its speech model and ViT variant;
 A stand-in finder answers every `fairseq.*` import with placeholders so the real OFA model imports without
 building fairseq.
 """
+
 import dataclasses
 import importlib.abc
 import importlib.util
@@ -50,13 +51,21 @@ from modelscope.models.multi_modal.ofa.configuration_ofa import OFAConfig  # noq
 from modelscope.models.multi_modal.ofa.generate.sequence_generator import SequenceGenerator  # noqa: E402
 from modelscope.models.multi_modal.ofa.modeling_ofa import OFAModel  # noqa: E402
 
-__all__ = ['torch', 'OFAConfig', 'OFAModel', 'SequenceGenerator', 'IdsOnlyTokenizer', 'reference_generate',
-           'tiny_reference']
+__all__ = [
+    'torch',
+    'OFAConfig',
+    'OFAModel',
+    'SequenceGenerator',
+    'IdsOnlyTokenizer',
+    'reference_generate',
+    'tiny_reference',
+]
 
 
 @dataclasses.dataclass
 class IdsOnlyTokenizer:
     """What SequenceGenerator reads from a tokenizer: the special ids (OFA's 0-3) and the vocabulary size."""
+
     size: int
     bos_token_id: int = 0
     pad_token_id: int = 1
@@ -74,9 +83,23 @@ def tiny_reference(**overrides) -> OFAModel:
     """OFA-Tiny (ResNet-50 trunk, 256 wide, 4+4 layers) with random weights, in eval mode; overrides go to
     OFAConfig."""
     torch.manual_seed(0)
-    return OFAModel(OFAConfig(**{**dict(d_model=256, encoder_layers=4, decoder_layers=4, encoder_attention_heads=4,
-                                         decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
-                                         resnet_type='resnet50'), **overrides})).eval()
+    return OFAModel(
+        OFAConfig(
+            **{
+                **dict(
+                    d_model=256,
+                    encoder_layers=4,
+                    decoder_layers=4,
+                    encoder_attention_heads=4,
+                    decoder_attention_heads=4,
+                    encoder_ffn_dim=1024,
+                    decoder_ffn_dim=1024,
+                    resnet_type='resnet50',
+                ),
+                **overrides,
+            }
+        )
+    ).eval()
 
 
 def reference_generate(model: OFAModel, src: np.ndarray, images: np.ndarray, settings) -> tuple[list, np.ndarray]:
@@ -84,14 +107,24 @@ def reference_generate(model: OFAModel, src: np.ndarray, images: np.ndarray, set
 
     src [b, s] int64, images [b, h, w, 3] float32. Returns (per row, per hypothesis, the token ids with eos),
     scores [b, beam]. fairseq's max_len_b counts tokens before eos, so it is max_length - 1."""
-    generator = SequenceGenerator(IdsOnlyTokenizer(model.config.vocab_size), beam_size=settings.beam_size,
-                                  max_len_b=settings.max_length - 1, min_len=settings.min_length,
-                                  len_penalty=settings.length_penalty,
-                                  no_repeat_ngram_size=settings.no_repeat_ngram_size)
-    sample = {'net_input': {'input_ids': torch.from_numpy(src),
-                            'patch_images': torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
-                            'patch_masks': torch.ones(len(src), dtype=torch.bool)}}
+    generator = SequenceGenerator(
+        IdsOnlyTokenizer(model.config.vocab_size),
+        beam_size=settings.beam_size,
+        max_len_b=settings.max_length - 1,
+        min_len=settings.min_length,
+        len_penalty=settings.length_penalty,
+        no_repeat_ngram_size=settings.no_repeat_ngram_size,
+    )
+    sample = {
+        'net_input': {
+            'input_ids': torch.from_numpy(src),
+            'patch_images': torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
+            'patch_masks': torch.ones(len(src), dtype=torch.bool),
+        }
+    }
     with torch.no_grad():
         hypotheses = generator.generate([model], sample)
-    return ([[h['tokens'].tolist() for h in row] for row in hypotheses],
-            np.array([[float(h['score']) for h in row] for row in hypotheses]))
+    return (
+        [[h['tokens'].tolist() for h in row] for row in hypotheses],
+        np.array([[float(h['score']) for h in row] for row in hypotheses]),
+    )

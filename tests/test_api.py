@@ -1,5 +1,6 @@
 """The Python API: checkpoint kinds, image reading, boxes back in original pixels, detection parsing, candidate
 scoring, per-item errors, and the evaluation over a tiny split of the synthetic world (nano model)."""
+
 import json
 
 import conftest
@@ -24,8 +25,11 @@ IMAGE_SIZE = 32
 
 def small_config(**changes):
     # One layer each side: every compiled program is smaller, and nothing here depends on depth.
-    return conftest.small_config(**{'total_steps': 2, 'ema_decay': 0.5, **changes},
-                                 model_overrides=dict(encoder_layers=1, decoder_layers=1), data=dict(world_size=64))
+    return conftest.small_config(
+        **{'total_steps': 2, 'ema_decay': 0.5, **changes},
+        model_overrides=dict(encoder_layers=1, decoder_layers=1),
+        data=dict(world_size=64),
+    )
 
 
 @pytest.fixture(scope='module')
@@ -37,11 +41,13 @@ def workdir(tmp_path_factory):
     config = small_config()
     model = model_from_config(config)
     state = train.initial_state(model, train.make_optimizer(config), config, IMAGE_SIZE)
-    state = state.replace(step=jnp.array(2, jnp.int32),
-                          ema_params=jax.tree_util.tree_map(lambda p: p * 0.5, state.params))
+    state = state.replace(
+        step=jnp.array(2, jnp.int32), ema_params=jax.tree_util.tree_map(lambda p: p * 0.5, state.params)
+    )
     manager = ocp.CheckpointManager(str(path / 'checkpoints'), item_names=('state', 'config'))
-    manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            config=ocp.args.JsonSave(config.to_dict())))
+    manager.save(
+        2, args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
+    )
     manager.wait_until_finished()
     return path, state
 
@@ -86,8 +92,14 @@ def test_detection_output_reads_boxes_and_labels_in_original_pixels():
     vocab = default_vocabulary()
     scale = (0.5, 2.0)  # the resize halved the width and doubled the height
     first, second = [10.0, 20.0, 50.0, 60.0], [0.0, 5.0, 30.0, 40.0]
-    tokens = (B.box_to_tokens(first, vocab) + vocab.encode(' red circle') + B.box_to_tokens(second, vocab)
-              + vocab.encode(' blue square') + B.box_to_tokens(first, vocab)[:3] + [V.EOS, 7, 8])
+    tokens = (
+        B.box_to_tokens(first, vocab)
+        + vocab.encode(' red circle')
+        + B.box_to_tokens(second, vocab)
+        + vocab.encode(' blue square')
+        + B.box_to_tokens(first, vocab)[:3]
+        + [V.EOS, 7, 8]
+    )
     found, labels = B.tokens_to_objects(tokens, vocab, scale)
     assert labels == ['red circle', 'blue square']  # the cut-off third box and what follows eos are ignored
     expected = [B.dequantize(B.quantize(b)) / [0.5, 2.0, 0.5, 2.0] for b in (first, second)]
@@ -113,16 +125,21 @@ def test_loads_a_training_workdir_with_its_ema(workdir):
     assert checkpoint.train_config.data.max_source_length == 24
     jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['params'], state.ema_params)
     jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['batch_stats'], state.batch_stats)
-    assert not np.array_equal(checkpoint.variables['params']['embed_tokens']['embedding'],
-                              state.params['embed_tokens']['embedding'])
+    assert not np.array_equal(
+        checkpoint.variables['params']['embed_tokens']['embedding'], state.params['embed_tokens']['embedding']
+    )
 
 
 def test_grounding_maps_boxes_back_through_the_resize(predictor):
     images = [rgb(48, 80), rgb(32, 32, 1)]  # the first is resized to 32 x 32: x shrinks by 2.5, y by 1.5
     results = predictor.grounding(images, ['the red circle', 'the blue square'])
-    inputs = [api.ModelInput(predictor.vocab.encode(task_declarations.GROUNDING.format(text)),
-                             predictor.prepare_image(image, 'grounding')[0])
-              for image, text in zip(images, ['the red circle', 'the blue square'])]
+    inputs = [
+        api.ModelInput(
+            predictor.vocab.encode(task_declarations.GROUNDING.format(text)),
+            predictor.prepare_image(image, 'grounding')[0],
+        )
+        for image, text in zip(images, ['the red circle', 'the blue square'])
+    ]
     in_model_pixels = predictor.answer('grounding', inputs)  # scale 1: boxes in the model's 32-pixel image
     np.testing.assert_allclose(results[0]['box'], np.array(in_model_pixels[0]['box']) * [2.5, 1.5, 2.5, 1.5])
     np.testing.assert_allclose(results[1]['box'], in_model_pixels[1]['box'])
@@ -145,7 +162,7 @@ def test_all_candidates_picks_the_most_probable_answer(predictor):
     previous, target = np.full((6, length), V.PAD, np.int32), np.full((6, length), V.PAD, np.int32)
     for row in range(6):
         q, a = sources[row // 3], targets[row % 3]
-        source[row, :len(q)], target[row, :len(a)], previous[row, :len(a)] = q, a, [V.BOS, *a[:-1]]
+        source[row, : len(q)], target[row, : len(a)], previous[row, : len(a)] = q, a, [V.BOS, *a[:-1]]
     pixels = np.repeat(np.stack([predictor.prepare_image(i, 'vqa')[0] for i in images]), 3, axis=0)
     logits = jax.jit(predictor.model.apply)(predictor.variables, source, pixels, np.ones(6, bool), previous)
     logprobs = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), target[..., None], axis=-1)[..., 0]
@@ -156,8 +173,12 @@ def test_all_candidates_picks_the_most_probable_answer(predictor):
 
 def test_bad_items_get_errors_and_trie_answers_stay_among_the_candidates(predictor, tmp_path):
     good, answers = rgb(40, 40), ['circle', 'blue square', 'two']
-    results = predictor.vqa([good, str(tmp_path / 'missing.png'), good, np.zeros((4, 4), np.float32), good],
-                            ['what is red', 'what is red', '   ', 'what is red', 'how many'], answers, mode='trie')
+    results = predictor.vqa(
+        [good, str(tmp_path / 'missing.png'), good, np.zeros((4, 4), np.float32), good],
+        ['what is red', 'what is red', '   ', 'what is red', 'how many'],
+        answers,
+        mode='trie',
+    )
     assert [sorted(r) for r in results] == [['answer', 'score'], ['error'], ['error'], ['error'], ['answer', 'score']]
     assert results[0]['answer'] in answers and results[4]['answer'] in answers
     assert 'missing.png' in results[1]['error'] and 'cannot be read' in results[1]['error']
@@ -213,9 +234,18 @@ def test_evaluate_writes_predictions_and_metrics(predictor, tmp_path):
     config.data.world_seed = 1000  # scenes the training never saw
     scores, _ = evaluate.evaluate(config, '', str(tmp_path / 'eval'), max_examples=2, predictor=predictor)
     tasks = ['caption', 'vqa', 'grounding', 'grounded_caption', 'itm', 'detection', 'image_infill', 'text_infill']
-    metrics = {'caption_cider', 'caption_bleu4', 'caption_exact_match', 'vqa_accuracy', 'grounding_accuracy',
-               'grounded_caption_exact_match', 'itm_accuracy', 'detection_f1', 'image_infill_code_accuracy',
-               'text_infill_exact_match'}
+    metrics = {
+        'caption_cider',
+        'caption_bleu4',
+        'caption_exact_match',
+        'vqa_accuracy',
+        'grounding_accuracy',
+        'grounded_caption_exact_match',
+        'itm_accuracy',
+        'detection_f1',
+        'image_infill_code_accuracy',
+        'text_infill_exact_match',
+    }
     assert set(scores) == metrics | {f'{t}_examples' for t in tasks} | {f'{t}_dropped' for t in tasks}
     assert all(scores[f'{t}_examples'] == 2 and scores[f'{t}_dropped'] == 0 for t in tasks)
     assert all(0.0 <= scores[m] <= 10.0 for m in metrics)
@@ -246,9 +276,24 @@ def test_predict_cli_prints_json_and_draws_the_boxes(workdir, tmp_path, capsys):
     for i, (height, width) in enumerate(((48, 80), (32, 32))):
         paths.append(tmp_path / f'scene{i}.png')
         Image.fromarray(rgb(height, width, i)).save(paths[-1])
-    predict.main(['--checkpoint', str(workdir[0]), '--task', 'grounding', '--image', str(paths[0]), '--image',
-                  str(paths[1]), '--text', 'the red circle', '--text', 'the blue square',
-                  '--draw', str(tmp_path / 'boxes.png')])
+    predict.main(
+        [
+            '--checkpoint',
+            str(workdir[0]),
+            '--task',
+            'grounding',
+            '--image',
+            str(paths[0]),
+            '--image',
+            str(paths[1]),
+            '--text',
+            'the red circle',
+            '--text',
+            'the blue square',
+            '--draw',
+            str(tmp_path / 'boxes.png'),
+        ]
+    )
     results = json.loads(capsys.readouterr().out)
     assert [r['image'] for r in results] == [str(p) for p in paths]
     for i, result in enumerate(results):
@@ -261,16 +306,37 @@ def test_predict_cli_prints_json_and_draws_the_boxes(workdir, tmp_path, capsys):
 
 
 def test_predict_cli_draws_text_to_image_samples(workdir, tmp_path, capsys):
-    config = vqgan.VQGANConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(), resolution=16,
-                               z_channels=32, embed_dim=32, n_embed=16)  # f=8: the model's 2x2 codes -> 16 pixels
+    config = vqgan.VQGANConfig(
+        ch=32,
+        ch_mult=(1, 1, 1, 1),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        resolution=16,
+        z_channels=32,
+        embed_dim=32,
+        n_embed=16,
+    )  # f=8: the model's 2x2 codes -> 16 pixels
     variables = vqgan.VQGAN(config).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     save_model(tmp_path / 'vqgan', config, variables)
-    predict.main(['--checkpoint', str(workdir[0]), '--task', 'text_to_image', '--text', 'a red circle',
-                  '--vqgan', str(tmp_path / 'vqgan'), '--samples', '2', '--draw', str(tmp_path / 'drawn.png')])
+    predict.main(
+        [
+            '--checkpoint',
+            str(workdir[0]),
+            '--task',
+            'text_to_image',
+            '--text',
+            'a red circle',
+            '--vqgan',
+            str(tmp_path / 'vqgan'),
+            '--samples',
+            '2',
+            '--draw',
+            str(tmp_path / 'drawn.png'),
+        ]
+    )
     (result,) = json.loads(capsys.readouterr().out)
     assert result['drawings'] == [str(tmp_path / f'drawn_0_{j}.png') for j in range(2)]
     assert all(np.asarray(Image.open(path)).shape == (16, 16, 3) for path in result['drawings'])
     with pytest.raises(SystemExit):
         predict.main(['--checkpoint', str(workdir[0]), '--task', 'text_to_image', '--text', 'a red circle'])
     assert 'needs --vqgan' in capsys.readouterr().err
-

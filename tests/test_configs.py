@@ -1,5 +1,6 @@
 """Every shipped config loads, names a real model, keeps to the config schema, and registers its data from files of
 OFA's formats as the tasks it says."""
+
 import base64
 import io
 import os
@@ -21,8 +22,11 @@ ROOT = os.path.join(os.path.dirname(__file__), '..')
 SIZES = ('tiny', 'medium', 'base', 'large', 'huge')
 FINETUNE_KINDS = ('caption', 'vqa', 'grounding', 'snli_ve')
 DEMO_VARIANTS = ('pretrain', 'text_to_image')
-SHIPPED = ([('pretrain', size) for size in SIZES] + [('finetune', kind) for kind in FINETUNE_KINDS] +
-           [('demo', variant) for variant in DEMO_VARIANTS])
+SHIPPED = (
+    [('pretrain', size) for size in SIZES]
+    + [('finetune', kind) for kind in FINETUNE_KINDS]
+    + [('demo', variant) for variant in DEMO_VARIANTS]
+)
 
 
 def image_base64(size: int = 40) -> str:
@@ -47,12 +51,13 @@ def test_every_shipped_config_keeps_to_the_schema(name, arg):
     config = load_config(name, arg)
     assert_trainer_keys(config)
     assert config.data.source == {'pretrain': 'ofa_pretrain', 'finetune': 'tasks', 'demo': 'world'}[name]
-    assert load_config(name).to_dict() == load_config(name, {'pretrain': 'base', 'finetune': 'caption',
-                                                              'demo': 'pretrain'}[name]).to_dict()
+    assert (
+        load_config(name).to_dict()
+        == load_config(name, {'pretrain': 'base', 'finetune': 'caption', 'demo': 'pretrain'}[name]).to_dict()
+    )
 
 
-@pytest.mark.parametrize('name, choices', [('pretrain', SIZES), ('finetune', FINETUNE_KINDS),
-                                           ('demo', DEMO_VARIANTS)])
+@pytest.mark.parametrize('name, choices', [('pretrain', SIZES), ('finetune', FINETUNE_KINDS), ('demo', DEMO_VARIANTS)])
 def test_configs_reject_unknown_arguments_naming_every_choice(name, choices):
     """The choices named are all the shipped ones: the lists above cover every config."""
     with pytest.raises(ValueError, match=f'one of {", ".join(choices)}$'):
@@ -69,7 +74,11 @@ def test_pretraining_config_per_size(size, tmp_path):
     config = load_config('pretrain', size)
     assert config.model == size and size in PRESETS
     assert (config.learning_rate, config.clip_norm, config.label_smoothing, config.sample_patch_num) == (
-        1e-4, 5.0, 0.0, 196)
+        1e-4,
+        5.0,
+        0.0,
+        196,
+    )
     assert config.warmup_steps == config.total_steps // 100
     assert (config.data.max_source_length, config.data.max_target_length) == (80, 30)
     with pytest.raises(ValueError, match='vision_language_path is empty'):
@@ -121,8 +130,20 @@ def test_finetuning_config_per_task(kind, tmp_path):
 
 def test_train_command_reads_a_config_argument_and_names_the_missing_file(tmp_path):
     result = subprocess.run(
-        [sys.executable, '-m', 'ofa_jax.train', '--config', 'configs/finetune.py:grounding,tiny',
-         '--workdir', str(tmp_path / 'run')], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            '-m',
+            'ofa_jax.train',
+            '--config',
+            'configs/finetune.py:grounding,tiny',
+            '--workdir',
+            str(tmp_path / 'run'),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert 'data.tasks.grounding.path' in result.stderr
 

@@ -1,4 +1,5 @@
 """Weight conversion both ways, size inference, the checkpoint CLI and its errors (nano model, no reference)."""
+
 import argparse
 import collections
 
@@ -37,19 +38,25 @@ def test_round_trip_infers_the_architecture(nano):
 
 def test_overrides_set_what_weights_cannot_tell(nano):
     config, variables = nano
-    inferred, _ = convert.from_torch_state_dict(convert.to_torch_state_dict(config, variables),
-                                                dropout=0.0, dtype='bfloat16')
+    inferred, _ = convert.from_torch_state_dict(
+        convert.to_torch_state_dict(config, variables), dropout=0.0, dtype='bfloat16'
+    )
     assert inferred.dropout == 0.0 and inferred.dtype == 'bfloat16' and inferred.d_model == config.d_model
 
 
 def test_torch_tensors_and_hf_prefix_are_accepted(nano):
     config, variables = nano
-    state = {f'model.{k}': torch.from_numpy(np.array(v)) for k, v in
-             convert.to_torch_state_dict(config, variables).items()}
+    state = {
+        f'model.{k}': torch.from_numpy(np.array(v)) for k, v in convert.to_torch_state_dict(config, variables).items()
+    }
     state['model.encoder.embed_tokens.weight'] = state['model.encoder.embed_tokens.weight'].bfloat16()
     _, converted = convert.from_torch_state_dict(
-        {k: v for k, v in state.items() if not k.startswith('model.decoder.output_projection')
-         and not k.startswith('model.decoder.embed_tokens')})
+        {
+            k: v
+            for k, v in state.items()
+            if not k.startswith('model.decoder.output_projection') and not k.startswith('model.decoder.embed_tokens')
+        }
+    )
     embedding = converted['params']['embed_tokens']['embedding']
     np.testing.assert_allclose(embedding, variables['params']['embed_tokens']['embedding'], rtol=1e-2)
 
@@ -75,9 +82,13 @@ def test_bad_state_dicts_name_the_weight(nano):
 def test_cli_converts_a_fairseq_checkpoint_and_back(nano, tmp_path):
     config, variables = nano
     state = collections.OrderedDict(
-        (k, torch.from_numpy(np.array(v))) for k, v in convert.to_torch_state_dict(config, variables).items())
-    checkpoint = {'args': argparse.Namespace(arch='ofa_nano', lr=[1e-4]), 'model': state,
-                  'optimizer_history': [{'num_updates': 10}]}
+        (k, torch.from_numpy(np.array(v))) for k, v in convert.to_torch_state_dict(config, variables).items()
+    )
+    checkpoint = {
+        'args': argparse.Namespace(arch='ofa_nano', lr=[1e-4]),
+        'model': state,
+        'optimizer_history': [{'num_updates': 10}],
+    }
     torch.save(checkpoint, tmp_path / 'ofa.pt')
 
     convert.main([str(tmp_path / 'ofa.pt'), str(tmp_path / 'ckpt')])
@@ -95,7 +106,8 @@ def test_cli_converts_a_fairseq_checkpoint_and_back(nano, tmp_path):
     model = OFA(loaded_config)
     np.testing.assert_array_equal(
         jax.jit(model.apply)(loaded, src, images, np.array([True]), src[:, :3]),
-        jax.jit(model.apply)(variables, src, images, np.array([True]), src[:, :3]))
+        jax.jit(model.apply)(variables, src, images, np.array([True]), src[:, :3]),
+    )
 
 
 def test_load_model_rejects_a_directory_without_config(tmp_path):

@@ -1,4 +1,5 @@
 """The input pipeline on the embedded world: determinism, resume, sharding, mixing, drops, and every task's form."""
+
 import base64
 import collections
 import io
@@ -83,8 +84,10 @@ def test_restored_iterator_continues_identically(world_mixture):
 
 def test_worker_processes_give_the_same_batches(world_mixture):
     task_list, rates = world_mixture
-    assert_same_batches(take(pipeline.batches(task_list, rates, SPEC, seed=1, workers=2), 3),
-                        take(pipeline.batches(task_list, rates, SPEC, seed=1), 3))
+    assert_same_batches(
+        take(pipeline.batches(task_list, rates, SPEC, seed=1, workers=2), 3),
+        take(pipeline.batches(task_list, rates, SPEC, seed=1), 3),
+    )
 
 
 def test_process_shards_partition_the_stream(world_mixture):
@@ -144,15 +147,21 @@ def test_targets_follow_the_scene(vocab, world_mixture):
     infill = by_name['image_infill'].preprocess(record, rng)
     assert len(infill['target_ids']) == (64 // 2 // 8) ** 2 and infill['code_target']
     assert np.all(infill['image'][16:48, 16:48] == 0) and infill['image'].min() >= -1
-    answers = collections.Counter(vocab.decode(by_name['itm'].preprocess(world[i], np.random.default_rng(i))[
-        'target_ids']) for i in range(200))
+    answers = collections.Counter(
+        vocab.decode(by_name['itm'].preprocess(world[i], np.random.default_rng(i))['target_ids']) for i in range(200)
+    )
     assert 70 <= answers[' yes'] <= 130 and answers[' yes'] + answers[' no'] == 200
 
 
 # The raw input of each world task's instruction, by the example field it is kept in after preprocessing.
-INSTRUCTION_FIELDS = {'vqa': {'question': 'question'}, 'grounding': {'text': 'text'},
-                      'grounded_caption': {'region': 'region'}, 'itm': {'text': 'itm_text'},
-                      'text_infill': {'text': 'masked_text'}, 'text_to_image': {'text': 'caption'}}
+INSTRUCTION_FIELDS = {
+    'vqa': {'question': 'question'},
+    'grounding': {'text': 'text'},
+    'grounded_caption': {'region': 'region'},
+    'itm': {'text': 'itm_text'},
+    'text_infill': {'text': 'masked_text'},
+    'text_to_image': {'text': 'caption'},
+}
 
 
 def test_training_sources_are_the_declared_instructions_with_their_constraints(vocab, world_tasks):
@@ -179,8 +188,12 @@ def test_training_sources_are_the_declared_instructions_with_their_constraints(v
 
 def test_batches_carry_each_rows_constraint_range(vocab, world_mixture):
     task_list, rates = world_mixture
-    expected = {i: vocab.constraint_range(tasks.TASKS[t.kind].constraint) if tasks.TASKS[t.kind].constraint
-                else pipeline.UNCONSTRAINED for i, t in enumerate(task_list)}
+    expected = {
+        i: vocab.constraint_range(tasks.TASKS[t.kind].constraint)
+        if tasks.TASKS[t.kind].constraint
+        else pipeline.UNCONSTRAINED
+        for i, t in enumerate(task_list)
+    }
     seen = set()
     for batch in take(pipeline.batches(task_list, rates, SPEC, seed=0), 12):
         for row in np.flatnonzero(batch['example_mask']):
@@ -247,21 +260,32 @@ class BadRecords:
 
 
 def test_bad_records_are_counted_by_reason_or_fail_strictly(vocab):
-    steps = (tasks.decode_image, tasks.require_text('caption', 'text'),
-             tasks.transform_image(tasks.resize_transform(64), with_region=True), tasks.grounding(vocab))
+    steps = (
+        tasks.decode_image,
+        tasks.require_text('caption', 'text'),
+        tasks.transform_image(tasks.resize_transform(64), with_region=True),
+        tasks.grounding(vocab),
+    )
     task = Task('bad_grounding', BadRecords(), steps)
     spec = pipeline.BatchSpec(batch_size=16, image_size=64, max_source_length=48, max_target_length=8)
     batch = next(iter(pipeline.batches([task], [1.0], spec, seed=0, repeat=False)))
-    assert batch['dropped'] == {'bad_grounding/undecodable_image': 1, 'bad_grounding/empty_caption': 1,
-                                'bad_grounding/region_outside_image': 1, 'bad_grounding/malformed_record': 1}
+    assert batch['dropped'] == {
+        'bad_grounding/undecodable_image': 1,
+        'bad_grounding/empty_caption': 1,
+        'bad_grounding/region_outside_image': 1,
+        'bad_grounding/malformed_record': 1,
+    }
     assert batch['example_mask'].sum() == 16
     with pytest.raises(ValueError, match=r'bad_grounding.*BadRecords\(\).*record 0.*undecodable_image'):
         next(iter(pipeline.batches([task], [1.0], spec, seed=0, repeat=False, strict=True)))
 
 
 def test_finite_pipeline_pads_its_last_batch(vocab):
-    task = Task('few_captions', World(size=5, image_size=64),
-                (tasks.decode_image, tasks.transform_image(tasks.resize_transform(64)), tasks.caption(vocab)))
+    task = Task(
+        'few_captions',
+        World(size=5, image_size=64),
+        (tasks.decode_image, tasks.transform_image(tasks.resize_transform(64)), tasks.caption(vocab)),
+    )
     (batch,) = list(pipeline.batches([task], [1.0], SPEC, seed=0, repeat=False))
     assert batch['example_mask'].tolist() == [True] * 5 + [False] * 3
     assert np.all(batch['src_tokens'][5:] == 1) and batch['patch_masks'].tolist() == [True] * 5 + [False] * 3
@@ -281,8 +305,9 @@ def test_world_is_deterministic_and_drawn_where_it_says():
             cx, cy = int((x0 + x1) / 2), int(y0 + 0.65 * (y1 - y0))  # inside a triangle too
             assert tuple(record['image'][cy, cx]) == COLORS[label.split()[0]]
             assert label in record['caption']
-    assert World(seed=6, image_size=64)[0]['caption'] != World(seed=5, image_size=64)[0]['caption'] or \
-        not np.array_equal(World(seed=6, image_size=64)[0]['image'], World(seed=5, image_size=64)[0]['image'])
+    assert World(seed=6, image_size=64)[0]['caption'] != World(seed=5, image_size=64)[0][
+        'caption'
+    ] or not np.array_equal(World(seed=6, image_size=64)[0]['image'], World(seed=5, image_size=64)[0]['image'])
 
 
 def test_patch_codebook_round_trip_and_persistence(tmp_path):
@@ -319,8 +344,9 @@ def test_finetuning_tasks_from_a_config_read_ofa_tsv(tmp_path, vocab):
     (tmp_path / 'refcoco.tsv').write_text('\n'.join(rows) + '\n')
     data = data_config('tasks')
     data.image_size = 96
-    data.tasks = {'grounding': finetune_task_config('grounding', name='tsv_grounding',
-                                                    path=str(tmp_path / 'refcoco.tsv'))}
+    data.tasks = {
+        'grounding': finetune_task_config('grounding', name='tsv_grounding', path=str(tmp_path / 'refcoco.tsv'))
+    }
     assert data.tasks.grounding.tsv_kind == 'refcoco'
     (task,), rates = mixtures.register_from_config(data)
     assert (task.name, task.kind) == ('tsv_grounding', 'grounding')
@@ -352,9 +378,14 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
         ['5', image[5], '', 'what is it?', '1.0|!+red', '', 'vqa', 'qa'],
         ['6', image[6], world[6]['caption'], '', '', '', 'coco', 'caption'],
         ['7', image[7], '', 'what is it?', '1.0|!+red', '', 'vqa', 'qa'],
-        ['8', image[8], world[8]['caption'], '', '', '', 'coco', 'caption']]
-    paths = dict(vision_language=tmp_path / 'vl.tsv', text=tmp_path / 'text.tsv', image=tmp_path / 'image.tsv',
-                 detection=tmp_path / 'det.tsv')
+        ['8', image[8], world[8]['caption'], '', '', '', 'coco', 'caption'],
+    ]
+    paths = dict(
+        vision_language=tmp_path / 'vl.tsv',
+        text=tmp_path / 'text.tsv',
+        image=tmp_path / 'image.tsv',
+        detection=tmp_path / 'det.tsv',
+    )
     paths['vision_language'].write_text('\n'.join('\t'.join(row) for row in vl_rows) + '\n')
     paths['text'].write_text('0\tthe quick brown fox jumps over the lazy dog near the river bank\n')
     codes = ' '.join(str(i) for i in range(16))
@@ -364,12 +395,21 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
     data.update(dict(image_size=64, **{f'{role}_path': str(path) for role, path in paths.items()}))
     task_list, rates = mixtures.register_from_config(data)
     by_name = dict(zip([t.name for t in task_list], task_list))
-    assert dict(zip(by_name, rates)) == {'ofa_vl_first': 8, 'ofa_vl_second': 8, 'ofa_text_infill': 2,
-                                         'ofa_image_infill': 1, 'ofa_detection': 1}
+    assert dict(zip(by_name, rates)) == {
+        'ofa_vl_first': 8,
+        'ofa_vl_second': 8,
+        'ofa_text_infill': 2,
+        'ofa_image_infill': 1,
+        'ofa_detection': 1,
+    }
     # The vision-language tasks mix row types; the others are one declared task each.
     assert {name: task.kind for name, task in by_name.items()} == {
-        'ofa_vl_first': '', 'ofa_vl_second': '', 'ofa_text_infill': 'text_infill', 'ofa_image_infill': 'image_infill',
-        'ofa_detection': 'detection'}
+        'ofa_vl_first': '',
+        'ofa_vl_second': '',
+        'ofa_text_infill': 'text_infill',
+        'ofa_image_infill': 'image_infill',
+        'ofa_detection': 'detection',
+    }
 
     def sample(task_name, index, seed=0):
         task = by_name[task_name]
@@ -435,4 +475,3 @@ def test_text_to_image_targets_are_the_codes_of_the_whole_scene(vocab, world_tas
     batch = next(iter(pipeline.batches([task], [1.0], spec, seed=0)))
     assert not batch['patch_masks'].any() and batch['code_masks'].all()
     assert np.all(batch['constraint_ranges'] == vocab.code_range())
-

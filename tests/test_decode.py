@@ -1,4 +1,5 @@
 """Beam search, greedy decoding, sampling and candidate scoring on a random nano model."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,7 @@ def run(setup, settings, **kwargs):
 def generated(row):
     """The ids before eos."""
     row = list(row)
-    return row[:row.index(V.EOS)] if V.EOS in row else row
+    return row[: row.index(V.EOS)] if V.EOS in row else row
 
 
 def test_cache_gives_the_tokens_and_scores_of_recomputation(setup):
@@ -50,7 +51,7 @@ def test_cache_gives_the_tokens_and_scores_of_recomputation(setup):
     for row in tokens.reshape(-1, 7):
         ids = generated(row)
         assert len(ids) >= 2 and V.PAD not in ids  # min_length; pad never chosen
-        assert all(t == V.PAD for t in row[len(ids) + 1:])
+        assert all(t == V.PAD for t in row[len(ids) + 1 :])
         bigrams = list(zip(ids, ids[1:]))
         assert len(bigrams) == len(set(bigrams))
 
@@ -99,8 +100,7 @@ def test_sample_codes_fills_a_code_grid_as_long_as_the_decoder_positions(setup):
     # 16 codes then the forced eos: the decoder sees 17 positions, one past max_positions (OFA's 1,024 codes).
     config = model_config('nano', vocab_size=VOCAB, dropout=0.0, max_positions=16, code_image_size=32)
     variables = nn.meta.unbox(init_variables(config, jax.random.key(0)))
-    tokens, scores = decode.sample_codes(OFA(config), variables, setup[2], (100, 140), 2, jax.random.key(0),
-                                         top_k=8)
+    tokens, scores = decode.sample_codes(OFA(config), variables, setup[2], (100, 140), 2, jax.random.key(0), top_k=8)
     tokens = np.asarray(tokens)
     assert tokens.shape == (3, 2, 16) and np.all((tokens >= 100) & (tokens < 140))
     assert np.all(np.isfinite(np.asarray(scores)))
@@ -115,8 +115,9 @@ def test_bad_arguments_are_named(setup):
     with pytest.raises(ValueError, match='rng'):
         generate(model, variables, src, images, None, DecodeSettings(sampling=True))
     with pytest.raises(ValueError, match='prefix_tokens'):
-        generate(model, variables, src, images, None, DecodeSettings(),
-                 prefix_tokens=np.array([[V.PAD, 5]] * 3, np.int32))
+        generate(
+            model, variables, src, images, None, DecodeSettings(), prefix_tokens=np.array([[V.PAD, 5]] * 3, np.int32)
+        )
     with pytest.raises(ValueError, match='constraint_ranges'):
         generate(model, variables, src, images, None, DecodeSettings(), constraint_ranges=np.zeros((2, 2), np.int32))
     with pytest.raises(ValueError, match='Trie'):
@@ -135,11 +136,13 @@ def test_prompt_prefixes_are_forced_in_decoding_and_scoring(setup):
     assert decode.prompt_prefix(src, 'none') is None
     with pytest.raises(ValueError, match='prompt_type'):
         decode.prompt_prefix(src, 'prefix')
-    tokens, scores = generate(model, variables, jnp.asarray(src), None, None,
-                              DecodeSettings(beam_size=1, max_length=5), prefix_tokens=prefix)
+    tokens, scores = generate(
+        model, variables, jnp.asarray(src), None, None, DecodeSettings(beam_size=1, max_length=5), prefix_tokens=prefix
+    )
     answers = [generated(row) for row in np.asarray(tokens)[:, 0]]
-    forced = np.asarray(score_candidates(model, variables, jnp.asarray(src), None, None, answers, batch_size=4,
-                                         prefix_tokens=prefix))
+    forced = np.asarray(
+        score_candidates(model, variables, jnp.asarray(src), None, None, answers, batch_size=4, prefix_tokens=prefix)
+    )
     lengths = np.array([len(a) + 1 for a in answers])
     np.testing.assert_allclose(np.asarray(scores)[:, 0] * lengths, np.diag(forced), rtol=1e-5)
     unprompted = np.asarray(score_candidates(model, variables, jnp.asarray(src), None, None, answers, batch_size=4))

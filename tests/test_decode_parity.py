@@ -1,4 +1,5 @@
 """generate() against modelscope's SequenceGenerator (OFA's fairseq generator) on the same random weights."""
+
 import numpy as np
 import pytest
 from reference import OFAConfig, OFAModel, reference_generate, torch
@@ -15,9 +16,17 @@ IMAGE_SIZE = 64
 
 @pytest.fixture(scope='module')
 def models():
-    config = OFAConfig(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                       decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256, resnet_type='resnet50',
-                       dropout=0.0)
+    config = OFAConfig(
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=256,
+        decoder_ffn_dim=256,
+        resnet_type='resnet50',
+        dropout=0.0,
+    )
     torch.manual_seed(0)
     reference = OFAModel(config)
     with torch.no_grad():
@@ -37,10 +46,14 @@ def models():
     return reference, OFA(ours), variables, src, images
 
 
-@pytest.mark.parametrize('settings', [
-    DecodeSettings(beam_size=1, max_length=16),
-    DecodeSettings(beam_size=5, max_length=16, min_length=3, length_penalty=0.6, no_repeat_ngram_size=3),
-], ids=['greedy', 'beam5'])
+@pytest.mark.parametrize(
+    'settings',
+    [
+        DecodeSettings(beam_size=1, max_length=16),
+        DecodeSettings(beam_size=5, max_length=16, min_length=3, length_penalty=0.6, no_repeat_ngram_size=3),
+    ],
+    ids=['greedy', 'beam5'],
+)
 def test_generate_matches_modelscope(models, settings):
     reference, model, variables, src, images = models
     expected_tokens, expected_scores = reference_generate(reference, src, images, settings)

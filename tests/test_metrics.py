@@ -1,5 +1,6 @@
 """The task metrics against pycocoevalcap's scorers (parity) and against VQA, grounding, detection, exact-match and
 accuracy cases worked out by hand."""
+
 import numpy as np
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
@@ -22,20 +23,48 @@ from ofa_jax.metrics import (
 # Several images, five references each; candidates short and long, with repeated n-grams, one sharing no word with its
 # references, one equally close to references of 7 and 9 words (BLEU takes the shorter), one of a single word.
 HAND_REFS = {
-    'kitchen': ['a man is cooking in a small kitchen', 'a person prepares food on a stove',
-                'a man standing at the stove cooking dinner', 'someone cooking food in the kitchen',
-                'a man in an apron cooks in a kitchen'],
-    'dogs': ['two dogs are playing in the grass', 'a pair of dogs run across a green field',
-             'two brown dogs play together outside', 'dogs playing on a lawn', 'two dogs chase each other on grass'],
-    'beach': ['a crowd of people on a sunny beach', 'people walking on the sand near the ocean',
-              'a busy beach with many people and umbrellas', 'the beach is full of people',
-              'many people enjoy a day at the beach'],
-    'bus': ['a red double decker bus on a city street', 'a bus driving down the road',
-            'a double decker bus parked by the curb', 'a large red bus in traffic', 'a red bus stops at a bus stop'],
-    'cat': ['a cat sleeping on a laptop keyboard', 'a cat lying on top of a computer', 'a sleepy cat on a laptop',
-            'a grey cat naps on the keyboard of a laptop', 'the cat is asleep on the laptop'],
-    'skier': ['a skier going down a snowy hill', 'a person skiing down the mountain', 'someone skis on fresh snow',
-              'a skier in a red jacket on a slope', 'a man skiing down a steep slope'],
+    'kitchen': [
+        'a man is cooking in a small kitchen',
+        'a person prepares food on a stove',
+        'a man standing at the stove cooking dinner',
+        'someone cooking food in the kitchen',
+        'a man in an apron cooks in a kitchen',
+    ],
+    'dogs': [
+        'two dogs are playing in the grass',
+        'a pair of dogs run across a green field',
+        'two brown dogs play together outside',
+        'dogs playing on a lawn',
+        'two dogs chase each other on grass',
+    ],
+    'beach': [
+        'a crowd of people on a sunny beach',
+        'people walking on the sand near the ocean',
+        'a busy beach with many people and umbrellas',
+        'the beach is full of people',
+        'many people enjoy a day at the beach',
+    ],
+    'bus': [
+        'a red double decker bus on a city street',
+        'a bus driving down the road',
+        'a double decker bus parked by the curb',
+        'a large red bus in traffic',
+        'a red bus stops at a bus stop',
+    ],
+    'cat': [
+        'a cat sleeping on a laptop keyboard',
+        'a cat lying on top of a computer',
+        'a sleepy cat on a laptop',
+        'a grey cat naps on the keyboard of a laptop',
+        'the cat is asleep on the laptop',
+    ],
+    'skier': [
+        'a skier going down a snowy hill',
+        'a person skiing down the mountain',
+        'someone skis on fresh snow',
+        'a skier in a red jacket on a slope',
+        'a man skiing down a steep slope',
+    ],
 }
 HAND_CANDS = {
     'kitchen': 'a man cooking in a kitchen',
@@ -69,8 +98,9 @@ def coco_scores(refs: dict, cands: dict) -> tuple[list[float], float]:
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize('refs, cands', [(HAND_REFS, HAND_CANDS), random_captions(0), random_captions(1)],
-                         ids=['hand', 'random0', 'random1'])
+@pytest.mark.parametrize(
+    'refs, cands', [(HAND_REFS, HAND_CANDS), random_captions(0), random_captions(1)], ids=['hand', 'random0', 'random1']
+)
 def test_caption_metrics_equal_pycocoevalcap(refs, cands):
     want_bleus, want_cider = coco_scores(refs, cands)
     assert bleu(refs, cands) == pytest.approx(want_bleus, rel=0, abs=1e-9)
@@ -132,12 +162,27 @@ def test_caption_metrics_reject_bad_inputs():
         bleu(HAND_REFS, HAND_CANDS, n=0)
 
 
-@pytest.mark.parametrize('answer, normalized', [
-    ('Two', '2'), ('a dog', 'dog'), ('The Dog.', 'dog'), ('dont', "don't"), ('yes.', 'yes'), ('3.5', '3.5'),
-    ('none', '0'), ('an apple', 'apple'), ('t-shirt', 't shirt'), ('red, white', 'red white'), ('1,000', '1000'),
-    ('hot dog!', 'hot dog'), (' black\tand\nwhite ', 'black and white'), ('whats up', "what's up"),
-    ('Im', 'im'), ("somebody'd", 'somebodyd'),
-])
+@pytest.mark.parametrize(
+    'answer, normalized',
+    [
+        ('Two', '2'),
+        ('a dog', 'dog'),
+        ('The Dog.', 'dog'),
+        ('dont', "don't"),
+        ('yes.', 'yes'),
+        ('3.5', '3.5'),
+        ('none', '0'),
+        ('an apple', 'apple'),
+        ('t-shirt', 't shirt'),
+        ('red, white', 'red white'),
+        ('1,000', '1000'),
+        ('hot dog!', 'hot dog'),
+        (' black\tand\nwhite ', 'black and white'),
+        ('whats up', "what's up"),
+        ('Im', 'im'),
+        ("somebody'd", 'somebodyd'),
+    ],
+)
 def test_normalize_vqa_answer(answer, normalized):
     assert normalize_vqa_answer(answer) == normalized
 
@@ -146,7 +191,7 @@ def test_vqa_accuracy_averages_the_leave_one_out_subsets():
     others = ['cat', 'bird', 'horse', 'cow', 'sheep', 'goat', 'pig', 'mouse']
     # k of 10 annotators said "dog". Leaving out one of those k leaves k-1 matches, leaving out another leaves k.
     for k in range(11):
-        answers = ['dog'] * k + (others * 2)[:10 - k]
+        answers = ['dog'] * k + (others * 2)[: 10 - k]
         want = (k * min(1, (k - 1) / 3) + (10 - k) * min(1, k / 3)) / 10
         assert vqa_accuracy({'q': answers}, {'q': 'dog'}) == pytest.approx(want)
     assert vqa_accuracy({'q': ['dog'] * 2 + others}, {'q': 'dog'}) == pytest.approx(0.6)  # (2 * 1/3 + 8 * 2/3) / 10
@@ -248,8 +293,10 @@ def test_vqa_score_is_the_confidence_of_the_predicted_answer():
 
 
 def test_detection_f1_matches_label_and_overlap_once_per_target():
-    targets = {'a': (np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), ['red square', 'blue circle']),
-               'b': (np.array([[0, 0, 8, 8]]), ['green triangle'])}
+    targets = {
+        'a': (np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), ['red square', 'blue circle']),
+        'b': (np.array([[0, 0, 8, 8]]), ['green triangle']),
+    }
     assert detection_f1(targets, targets) == 1.0
     preds = {
         # right; right box, wrong label; a duplicate of the first (its target is taken)

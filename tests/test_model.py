@@ -1,4 +1,5 @@
 """Behaviour of the Flax OFA model itself (the nano preset, tiny images): sizes, masking, modes, errors."""
+
 import dataclasses
 import functools
 
@@ -95,10 +96,10 @@ def test_sampling_every_patch_in_random_order_changes_nothing(nano):
     model, variables = nano
     src, images, masks, tgt = inputs()
     full = jitted(model)(variables, src, images, masks, tgt)
-    sampled = jitted(model)(variables, src, images, masks, tgt, sample_patch_num=4,
-                          rngs={'dropout': jax.random.key(1)})
-    shuffled = jitted(model)(variables, src, images, masks, tgt, sample_patch_num=(32 // 16) ** 2,
-                           rngs={'dropout': jax.random.key(1)})
+    sampled = jitted(model)(variables, src, images, masks, tgt, sample_patch_num=4, rngs={'dropout': jax.random.key(1)})
+    shuffled = jitted(model)(
+        variables, src, images, masks, tgt, sample_patch_num=(32 // 16) ** 2, rngs={'dropout': jax.random.key(1)}
+    )
     np.testing.assert_allclose(shuffled, full, rtol=1e-4, atol=1e-5)
     assert sampled.shape == full.shape
 
@@ -107,8 +108,7 @@ def test_train_mode_updates_batch_norm_unless_frozen(nano):
     model, variables = nano
     src, images, masks, tgt = inputs()
     _, updates = jitted(model)(variables, src, images, masks, tgt, train=True, mutable='batch_stats')
-    moved = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), updates['batch_stats'],
-                                   variables['batch_stats'])
+    moved = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), updates['batch_stats'], variables['batch_stats'])
     assert all(jax.tree_util.tree_leaves(moved))
     frozen = OFA(dataclasses.replace(model.config, freeze_batch_norm=True))
     _, updates = jitted(frozen)(variables, src, images, masks, tgt, train=True, mutable='batch_stats')
@@ -117,21 +117,32 @@ def test_train_mode_updates_batch_norm_unless_frozen(nano):
 
 def test_dropout_and_drop_path_are_random_in_training_only(nano):
     _, variables = nano
-    config = model_config('nano', dropout=0.1, encoder_drop_path_rate=0.3, decoder_drop_path_rate=0.3,
-                          resnet_drop_path_rate=0.3)
+    config = model_config(
+        'nano', dropout=0.1, encoder_drop_path_rate=0.3, decoder_drop_path_rate=0.3, resnet_drop_path_rate=0.3
+    )
     model = OFA(config)
     src, images, masks, tgt = inputs()
 
     def run(seed):
-        out, _ = jitted(model)(variables, src, images, masks, tgt, train=True, mutable='batch_stats',
-                             rngs={'dropout': jax.random.key(seed)})
+        out, _ = jitted(model)(
+            variables,
+            src,
+            images,
+            masks,
+            tgt,
+            train=True,
+            mutable='batch_stats',
+            rngs={'dropout': jax.random.key(seed)},
+        )
         return out
 
     assert not np.allclose(run(0), run(1))
     np.testing.assert_array_equal(run(2), run(2))
-    np.testing.assert_allclose(jitted(model)(variables, src, images, masks, tgt),
-                               jitted(OFA(model_config('nano', dropout=0.0)))(variables, src, images, masks, tgt),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        jitted(model)(variables, src, images, masks, tgt),
+        jitted(OFA(model_config('nano', dropout=0.0)))(variables, src, images, masks, tgt),
+        rtol=1e-6,
+    )
 
 
 def test_rematerialized_layers_give_the_same_loss_and_gradients(nano):
@@ -171,20 +182,23 @@ def test_image_code_rows_differ_from_text_rows(nano):
     assert not np.allclose(mixed[0], text[0])
 
 
-@pytest.mark.parametrize('change, message', [
-    (dict(images=np.zeros((2, 40, 32, 3), np.float32)), 'patch_images height 40'),
-    (dict(images=np.zeros((2, 688, 688, 3), np.float32)), '42 patches'),
-    (dict(images=np.zeros((2, 3, 32, 32), np.float32)), 'NHWC'),
-    (dict(images=np.zeros((2, 32, 32, 3), np.uint8)), 'floating point'),
-    (dict(images=np.zeros((3, 32, 32, 3), np.float32)), 'patch_images has batch 3'),
-    (dict(src=np.full((2, 4), 59457, np.int32)), 'src_tokens holds ids outside'),
-    (dict(src=np.zeros((2, 4), np.float32)), 'src_tokens must hold integer'),
-    (dict(src=np.zeros((2, 4, 1), np.int32)), 'src_tokens must have shape'),
-    (dict(tgt=np.full((2, 3), -1, np.int32)), 'prev_output_tokens holds ids outside'),
-    (dict(tgt=np.zeros((3, 3), np.int32)), 'prev_output_tokens has batch 3'),
-    (dict(masks=np.ones((2,), np.int32)), 'patch_masks must be a bool'),
-    (dict(codes=np.ones((3,), bool)), 'code_masks must be a bool'),
-])
+@pytest.mark.parametrize(
+    'change, message',
+    [
+        (dict(images=np.zeros((2, 40, 32, 3), np.float32)), 'patch_images height 40'),
+        (dict(images=np.zeros((2, 688, 688, 3), np.float32)), '42 patches'),
+        (dict(images=np.zeros((2, 3, 32, 32), np.float32)), 'NHWC'),
+        (dict(images=np.zeros((2, 32, 32, 3), np.uint8)), 'floating point'),
+        (dict(images=np.zeros((3, 32, 32, 3), np.float32)), 'patch_images has batch 3'),
+        (dict(src=np.full((2, 4), 59457, np.int32)), 'src_tokens holds ids outside'),
+        (dict(src=np.zeros((2, 4), np.float32)), 'src_tokens must hold integer'),
+        (dict(src=np.zeros((2, 4, 1), np.int32)), 'src_tokens must have shape'),
+        (dict(tgt=np.full((2, 3), -1, np.int32)), 'prev_output_tokens holds ids outside'),
+        (dict(tgt=np.zeros((3, 3), np.int32)), 'prev_output_tokens has batch 3'),
+        (dict(masks=np.ones((2,), np.int32)), 'patch_masks must be a bool'),
+        (dict(codes=np.ones((3,), bool)), 'code_masks must be a bool'),
+    ],
+)
 def test_bad_input_names_the_argument(nano, change, message):
     model, variables = nano
     src, images, masks, tgt = inputs()

@@ -7,6 +7,7 @@ tokens, so the order does not matter). Dropout is off and batch norm frozen, so 
 All steps stay inside the demo config's 40 warmup steps, where the learning rate does not depend on total_steps:
 the 4-step run resumed to 6 follows the same schedule as the straight 6-step run.
 """
+
 import json
 import os
 import pathlib
@@ -29,8 +30,7 @@ def free_port() -> int:
 
 
 def base_env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(('OFA_', 'SLURM_')) and k != 'TPU_WORKER_HOSTNAMES'}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('OFA_', 'SLURM_')) and k != 'TPU_WORKER_HOSTNAMES'}
     env.update(JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
     return env
 
@@ -43,12 +43,18 @@ def run_job(workdir: pathlib.Path, steps: int, processes: int) -> list[str]:
     for index in range(processes):
         env = base_env()
         if processes > 1:
-            env.update(OFA_COORDINATOR=f'127.0.0.1:{port}', OFA_NUM_PROCESSES=str(processes),
-                       OFA_PROCESS_ID=str(index))
+            env.update(OFA_COORDINATOR=f'127.0.0.1:{port}', OFA_NUM_PROCESSES=str(processes), OFA_PROCESS_ID=str(index))
         log = open(workdir.parent / f'{workdir.name}_{steps}_{index}.log', 'w+')
         logs.append(log)
-        workers.append(subprocess.Popen([sys.executable, str(WORKER), str(workdir), str(steps)], cwd=ROOT, env=env,
-                                        stdout=log, stderr=subprocess.STDOUT))
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), str(workdir), str(steps)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     deadline, problem = time.time() + TIMEOUT, None
     while any(w.poll() is None for w in workers):
         if any(w.poll() not in (None, 0) for w in workers):
@@ -70,8 +76,10 @@ def run_job(workdir: pathlib.Path, steps: int, processes: int) -> list[str]:
     if problem is None and any(w.returncode for w in workers):
         problem = 'a process failed'
     if problem:
-        shown = '\n'.join(f'--- process {i} (exit {w.returncode}) ---\n{out[-6000:]}'
-                          for i, (w, out) in enumerate(zip(workers, outputs)))
+        shown = '\n'.join(
+            f'--- process {i} (exit {w.returncode}) ---\n{out[-6000:]}'
+            for i, (w, out) in enumerate(zip(workers, outputs))
+        )
         pytest.fail(f'{processes}-process run to step {steps} in {workdir}: {problem}\n{shown}')
     return outputs
 

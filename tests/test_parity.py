@@ -1,4 +1,5 @@
 """ofa-jax against modelscope's PyTorch OFA: same random weights, same inputs, same logits (float32)."""
+
 import dataclasses
 
 import jax
@@ -22,9 +23,18 @@ def relative_error(ours, reference) -> float:
 
 def reference_tiny(**overrides) -> OFAModel:
     """OFA-Tiny with every float weight and BatchNorm statistic randomized, so no part of the model is trivial."""
-    config = OFAConfig(d_model=256, encoder_layers=4, decoder_layers=4, encoder_attention_heads=4,
-                       decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
-                       resnet_type='resnet50', dropout=0.0, **overrides)
+    config = OFAConfig(
+        d_model=256,
+        encoder_layers=4,
+        decoder_layers=4,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=1024,
+        decoder_ffn_dim=1024,
+        resnet_type='resnet50',
+        dropout=0.0,
+        **overrides,
+    )
     torch.manual_seed(0)
     model = OFAModel(config)
     with torch.no_grad():
@@ -64,27 +74,32 @@ def make_inputs(batch=2, image_size=256, src_lens=(12, 12), tgt_lens=(7, 7), wit
 
 def run_reference(model, src, images, patch_masks, tgt, code_masks=None):
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(src),
-                    patch_images=None if images is None else torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
-                    patch_masks=None if patch_masks is None else torch.from_numpy(patch_masks),
-                    decoder_input_ids=torch.from_numpy(tgt),
-                    code_masks=None if code_masks is None else torch.from_numpy(code_masks))
+        out = model(
+            input_ids=torch.from_numpy(src),
+            patch_images=None if images is None else torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
+            patch_masks=None if patch_masks is None else torch.from_numpy(patch_masks),
+            decoder_input_ids=torch.from_numpy(tgt),
+            code_masks=None if code_masks is None else torch.from_numpy(code_masks),
+        )
     return out.logits.numpy()
 
 
 def run_ours(converted, src, images, patch_masks, tgt, code_masks=None):
     model, variables = converted
     apply = jax.jit(lambda v, *a: model.apply(v, *a))
-    return np.asarray(apply(variables, jnp.asarray(src, jnp.int32), images, patch_masks,
-                            jnp.asarray(tgt, jnp.int32), code_masks))
+    return np.asarray(
+        apply(variables, jnp.asarray(src, jnp.int32), images, patch_masks, jnp.asarray(tgt, jnp.int32), code_masks)
+    )
 
 
 @pytest.mark.parametrize('image_size', [256, 384])
 def test_images_at_pretraining_and_finetuning_sizes(reference, converted, image_size):
     src, images, tgt = make_inputs(image_size=image_size)
     masks = np.array([True, True])
-    assert relative_error(run_ours(converted, src, images, masks, tgt),
-                          run_reference(reference, src, images, masks, tgt)) <= TOLERANCE
+    assert (
+        relative_error(run_ours(converted, src, images, masks, tgt), run_reference(reference, src, images, masks, tgt))
+        <= TOLERANCE
+    )
 
 
 def test_text_of_unequal_lengths_with_padding(reference, converted):
@@ -98,14 +113,18 @@ def test_text_of_unequal_lengths_with_padding(reference, converted):
 def test_rows_without_images(reference, converted, patch_masks):
     src, images, tgt = make_inputs(image_size=128, src_lens=(10, 15), tgt_lens=(6, 5))
     masks = np.array(patch_masks)
-    assert relative_error(run_ours(converted, src, images, masks, tgt),
-                          run_reference(reference, src, images, masks, tgt)) <= TOLERANCE
+    assert (
+        relative_error(run_ours(converted, src, images, masks, tgt), run_reference(reference, src, images, masks, tgt))
+        <= TOLERANCE
+    )
 
 
 def test_text_only_batch_without_image_input(reference, converted):
     src, _, tgt = make_inputs(with_images=False, src_lens=(16, 11), tgt_lens=(8, 8))
-    assert relative_error(run_ours(converted, src, None, None, tgt),
-                          run_reference(reference, src, None, None, tgt)) <= TOLERANCE
+    assert (
+        relative_error(run_ours(converted, src, None, None, tgt), run_reference(reference, src, None, None, tgt))
+        <= TOLERANCE
+    )
 
 
 @pytest.mark.parametrize('code_masks', [[True, True], [True, False]], ids=['code_rows', 'mixed_code_and_text'])
@@ -114,8 +133,13 @@ def test_image_code_targets(reference, converted, code_masks):
     rng = np.random.default_rng(1)
     tgt = np.concatenate([np.zeros((2, 1), np.int64), rng.integers(50265, 58457, (2, 40))], axis=1)
     masks, codes = np.array([True, True]), np.array(code_masks)
-    assert relative_error(run_ours(converted, src, images, masks, tgt, codes),
-                          run_reference(reference, src, images, masks, tgt, codes)) <= TOLERANCE
+    assert (
+        relative_error(
+            run_ours(converted, src, images, masks, tgt, codes),
+            run_reference(reference, src, images, masks, tgt, codes),
+        )
+        <= TOLERANCE
+    )
 
 
 def test_train_mode_batch_norm_statistics(reference, converted):
@@ -129,8 +153,15 @@ def test_train_mode_batch_norm_statistics(reference, converted):
 
     @jax.jit
     def train_forward(v):
-        return model.apply(v, jnp.asarray(src, jnp.int32), images, masks, jnp.asarray(tgt, jnp.int32),
-                           train=True, mutable=['batch_stats'])
+        return model.apply(
+            v,
+            jnp.asarray(src, jnp.int32),
+            images,
+            masks,
+            jnp.asarray(tgt, jnp.int32),
+            train=True,
+            mutable=['batch_stats'],
+        )
 
     ours, updates = train_forward(variables)
     assert relative_error(ours, theirs) <= TOLERANCE
@@ -152,15 +183,20 @@ def test_reverse_conversion_loads_strictly_into_reference(reference, converted):
     fresh.load_state_dict(state, strict=True)
     src, images, tgt = make_inputs(image_size=128)
     masks = np.array([True, True])
-    np.testing.assert_array_equal(run_reference(fresh.eval(), src, images, masks, tgt),
-                                  run_reference(reference, src, images, masks, tgt))
+    np.testing.assert_array_equal(
+        run_reference(fresh.eval(), src, images, masks, tgt), run_reference(reference, src, images, masks, tgt)
+    )
 
 
 def test_fairseq_names_convert_to_the_same_variables(reference, converted):
     modelscope_to_fairseq = {
         'encoder': {'self_attn_mid_layer_norm': 'attn_ln'},
-        'decoder': {'self_attn_mid_layer_norm': 'self_attn_ln', 'cross_attn': 'encoder_attn',
-                    'cross_attn_layer_norm': 'encoder_attn_layer_norm', 'cross_attn_mid_layer_norm': 'cross_attn_ln'},
+        'decoder': {
+            'self_attn_mid_layer_norm': 'self_attn_ln',
+            'cross_attn': 'encoder_attn',
+            'cross_attn_layer_norm': 'encoder_attn_layer_norm',
+            'cross_attn_mid_layer_norm': 'cross_attn_ln',
+        },
     }
     fairseq_state = {}
     for name, tensor in reference.state_dict().items():
@@ -179,9 +215,10 @@ def test_relative_position_tables_equal_the_reference(reference):
     from modelscope.models.multi_modal.ofa.modeling_ofa import make_image_bucket_position, make_token_bucket_position
 
     from ofa_jax import layers
+
     np.testing.assert_array_equal(layers.token_relative_buckets(256), make_token_bucket_position(256).numpy())
     ids = np.arange(42 * 42 + 1)
-    np.testing.assert_array_equal(layers.image_relative_buckets(ids, ids, 42),
-                                  make_image_bucket_position(42, 83 * 83 + 3).numpy())
-    np.testing.assert_array_equal(layers.code_position_ids(1025, 128, 42),
-                                  reference.decoder.image_position_idx.numpy())
+    np.testing.assert_array_equal(
+        layers.image_relative_buckets(ids, ids, 42), make_image_bucket_position(42, 83 * 83 + 3).numpy()
+    )
+    np.testing.assert_array_equal(layers.code_position_ids(1025, 128, 42), reference.decoder.image_position_idx.numpy())

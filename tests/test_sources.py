@@ -1,5 +1,6 @@
 """Data sources: OFA's TSV layouts, JSON lines and TFDS mappings into the raw record schema; random access, pickling,
 malformed rows reported as '_error', and reading through grain."""
+
 import base64
 import io
 import json
@@ -51,38 +52,94 @@ def assert_fields(record: dict, expected: dict) -> None:
 
 # One row per kind, columns in the order of OFA's released files, and the record it must give.
 TSV_CASES = {
-    'caption': (['101', '12455', 'the sun sets over the docks.&&a dock at sunset', 'sky&&water', b64(RED)],
-                {'id': '101', 'image': RED, 'caption': 'the sun sets over the docks.',
-                 'references': ['the sun sets over the docks.', 'a dock at sunset']}),
-    'vqa': (['79459', '12', 'is this person wearing shorts?', '0.6|!+no&&1.0|!+yes', 'house&&short', b64(RED)],
-            {'id': '79459', 'image': RED, 'question': 'is this person wearing shorts?',
-             'answers': {'no': 0.6, 'yes': 1.0}, 'objects': ['house', 'short']}),
-    'refcoco': (['7', '580', 'man in red', '10.5,20,30.25,40', b64(RED)],
-                {'id': '7', 'image': RED, 'text': 'man in red',
-                 'region': np.array([10.5, 20, 30.25, 40], np.float32)}),
-    'snli_ve': (['3', '99', b64(RED), 'two dogs play', 'dogs run in a park', 'entailment'],
-                {'id': '3', 'image': RED, 'hypothesis': 'two dogs play', 'premise': 'dogs run in a park',
-                 'label': 'entailment'}),
-    'imagenet': ([b64(RED), '769', 'rugby ball'],
-                 {'id': '0', 'image': RED, 'label': 'rugby ball', 'caption': 'rugby ball'}),
+    'caption': (
+        ['101', '12455', 'the sun sets over the docks.&&a dock at sunset', 'sky&&water', b64(RED)],
+        {
+            'id': '101',
+            'image': RED,
+            'caption': 'the sun sets over the docks.',
+            'references': ['the sun sets over the docks.', 'a dock at sunset'],
+        },
+    ),
+    'vqa': (
+        ['79459', '12', 'is this person wearing shorts?', '0.6|!+no&&1.0|!+yes', 'house&&short', b64(RED)],
+        {
+            'id': '79459',
+            'image': RED,
+            'question': 'is this person wearing shorts?',
+            'answers': {'no': 0.6, 'yes': 1.0},
+            'objects': ['house', 'short'],
+        },
+    ),
+    'refcoco': (
+        ['7', '580', 'man in red', '10.5,20,30.25,40', b64(RED)],
+        {'id': '7', 'image': RED, 'text': 'man in red', 'region': np.array([10.5, 20, 30.25, 40], np.float32)},
+    ),
+    'snli_ve': (
+        ['3', '99', b64(RED), 'two dogs play', 'dogs run in a park', 'entailment'],
+        {
+            'id': '3',
+            'image': RED,
+            'hypothesis': 'two dogs play',
+            'premise': 'dogs run in a park',
+            'label': 'entailment',
+        },
+    ),
+    'imagenet': (
+        [b64(RED), '769', 'rugby ball'],
+        {'id': '0', 'image': RED, 'label': 'rugby ball', 'caption': 'rugby ball'},
+    ),
     'pretrain_text': (['5', 'the complete text'], {'id': '5', 'text': 'the complete text'}),
-    'pretrain_image': (['6', b64(RED), '1 2 3 8191'],
-                       {'id': '6', 'image': RED, 'codes': np.array([1, 2, 3, 8191], np.int32)}),
-    'pretrain_detection': (['8', b64(RED), '1,2,3,4,1,person&&5.5,6,7,8,10,traffic light, red'],
-                           {'id': '8', 'image': RED, 'boxes': np.array([[1, 2, 3, 4], [5.5, 6, 7, 8]], np.float32),
-                            'labels': ['person', 'traffic light, red']}),
+    'pretrain_image': (
+        ['6', b64(RED), '1 2 3 8191'],
+        {'id': '6', 'image': RED, 'codes': np.array([1, 2, 3, 8191], np.int32)},
+    ),
+    'pretrain_detection': (
+        ['8', b64(RED), '1,2,3,4,1,person&&5.5,6,7,8,10,traffic light, red'],
+        {
+            'id': '8',
+            'image': RED,
+            'boxes': np.array([[1, 2, 3, 4], [5.5, 6, 7, 8]], np.float32),
+            'labels': ['person', 'traffic light, red'],
+        },
+    ),
 }
 
 PRETRAIN_VL_CASES = [
-    (['1', b64(RED), 'a cat on a mat', '', '', 'cat&&mat', 'coco', 'caption'],
-     {'id': '1', 'image': RED, 'caption': 'a cat on a mat', 'objects': ['cat', 'mat'], 'dataset': 'coco',
-      'type': 'caption'}),
-    (['2', b64(RED), '', 'what color is the cat?', '0.9|!+black&&0.3|!+gray', 'cat', 'vqav2', 'qa'],
-     {'id': '2', 'image': RED, 'question': 'what color is the cat?', 'answers': {'black': 0.9, 'gray': 0.3},
-      'objects': ['cat'], 'dataset': 'vqav2', 'type': 'qa'}),
-    (['3', b64(RED), 'the black cat', '', '1,2,30,40', '', 'refcoco', 'visual_grounding'],
-     {'id': '3', 'image': RED, 'text': 'the black cat', 'region': np.array([1, 2, 30, 40], np.float32),
-      'dataset': 'refcoco', 'type': 'visual_grounding'}),
+    (
+        ['1', b64(RED), 'a cat on a mat', '', '', 'cat&&mat', 'coco', 'caption'],
+        {
+            'id': '1',
+            'image': RED,
+            'caption': 'a cat on a mat',
+            'objects': ['cat', 'mat'],
+            'dataset': 'coco',
+            'type': 'caption',
+        },
+    ),
+    (
+        ['2', b64(RED), '', 'what color is the cat?', '0.9|!+black&&0.3|!+gray', 'cat', 'vqav2', 'qa'],
+        {
+            'id': '2',
+            'image': RED,
+            'question': 'what color is the cat?',
+            'answers': {'black': 0.9, 'gray': 0.3},
+            'objects': ['cat'],
+            'dataset': 'vqav2',
+            'type': 'qa',
+        },
+    ),
+    (
+        ['3', b64(RED), 'the black cat', '', '1,2,30,40', '', 'refcoco', 'visual_grounding'],
+        {
+            'id': '3',
+            'image': RED,
+            'text': 'the black cat',
+            'region': np.array([1, 2, 30, 40], np.float32),
+            'dataset': 'refcoco',
+            'type': 'visual_grounding',
+        },
+    ),
 ]
 
 
@@ -129,8 +186,10 @@ def test_tsv_selected_cols_and_plain_text_lines(tmp_path):
 
 
 def test_tsv_random_access_equals_sequential(tmp_path):
-    rows = [[str(i), b64(png((i, 2 * i, 3 * i), (1 + i % 5, 2))), ' '.join(map(str, range(1 + i * 37 % 11)))]
-            for i in range(40)]
+    rows = [
+        [str(i), b64(png((i, 2 * i, 3 * i), (1 + i % 5, 2))), ' '.join(map(str, range(1 + i * 37 % 11)))]
+        for i in range(40)
+    ]
     path = tmp_path / 'many.tsv'
     path.write_bytes('\n'.join('\t'.join(row) for row in rows).encode())  # the last line has no newline
     source = OFATsvSource(path, 'pretrain_image')
@@ -179,8 +238,10 @@ def test_tsv_malformed_rows_name_the_field(tmp_path):
     assert '_error' not in source[3]
     assert source[1]['id'] == '2'  # the id survives when its column parsed
 
-    vqa = OFATsvSource(write_tsv(tmp_path, [['1', '2', 'q?', 'high|!+yes', '', image],
-                                            ['2', '2', 'q?', 'yes', '', image]], 'vqa.tsv'), 'vqa')
+    vqa = OFATsvSource(
+        write_tsv(tmp_path, [['1', '2', 'q?', 'high|!+yes', '', image], ['2', '2', 'q?', 'yes', '', image]], 'vqa.tsv'),
+        'vqa',
+    )
     assert vqa[0]['_error'].startswith('answers:') and 'high' in vqa[0]['_error']
     assert vqa[1]['_error'].startswith('answers:')
 
@@ -209,8 +270,17 @@ def test_jsonl_with_image_folder(tmp_path):
     (tmp_path / 'images').mkdir()
     (tmp_path / 'images' / 'a.png').write_bytes(RED)
     lines = [
-        {'id': 1, 'image': 'a.png', 'caption': 'a red square', 'region': [1, 2, 3, 4], 'boxes': [[1, 2, 3, 4]],
-         'labels': ['square'], 'answers': {'red': 1}, 'candidates': ['red', 'blue'], 'passage': 'kept'},
+        {
+            'id': 1,
+            'image': 'a.png',
+            'caption': 'a red square',
+            'region': [1, 2, 3, 4],
+            'boxes': [[1, 2, 3, 4]],
+            'labels': ['square'],
+            'answers': {'red': 1},
+            'candidates': ['red', 'blue'],
+            'passage': 'kept',
+        },
         {'text': 'plain text'},
         {'id': 'm', 'image': 'missing.png'},
         {'region': [1, 2, 3]},
@@ -221,10 +291,20 @@ def test_jsonl_with_image_folder(tmp_path):
     path.write_text('\n'.join(json.dumps(line) for line in lines) + '\n{not json\n')
     source = JsonlSource(path, image_root=tmp_path / 'images')
     assert len(source) == 7
-    assert_fields(source[0], {
-        'id': '1', 'image': RED, 'caption': 'a red square', 'region': np.array([1, 2, 3, 4], np.float32),
-        'boxes': np.array([[1, 2, 3, 4]], np.float32), 'labels': ['square'], 'answers': {'red': 1.0},
-        'candidates': ['red', 'blue'], 'passage': 'kept'})
+    assert_fields(
+        source[0],
+        {
+            'id': '1',
+            'image': RED,
+            'caption': 'a red square',
+            'region': np.array([1, 2, 3, 4], np.float32),
+            'boxes': np.array([[1, 2, 3, 4]], np.float32),
+            'labels': ['square'],
+            'answers': {'red': 1.0},
+            'candidates': ['red', 'blue'],
+            'passage': 'kept',
+        },
+    )
     assert_fields(source[1], {'id': '1', 'text': 'plain text'})
     errors = [source[i]['_error'] for i in range(2, 7)]
     assert [e.split(':')[0] for e in errors] == ['image', 'region', 'answers', 'json', 'json']
@@ -247,23 +327,48 @@ def text_array(*texts: str) -> np.ndarray:
 
 def ref_coco_example() -> dict:
     # Nested sequences decode ragged: a list with one array per object.
-    return {'image': IMAGE, 'image/id': np.int64(580),
-            'objects': {'id': np.array([11, 12]), 'area': np.array([5, 6]), 'label': np.array([1, 1]),
-                        'bbox': np.array([[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1]], np.float32),
-                        'gt_box_index': np.array([0, 1]), 'mask': [b'png', b'png'],
-                        'refexp': {'raw': [text_array('left man', 'man on left'), text_array('whole thing')],
-                                   'refexp_id': [np.array([7, 8]), np.array([9])]}},
-            'coco_annotations': {'id': np.array([11, 12]), 'area': np.array([5, 6]), 'label': np.array([1, 1]),
-                                 'bbox': np.array([[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1]], np.float32)}}
+    return {
+        'image': IMAGE,
+        'image/id': np.int64(580),
+        'objects': {
+            'id': np.array([11, 12]),
+            'area': np.array([5, 6]),
+            'label': np.array([1, 1]),
+            'bbox': np.array([[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1]], np.float32),
+            'gt_box_index': np.array([0, 1]),
+            'mask': [b'png', b'png'],
+            'refexp': {
+                'raw': [text_array('left man', 'man on left'), text_array('whole thing')],
+                'refexp_id': [np.array([7, 8]), np.array([9])],
+            },
+        },
+        'coco_annotations': {
+            'id': np.array([11, 12]),
+            'area': np.array([5, 6]),
+            'label': np.array([1, 1]),
+            'bbox': np.array([[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1]], np.float32),
+        },
+    }
 
 
 def clevr_example(answers: bool = True) -> dict:
-    return {'image': IMAGE, 'file_name': b'CLEVR_train_000001.png',
-            'objects': {'color': np.array([4]), 'material': np.array([1]), 'shape': np.array([0]),
-                        'size': np.array([1]), 'rotation': np.array([0.5], np.float32),
-                        '3d_coords': np.zeros((1, 3), np.float32), 'pixel_coords': np.zeros((1, 3), np.float32)},
-            'question_answer': {'question': text_array('how many cubes?', 'is it red?'),
-                                'answer': text_array('1', 'yes') if answers else text_array()}}
+    return {
+        'image': IMAGE,
+        'file_name': b'CLEVR_train_000001.png',
+        'objects': {
+            'color': np.array([4]),
+            'material': np.array([1]),
+            'shape': np.array([0]),
+            'size': np.array([1]),
+            'rotation': np.array([0.5], np.float32),
+            '3d_coords': np.zeros((1, 3), np.float32),
+            'pixel_coords': np.zeros((1, 3), np.float32),
+        },
+        'question_answer': {
+            'question': text_array('how many cubes?', 'is it red?'),
+            'answer': text_array('1', 'yes') if answers else text_array(),
+        },
+    }
 
 
 def test_tfds_box_to_pixels():
@@ -271,34 +376,55 @@ def test_tfds_box_to_pixels():
 
 
 def test_tfds_mappings_on_feature_shaped_examples():
-    objects = {'id': np.array([1, 2]), 'area': np.array([3, 4]), 'is_crowd': np.array([False, False]),
-               'bbox': np.array([[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1]], np.float32), 'label': np.array([0, 2])}
+    objects = {
+        'id': np.array([1, 2]),
+        'area': np.array([3, 4]),
+        'is_crowd': np.array([False, False]),
+        'bbox': np.array([[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1]], np.float32),
+        'label': np.array([0, 2]),
+    }
     coco = {'image': IMAGE, 'image/filename': b'000000000009.jpg', 'image/id': np.int64(9), 'objects': objects}
-    assert_fields(sources.coco_detection_record(coco, ['person', 'bicycle', 'car']), {
-        'id': '9', 'image': IMAGE, 'labels': ['person', 'car'],
-        'boxes': np.array([[40, 10, 120, 50], [0, 0, 200, 100]], np.float32)})
+    assert_fields(
+        sources.coco_detection_record(coco, ['person', 'bicycle', 'car']),
+        {
+            'id': '9',
+            'image': IMAGE,
+            'labels': ['person', 'car'],
+            'boxes': np.array([[40, 10, 120, 50], [0, 0, 200, 100]], np.float32),
+        },
+    )
     empty = {**coco, 'objects': {k: v[:0] for k, v in objects.items()}}
     record = sources.coco_detection_record(empty, ['person'])
     assert record['boxes'].shape == (0, 4) and record['labels'] == []
 
     captions = {**coco, 'captions': {'id': np.array([31, 32]), 'text': text_array('a man rides', 'a cyclist')}}
-    assert_fields(sources.coco_captions_record(captions, 1), {
-        'id': '9', 'image': IMAGE, 'caption': 'a cyclist', 'references': ['a man rides', 'a cyclist']})
+    assert_fields(
+        sources.coco_captions_record(captions, 1),
+        {'id': '9', 'image': IMAGE, 'caption': 'a cyclist', 'references': ['a man rides', 'a cyclist']},
+    )
 
     example = ref_coco_example()
     assert sources.TFDS_MAPPINGS['ref_coco'].items(example) == [(0, 0), (0, 1), (1, 0)]
-    assert_fields(sources.ref_coco_record(example, 0, 1), {
-        'id': '580-8', 'image': IMAGE, 'text': 'man on left', 'region': np.array([40, 10, 120, 50], np.float32)})
-    assert_fields(sources.ref_coco_record(example, 1, 0), {
-        'id': '580-9', 'image': IMAGE, 'text': 'whole thing', 'region': np.array([0, 0, 200, 100], np.float32)})
+    assert_fields(
+        sources.ref_coco_record(example, 0, 1),
+        {'id': '580-8', 'image': IMAGE, 'text': 'man on left', 'region': np.array([40, 10, 120, 50], np.float32)},
+    )
+    assert_fields(
+        sources.ref_coco_record(example, 1, 0),
+        {'id': '580-9', 'image': IMAGE, 'text': 'whole thing', 'region': np.array([0, 0, 200, 100], np.float32)},
+    )
 
-    assert_fields(sources.clevr_record(clevr_example(), 1), {
-        'id': 'CLEVR_train_000001.png-1', 'image': IMAGE, 'question': 'is it red?', 'answers': {'yes': 1.0}})
+    assert_fields(
+        sources.clevr_record(clevr_example(), 1),
+        {'id': 'CLEVR_train_000001.png-1', 'image': IMAGE, 'question': 'is it red?', 'answers': {'yes': 1.0}},
+    )
     assert 'answers' not in sources.clevr_record(clevr_example(answers=False), 0)
 
     imagenet = {'image': IMAGE, 'label': np.int64(1), 'file_name': b'n01443537_1.JPEG'}
-    assert_fields(sources.imagenet_record(imagenet, ['tench', 'goldfish']), {
-        'id': 'n01443537_1.JPEG', 'image': IMAGE, 'label': 'goldfish', 'caption': 'goldfish'})
+    assert_fields(
+        sources.imagenet_record(imagenet, ['tench', 'goldfish']),
+        {'id': 'n01443537_1.JPEG', 'image': IMAGE, 'label': 'goldfish', 'caption': 'goldfish'},
+    )
 
 
 @pytest.mark.parametrize('name', ['ref_coco', 'clevr', 'imagenet2012'])
@@ -338,6 +464,7 @@ class FakeSplit:
 def mock_split(examples: list):
     def as_data_source(builder, split, **kwargs):
         return FakeSplit(examples, builder.info.features)
+
     return tfds.testing.mock_data(as_data_source_fn=as_data_source)
 
 
@@ -377,6 +504,7 @@ def test_tfds_source_clevr_imagenet_and_bad_examples():
 
 
 # ---- grain -------------------------------------------------------------------------------------------------------
+
 
 def caption_length(record: dict) -> int:
     return len(record['caption'])

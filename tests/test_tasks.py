@@ -1,5 +1,6 @@
 """Each task is declared once: the API builds exactly the instruction the training preprocessor builds from the same
 raw input, for every task; and the import rules that keep applications above libraries."""
+
 import subprocess
 import sys
 
@@ -27,8 +28,10 @@ FINETUNE_RECORDS = {
     'mnli': {'premise': 'A man sleeps on a bench.', 'hypothesis': 'Someone rests.', 'label': 'entailment'},
     'rte': {'premise': 'The city flooded.', 'hypothesis': 'It rained.', 'label': 'not_entailment'},
     'qqp': {'premise': 'How do I learn jax?', 'hypothesis': 'What is the way to learn jax?', 'label': '1'},
-    'summarization': {'text': 'The council approved the new budget on Monday after a long debate.',
-                      'target': 'council approves budget'},
+    'summarization': {
+        'text': 'The council approved the new budget on Monday after a long debate.',
+        'target': 'council approves budget',
+    },
 }
 
 
@@ -50,8 +53,13 @@ def training_example(task: str, index: int) -> dict:
 def api_inputs(task: str, example: dict) -> dict:
     """The raw inputs a user gives the API for what the training example asks."""
     record = FINETUNE_RECORDS.get(task, WORLD[0])
-    taken = {'question': record.get('question'), 'text': record.get('text'), 'hypothesis': record.get('hypothesis'),
-             'premise': record.get('premise'), 'region': WORLD[0]['region']}
+    taken = {
+        'question': record.get('question'),
+        'text': record.get('text'),
+        'hypothesis': record.get('hypothesis'),
+        'premise': record.get('premise'),
+        'region': WORLD[0]['region'],
+    }
     if task == 'itm':
         taken['text'] = example['itm_text']
     if task == 'text_infill':
@@ -97,13 +105,32 @@ def loaded_modules(statement: str) -> set[str]:
 
 def test_applications_stay_above_the_libraries():
     for module in ('ofa_jax.api', 'ofa_jax.predict', 'ofa_jax.evaluate', 'ofa_jax.demo'):
-        loaded = loaded_modules(f'import {module}\nfrom absl import flags\n'
-                                f'assert not any(f in flags.FLAGS for f in ("config", "workdir", "checkpoint"))')
+        loaded = loaded_modules(
+            f'import {module}\nfrom absl import flags\n'
+            f'assert not any(f in flags.FLAGS for f in ("config", "workdir", "checkpoint"))'
+        )
         assert 'ofa_jax.train' not in loaded, module
     assert 'ofa_jax.demo' not in loaded_modules('import ofa_jax.train')
-    data_modules = ['tasks', 'mixtures', 'pipeline', 'sources', 'registry', 'vocab', 'boxes', 'transforms',
-                    'image_codes', 'world']
+    data_modules = [
+        'tasks',
+        'mixtures',
+        'pipeline',
+        'sources',
+        'registry',
+        'vocab',
+        'boxes',
+        'transforms',
+        'image_codes',
+        'world',
+    ]
     loaded = loaded_modules('\n'.join(f'import ofa_jax.data.{m}' for m in data_modules))
-    forbidden = {'ofa_jax.convert', 'ofa_jax.vqgan', 'ofa_jax.torch_pickle', 'ofa_jax.torch_layout', 'ofa_jax.model',
-                 'ofa_jax.checkpoint', 'ofa_jax.train'}
+    forbidden = {
+        'ofa_jax.convert',
+        'ofa_jax.vqgan',
+        'ofa_jax.torch_pickle',
+        'ofa_jax.torch_layout',
+        'ofa_jax.model',
+        'ofa_jax.checkpoint',
+        'ofa_jax.train',
+    }
     assert not loaded & forbidden

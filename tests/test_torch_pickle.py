@@ -213,8 +213,11 @@ def test_unknown_module_is_not_imported(tmp_path):
 
 
 def test_big_endian_archive(tmp_path):
-    tensors = {'f': torch.randn(3, 2).t(), 'c': torch.tensor([1 + 2j], dtype=torch.complex64),
-               'b': torch.tensor([True])}
+    tensors = {
+        'f': torch.randn(3, 2).t(),
+        'c': torch.tensor([1 + 2j], dtype=torch.complex64),
+        'b': torch.tensor([True]),
+    }
     src = _save(tensors, tmp_path)
     with zipfile.ZipFile(src) as zf:
         data_pkl = zf.read('ckpt/data.pkl')

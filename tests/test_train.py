@@ -1,6 +1,7 @@
 """The trainer: its loss, schedule and layout checks, and whole runs of the nano model on the synthetic world
 (meshes agree, a checkpoint resumes on another mesh, accumulation equals the large batch, resume is exact, SIGTERM
 saves, the demo learns)."""
+
 import json
 import os
 import signal
@@ -61,8 +62,11 @@ def test_accumulation_equals_the_large_batch(tmp_path):
     for step, loss in losses(tmp_path / 'large').items():
         assert losses(tmp_path / 'accumulated')[step] == pytest.approx(loss, rel=1e-5)
     # Adam divides by the gradient's own scale, so parameters whose gradients are ~0 move by rounding noise * lr.
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),
-                           jax.device_get(large.params), jax.device_get(accumulated.params))
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),
+        jax.device_get(large.params),
+        jax.device_get(accumulated.params),
+    )
 
 
 @pytest.mark.slow
@@ -71,10 +75,12 @@ def test_resume_is_exact(tmp_path):
     train.train(small_config(total_steps=2), str(tmp_path / 'resumed'))
     resumed = train.train(small_config(total_steps=4), str(tmp_path / 'resumed'))
     assert losses(tmp_path / 'resumed') == losses(tmp_path / 'straight')
-    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(straight.params),
-                           jax.device_get(resumed.params))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(straight.opt_state),
-                           jax.device_get(resumed.opt_state))
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, jax.device_get(straight.params), jax.device_get(resumed.params)
+    )
+    jax.tree_util.tree_map(
+        np.testing.assert_array_equal, jax.device_get(straight.opt_state), jax.device_get(resumed.opt_state)
+    )
 
 
 MESH_SCRIPT = textwrap.dedent("""
@@ -104,8 +110,14 @@ MESH_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_meshes_agree_with_one_device(tmp_path):
     env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
-    result = subprocess.run([sys.executable, '-c', MESH_SCRIPT, str(ROOT / 'tests'), str(tmp_path)], env=env,
-                            cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    result = subprocess.run(
+        [sys.executable, '-c', MESH_SCRIPT, str(ROOT / 'tests'), str(tmp_path)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(result.stdout.split('RESULTS')[-1])
     for name, values in results.items():
@@ -116,10 +128,20 @@ def test_meshes_agree_with_one_device(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     workdir = tmp_path / 'preempted'
-    command = [sys.executable, '-m', 'ofa_jax.train', '--config', str(ROOT / 'configs' / 'demo.py'),
-               f'--workdir={workdir}', '--config.total_steps=500', '--config.log_every=1',
-               '--config.checkpoint_every=1000', '--config.data.image_size=32', '--config.data.world_size=100',
-               '--config.batch_size=8']
+    command = [
+        sys.executable,
+        '-m',
+        'ofa_jax.train',
+        '--config',
+        str(ROOT / 'configs' / 'demo.py'),
+        f'--workdir={workdir}',
+        '--config.total_steps=500',
+        '--config.log_every=1',
+        '--config.checkpoint_every=1000',
+        '--config.data.image_size=32',
+        '--config.data.world_size=100',
+        '--config.batch_size=8',
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
     while time.time() < deadline and not (workdir / 'metrics.jsonl').exists():
@@ -142,18 +164,45 @@ def test_demo_learns_then_its_command_evaluates_every_task(tmp_path):
     assert curve[120] < 0.75 * curve[40]
     with open(tmp_path / 'metrics.jsonl') as f:
         row = json.loads(f.readline())
-    assert {'step', 'loss', 'learning_rate', 'examples_per_second', 'tokens_per_second', 'mfu',
-            'dropped_examples'} <= set(row)
+    assert {
+        'step',
+        'loss',
+        'learning_rate',
+        'examples_per_second',
+        'tokens_per_second',
+        'mfu',
+        'dropped_examples',
+    } <= set(row)
     assert list((tmp_path / 'tb').iterdir())
     # The demo's evaluation is its own command, reading the workdir as any user would.
-    result = subprocess.run([sys.executable, '-m', 'ofa_jax.demo', '--config', str(ROOT / 'configs' / 'demo.py'),
-                             f'--workdir={tmp_path}', '--examples=8'], cwd=ROOT, capture_output=True, text=True,
-                            timeout=900)
+    result = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'ofa_jax.demo',
+            '--config',
+            str(ROOT / 'configs' / 'demo.py'),
+            f'--workdir={tmp_path}',
+            '--examples=8',
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads((tmp_path / 'evaluation.json').read_text())
-    assert {'caption_exact_match', 'caption_cider', 'vqa_accuracy', 'grounding_accuracy',
-            'grounded_caption_exact_match', 'itm_accuracy', 'detection_f1', 'text_infill_exact_match',
-            'image_infill_code_accuracy'} <= set(scores)
+    assert {
+        'caption_exact_match',
+        'caption_cider',
+        'vqa_accuracy',
+        'grounding_accuracy',
+        'grounded_caption_exact_match',
+        'itm_accuracy',
+        'detection_f1',
+        'text_infill_exact_match',
+        'image_infill_code_accuracy',
+    } <= set(scores)
     assert all(scores[f'{task}_examples'] == 8 for task in ('caption', 'vqa', 'grounding', 'text_infill'))
     assert (tmp_path / 'predictions.png').stat().st_size > 1000
     lines = (tmp_path / 'predictions.jsonl').read_text().splitlines()
@@ -162,8 +211,12 @@ def test_demo_learns_then_its_command_evaluates_every_task(tmp_path):
 
 @pytest.mark.slow
 def test_text_to_image_demo_draws_the_captions_of_unseen_scenes(tmp_path):
-    config = small_config('text_to_image', total_steps=1, model_overrides=dict(code_image_size=64),
-                          data=dict(image_size=64, world_size=100, max_target_length=65))
+    config = small_config(
+        'text_to_image',
+        total_steps=1,
+        model_overrides=dict(code_image_size=64),
+        data=dict(image_size=64, world_size=100, max_target_length=65),
+    )
     train.train(config, str(tmp_path))
     scores = demo.run(config, str(tmp_path), count=4)
     assert set(scores) == {'text_to_image_color_match'} and 0 <= scores['text_to_image_color_match'] <= 1

@@ -1,4 +1,5 @@
 """Image transforms: boxes follow the pixels, degenerate boxes are reported, pipelines are reproducible by seed."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -267,10 +268,13 @@ def test_resize_then_crop_maps_back():
             np.testing.assert_allclose(manual, box, atol=1.0)
 
 
-@pytest.mark.parametrize('make', [
-    lambda: T.pretrain_image_text_transform(patch_image_size=48, max_short_side=64, max_size=96),
-    lambda: T.pretrain_grounding_transform(patch_image_size=48, max_short_side=64, max_size=96),
-])
+@pytest.mark.parametrize(
+    'make',
+    [
+        lambda: T.pretrain_image_text_transform(patch_image_size=48, max_short_side=64, max_size=96),
+        lambda: T.pretrain_grounding_transform(patch_image_size=48, max_short_side=64, max_size=96),
+    ],
+)
 def test_same_seed_same_output(make):
     transform = make()
     sample = T.Sample.from_image(scene(128, 96, (50, 30, 90, 70)), [(50, 30, 90, 70)])

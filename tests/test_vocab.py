@@ -1,4 +1,5 @@
 """Vocabularies and box bins: OFA ids against independent GPT-2 tokenizers, the id layout, SentencePiece, boxes."""
+
 import json
 import pathlib
 import pickle
@@ -47,6 +48,7 @@ def ofa_vocab():
 def slow_gpt2_ids():
     """Reference OFA ids from transformers' pure-Python GPT-2 tokenizer, mapped through dict.txt."""
     from transformers import GPT2Tokenizer
+
     tokenizer = GPT2Tokenizer(vocab_file=str(BPE_DIR / 'encoder.json'), merges_file=str(BPE_DIR / 'vocab.bpe'))
     table = _gpt2_to_ofa_table()
     return {text: [table[i] for i in tokenizer.encode(text)] for text in TEXTS}
@@ -100,8 +102,16 @@ def test_ofa_matches_modelscope_tokenizer(ofa_vocab, tmp_path, monkeypatch):
         assert ofa_vocab.encode(text) == tokenizer(text, add_special_tokens=False).input_ids, text
     special = ['<s>', '<pad>', '</s>', '<unk>', '<mask>', '<code_0>', '<code_8191>', '<bin_0>', '<bin_999>']
     assert tokenizer.convert_tokens_to_ids(special) == [
-        ofa_vocab.bos_id, ofa_vocab.pad_id, ofa_vocab.eos_id, ofa_vocab.unk_id, ofa_vocab.mask_id,
-        ofa_vocab.code_id(0), ofa_vocab.code_id(8191), ofa_vocab.bin_id(0), ofa_vocab.bin_id(999)]
+        ofa_vocab.bos_id,
+        ofa_vocab.pad_id,
+        ofa_vocab.eos_id,
+        ofa_vocab.unk_id,
+        ofa_vocab.mask_id,
+        ofa_vocab.code_id(0),
+        ofa_vocab.code_id(8191),
+        ofa_vocab.bin_id(0),
+        ofa_vocab.bin_id(999),
+    ]
 
 
 def test_ofa_special_code_and_bin_ids(ofa_vocab):
@@ -133,7 +143,8 @@ def test_vocabulary_from_spec(tmp_path, spm_model):
     assert V.vocabulary_from_spec(f'bpe:{BPE_DIR}').size == V.OFA_VOCAB_SIZE
     spm = V.vocabulary_from_spec(f'spm:{spm_model}')
     assert isinstance(spm, V.SentencePieceVocabulary) and spm.encode('the cat') == V.SentencePieceVocabulary(
-        spm_model).encode('the cat')
+        spm_model
+    ).encode('the cat')
     for bad in ('gpt2', 'bpe:', 'spm', ''):
         with pytest.raises(ValueError, match="expected 'ofa', 'bpe:DIR' or 'spm:MODEL_FILE'"):
             V.vocabulary_from_spec(bad)
@@ -141,8 +152,19 @@ def test_vocabulary_from_spec(tmp_path, spm_model):
 
 def test_ofa_decode_renders_and_skips_specials(ofa_vocab):
     v = ofa_vocab
-    ids = [v.bos_id, *v.encode(' region:'), v.bin_id(12), v.bin_id(999), v.code_id(0), v.code_id(8191),
-           v.mask_id, v.unk_id, *v.encode(' end'), v.pad_id, v.eos_id]
+    ids = [
+        v.bos_id,
+        *v.encode(' region:'),
+        v.bin_id(12),
+        v.bin_id(999),
+        v.code_id(0),
+        v.code_id(8191),
+        v.mask_id,
+        v.unk_id,
+        *v.encode(' end'),
+        v.pad_id,
+        v.eos_id,
+    ]
     assert v.decode(ids) == ' region:<bin_12><bin_999><code_0><code_8191><mask><unk> end'
     assert v.decode(np.array(ids)) == v.decode(ids)
     assert v.decode([50261]) == 'madeupword0000'  # dict.txt filler lines keep their slot
@@ -183,15 +205,18 @@ def test_gpt2_ids_missing_from_dict_become_unk(tmp_path):
     assert trimmed.decode(expected) == full.decode([V.UNK if i in (low, high) else i for i in full_ids])
 
 
-@pytest.mark.parametrize('name, content, message', [
-    ('encoder.json', '{"a": 0', 'not valid JSON'),
-    ('encoder.json', '{"a": 0, "b": 1}', 'lacks the byte-level pieces'),
-    ('vocab.bpe', '#version: 0.2\nĠ t\nbroken\n', 'line 3'),
-    ('vocab.bpe', '#version: 0.2\nzzzq Ġ\n', 'does not fit encoder.json'),
-    ('dict.txt', '13 850314647\n262 many\n', 'line 2'),
-    ('dict.txt', '13 1\n13 1\n', 'repeats'),
-    ('dict.txt', '99999999 1\n', 'beyond encoder.json'),
-])
+@pytest.mark.parametrize(
+    'name, content, message',
+    [
+        ('encoder.json', '{"a": 0', 'not valid JSON'),
+        ('encoder.json', '{"a": 0, "b": 1}', 'lacks the byte-level pieces'),
+        ('vocab.bpe', '#version: 0.2\nĠ t\nbroken\n', 'line 3'),
+        ('vocab.bpe', '#version: 0.2\nzzzq Ġ\n', 'does not fit encoder.json'),
+        ('dict.txt', '13 850314647\n262 many\n', 'line 2'),
+        ('dict.txt', '13 1\n13 1\n', 'repeats'),
+        ('dict.txt', '99999999 1\n', 'beyond encoder.json'),
+    ],
+)
 def test_ofa_malformed_files_name_the_file(tmp_path, name, content, message):
     d = _copy_bpe(tmp_path / 'bpe')
     (d / name).write_text(content, encoding='utf-8')
@@ -208,8 +233,10 @@ def test_ofa_missing_file_is_named(tmp_path, name):
         V.OFAVocabulary(d)
 
 
-SPM_WORDS = ('the a an cat dog bird sits runs on under mat sofa image photo of region what does describe red blue '
-             'green large small car tree house river 東京 café naïve 42 3.5').split()
+SPM_WORDS = (
+    'the a an cat dog bird sits runs on under mat sofa image photo of region what does describe red blue '
+    'green large small car tree house river 東京 café naïve 42 3.5'
+).split()
 
 
 @pytest.fixture(scope='module')
@@ -233,6 +260,7 @@ def spm_vocab(spm_model):
 
 def test_sentencepiece_layout(spm_model, spm_vocab):
     import sentencepiece as spm
+
     sp = spm.SentencePieceProcessor(model_file=spm_model)
     # The trainer's defaults leave sentencepiece one special piece, its unk, at 0; bytes and learned pieces follow.
     assert sp.get_piece_size() == 320 and sp.is_unknown(0)
@@ -258,9 +286,26 @@ def test_sentencepiece_round_trip(spm_vocab, text):
 def test_sentencepiece_cli(spm_corpus, tmp_path):
     prefix = tmp_path / 'cli'
     result = subprocess.run(
-        [sys.executable, '-m', 'ofa_jax.data.vocab', 'train-spm', '--corpus', str(spm_corpus), str(spm_corpus),
-         '--prefix', str(prefix), '--vocab_size', '300', '--model_type', 'bpe'],
-        cwd=REPO, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            '-m',
+            'ofa_jax.data.vocab',
+            'train-spm',
+            '--corpus',
+            str(spm_corpus),
+            str(spm_corpus),
+            '--prefix',
+            str(prefix),
+            '--vocab_size',
+            '300',
+            '--model_type',
+            'bpe',
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     model = f'{prefix}.model'
     vocab = V.SentencePieceVocabulary(model)
@@ -270,8 +315,23 @@ def test_sentencepiece_cli(spm_corpus, tmp_path):
     assert vocab.decode(vocab.encode(' a red car')) == ' a red car'
 
     missing = subprocess.run(
-        [sys.executable, '-m', 'ofa_jax.data.vocab', 'train-spm', '--corpus', str(tmp_path / 'nope.txt'),
-         '--prefix', str(prefix), '--vocab_size', '300'], cwd=REPO, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            '-m',
+            'ofa_jax.data.vocab',
+            'train-spm',
+            '--corpus',
+            str(tmp_path / 'nope.txt'),
+            '--prefix',
+            str(prefix),
+            '--vocab_size',
+            '300',
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode != 0 and 'nope.txt: corpus file not found' in missing.stderr
 
 
@@ -345,15 +405,28 @@ def test_tokens_to_box_names_a_non_bin_id(ofa_vocab):
 def test_tokens_to_objects_reads_ofa_detection_output(ofa_vocab):
     v = ofa_vocab
     first, second = [10, 20, 110, 220], [300, 40, 500, 90]
-    ids = (boxes.box_to_tokens(first, v) + v.encode(' red square') + boxes.box_to_tokens(second, v) +
-           v.encode(' blue circle') + [v.eos_id] + boxes.box_to_tokens(first, v) + v.encode(' after eos'))
+    ids = (
+        boxes.box_to_tokens(first, v)
+        + v.encode(' red square')
+        + boxes.box_to_tokens(second, v)
+        + v.encode(' blue circle')
+        + [v.eos_id]
+        + boxes.box_to_tokens(first, v)
+        + v.encode(' after eos')
+    )
     found, labels = boxes.tokens_to_objects(ids, v)
     assert labels == ['red square', 'blue circle'] and found.shape == (2, 4)
     np.testing.assert_allclose(found, [boxes.dequantize(boxes.quantize(b)) for b in (first, second)])
     np.testing.assert_allclose(boxes.tokens_to_objects(ids, v, scale=2.0)[0], found / 2)
     # Pieces off the pattern are skipped: a label without its box, three bins, a box without a label.
-    broken = (v.encode(' stray') + boxes.box_to_tokens(first, v)[:3] + v.encode(' cut') +
-              boxes.box_to_tokens(second, v) + v.encode(' green triangle') + boxes.box_to_tokens(first, v))
+    broken = (
+        v.encode(' stray')
+        + boxes.box_to_tokens(first, v)[:3]
+        + v.encode(' cut')
+        + boxes.box_to_tokens(second, v)
+        + v.encode(' green triangle')
+        + boxes.box_to_tokens(first, v)
+    )
     found, labels = boxes.tokens_to_objects(broken, v)
     assert labels == ['green triangle']
     np.testing.assert_allclose(found, [boxes.dequantize(boxes.quantize(second))])

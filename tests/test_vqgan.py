@@ -1,4 +1,5 @@
 """The Flax VQGAN against taming-transformers' PyTorch modules, its converter, tokenizer and code precomputation."""
+
 import copy
 import dataclasses
 import io
@@ -20,8 +21,16 @@ from tests.vqgan_reference import random_reference, save_lightning_checkpoint, w
 
 SMALL = vqgan.PRESETS['small']  # f=8 with attention at 32x32 codes, few channels
 # f=2 and a handful of codes, for tests of plumbing rather than numerics.
-TINY = vqgan.VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), resolution=32,
-                         z_channels=32, embed_dim=32, n_embed=16)
+TINY = vqgan.VQGANConfig(
+    ch=32,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    attn_resolutions=(16,),
+    resolution=32,
+    z_channels=32,
+    embed_dim=32,
+    n_embed=16,
+)
 
 
 @pytest.fixture(scope='module')
@@ -93,8 +102,9 @@ def test_state_dict_round_trip_and_errors(small):
     with pytest.raises(ValueError, match=r'does not use: \[.encoder\.extra\.weight.\]'):
         vqgan.from_state_dict({**state, 'encoder.extra.weight': np.zeros(3)}, config)
     misshapen = {**state, 'quantize.embed.weight': np.zeros((SMALL.n_embed + 1, SMALL.embed_dim), np.float32)}
-    with pytest.raises(ValueError,
-                       match=r'quantize\.embed\.weight has shape \(513, 64\), the config needs \(512, 64\)'):
+    with pytest.raises(
+        ValueError, match=r'quantize\.embed\.weight has shape \(513, 64\), the config needs \(512, 64\)'
+    ):
         vqgan.from_state_dict(misshapen, config)
     # The full OFA config reads its weights under the same names: 301 of them.
     assert len(vqgan.to_state_dict(jax.tree.map(np.zeros_like, vqgan.abstract_variables(vqgan.PRESETS['ofa'])))) == 301
@@ -118,8 +128,17 @@ def test_convert_cli_writes_a_tokenizer(tmp_path):
     reference = random_reference(TINY, seed=1)
     save_lightning_checkpoint(reference, str(tmp_path / 'last.ckpt'))
     write_model_yaml(TINY, str(tmp_path / 'model.yaml'))
-    vqgan.main(['convert', '--checkpoint', str(tmp_path / 'last.ckpt'), '--config', str(tmp_path / 'model.yaml'),
-                '--out', str(tmp_path / 'out')])
+    vqgan.main(
+        [
+            'convert',
+            '--checkpoint',
+            str(tmp_path / 'last.ckpt'),
+            '--config',
+            str(tmp_path / 'model.yaml'),
+            '--out',
+            str(tmp_path / 'out'),
+        ]
+    )
     tokenizer = VQGANTokenizer.load(str(tmp_path / 'out'))
     assert (tokenizer.downsample, tokenizer.num_codes) == (2, 16)
     images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
@@ -143,13 +162,15 @@ def test_seeded_sampling_is_reproducible_and_follows_the_logits(tiny_variables):
     assert not np.array_equal(first, second)  # a fresh draw per call, as OFA's extraction gives
     # Over many draws each position's most frequent code is the argmax code, where the logits leave a clear winner.
     model = vqgan.VQGAN(TINY)
-    logits = np.asarray(jax.jit(lambda v, x: model.apply(v, vqgan.from_pixels(x), method=model.logits))(
-        variables, images))[0]
+    logits = np.asarray(
+        jax.jit(lambda v, x: model.apply(v, vqgan.from_pixels(x), method=model.logits))(variables, images)
+    )[0]
     probabilities = jax.nn.softmax(logits, -1)
     draws_of = np.stack([draws.encode(images)[0] for _ in range(64)])
     frequency = (draws_of == logits.argmax(-1)).mean(0)
-    np.testing.assert_allclose(frequency.mean(), np.take_along_axis(
-        probabilities, logits.argmax(-1)[..., None], -1).mean(), atol=0.05)
+    np.testing.assert_allclose(
+        frequency.mean(), np.take_along_axis(probabilities, logits.argmax(-1)[..., None], -1).mean(), atol=0.05
+    )
 
 
 def test_image_infill_targets_are_the_centre_codes(small):
@@ -196,9 +217,26 @@ def test_precompute_codes_shards_processes_and_resumes(tmp_path, tiny_variables)
     assert not shard_path(out, 1).exists()
     # Process 1 was stopped after one record: its partial shard goes on from there (a torn line is redone).
     shard_path(out, 1).with_suffix('.tsv.partial').write_text('3.png\t1 2 3\n4.pn')
-    precompute_main(['--vqgan', _saved(tmp_path, tokenizer), '--images', str(folder), '--out', str(out),
-                     '--size', '32', '--shard_size', '3', '--batch_size', '2', '--process_index', '1',
-                     '--process_count', '2'])
+    precompute_main(
+        [
+            '--vqgan',
+            _saved(tmp_path, tokenizer),
+            '--images',
+            str(folder),
+            '--out',
+            str(out),
+            '--size',
+            '32',
+            '--shard_size',
+            '3',
+            '--batch_size',
+            '2',
+            '--process_index',
+            '1',
+            '--process_count',
+            '2',
+        ]
+    )
     rows = [line.split('\t') for i in range(3) for line in shard_path(out, i).read_text().splitlines()]
     assert [r[0] for r in rows] == [p.relative_to(folder).as_posix() for p in source.paths]
     assert rows[3] == ['3.png', '1 2 3']  # kept, not recomputed

@@ -3,6 +3,7 @@
 taming's `GumbelVQ` class needs torchvision and an old pytorch-lightning, so this module assembles the same modules
 (taming's Encoder, Decoder and GumbelQuantize plus the two 1x1 convs) under GumbelVQ's state-dict names.
 """
+
 import dataclasses
 
 import numpy as np
@@ -14,7 +15,6 @@ from ofa_jax.vqgan import VQGANConfig
 
 
 class ReferenceGumbelVQ(torch.nn.Module):
-
     def __init__(self, config: VQGANConfig):
         super().__init__()
         ddconfig = {k: v for k, v in dataclasses.asdict(config).items() if k not in ('embed_dim', 'n_embed')}
@@ -60,11 +60,22 @@ def save_lightning_checkpoint(model: ReferenceGumbelVQ, path: str) -> None:
 def write_model_yaml(config: VQGANConfig, path: str) -> None:
     """taming's model.yaml for `config`."""
     import yaml
+
     ddconfig = {k: v for k, v in dataclasses.asdict(config).items() if k not in ('embed_dim', 'n_embed')}
     ddconfig = {k: list(v) if isinstance(v, tuple) else v for k, v in ddconfig.items()}
-    document = {'model': {'base_learning_rate': 4.5e-06, 'target': 'taming.models.vqgan.GumbelVQ', 'params': {
-        'kl_weight': 1e-08, 'embed_dim': config.embed_dim, 'n_embed': config.n_embed, 'monitor': 'val/rec_loss',
-        'ddconfig': {**ddconfig, 'double_z': False, 'dropout': 0.0},
-        'lossconfig': {'target': 'taming.modules.losses.vqperceptual.DummyLoss'}}}}
+    document = {
+        'model': {
+            'base_learning_rate': 4.5e-06,
+            'target': 'taming.models.vqgan.GumbelVQ',
+            'params': {
+                'kl_weight': 1e-08,
+                'embed_dim': config.embed_dim,
+                'n_embed': config.n_embed,
+                'monitor': 'val/rec_loss',
+                'ddconfig': {**ddconfig, 'double_z': False, 'dropout': 0.0},
+                'lossconfig': {'target': 'taming.modules.losses.vqperceptual.DummyLoss'},
+            },
+        }
+    }
     with open(path, 'w') as f:
         yaml.safe_dump(document, f)

@@ -5,6 +5,7 @@ A box (x0, y0, x1, y1) in the pixels of the resized image the model sees becomes
 then divided by the resize ratio to land in the original image. Rounding is half to even, as torch's `round` in
 OFA's code.
 """
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,8 +23,9 @@ def _check_grid(max_image_size: float, num_bins: int) -> None:
         raise ValueError(f'num_bins must be at least 2, got {num_bins}')
 
 
-def quantize(box_xyxy: Sequence[float] | np.ndarray, max_image_size: float = MAX_IMAGE_SIZE,
-             num_bins: int = 1000) -> list[int]:
+def quantize(
+    box_xyxy: Sequence[float] | np.ndarray, max_image_size: float = MAX_IMAGE_SIZE, num_bins: int = 1000
+) -> list[int]:
     """Bin indices [4] of a box [4] (x0, y0, x1, y1, resized-image pixels); coordinates off the grid are clipped."""
     _check_grid(max_image_size, num_bins)
     box = np.asarray(box_xyxy, np.float64)
@@ -35,8 +37,9 @@ def quantize(box_xyxy: Sequence[float] | np.ndarray, max_image_size: float = MAX
     return np.clip(bins, 0, num_bins - 1).astype(np.int64).tolist()
 
 
-def dequantize(bins: Sequence[int] | np.ndarray, max_image_size: float = MAX_IMAGE_SIZE, num_bins: int = 1000,
-               scale: Scale = 1.0) -> np.ndarray:
+def dequantize(
+    bins: Sequence[int] | np.ndarray, max_image_size: float = MAX_IMAGE_SIZE, num_bins: int = 1000, scale: Scale = 1.0
+) -> np.ndarray:
     """Boxes [..., 4] float64 in original-image pixels from bin indices [..., 4] (x0, y0, x1, y1).
 
     `scale` is the resize ratio the image transform applied (resized = original * scale): one for both axes or
@@ -57,43 +60,48 @@ def dequantize(bins: Sequence[int] | np.ndarray, max_image_size: float = MAX_IMA
     return coords / np.array([sx, sy, sx, sy], np.float64)
 
 
-def box_to_tokens(box_xyxy: Sequence[float] | np.ndarray, vocab: Vocabulary,
-                  max_image_size: float = MAX_IMAGE_SIZE) -> list[int]:
+def box_to_tokens(
+    box_xyxy: Sequence[float] | np.ndarray, vocab: Vocabulary, max_image_size: float = MAX_IMAGE_SIZE
+) -> list[int]:
     """The four bin token ids [4] of a box [4] in resized-image pixels."""
     return [vocab.bin_id(b) for b in quantize(box_xyxy, max_image_size, vocab.num_bins)]
 
 
-def tokens_to_box(ids: Sequence[int] | np.ndarray, vocab: Vocabulary, max_image_size: float = MAX_IMAGE_SIZE,
-                  scale: Scale = 1.0) -> np.ndarray:
+def tokens_to_box(
+    ids: Sequence[int] | np.ndarray, vocab: Vocabulary, max_image_size: float = MAX_IMAGE_SIZE, scale: Scale = 1.0
+) -> np.ndarray:
     """Boxes [..., 4] in original-image pixels from bin token ids [..., 4]; ValueError names an id that is no bin."""
     ids = np.asarray(ids)
     for token_id in ids.reshape(-1).tolist():
         if not vocab.is_bin(token_id):
-            raise ValueError(f'token id {token_id} is not a location bin '
-                             f'(bins are ids {vocab.bin_id(0)}..{vocab.bin_id(vocab.num_bins - 1)})')
+            raise ValueError(
+                f'token id {token_id} is not a location bin '
+                f'(bins are ids {vocab.bin_id(0)}..{vocab.bin_id(vocab.num_bins - 1)})'
+            )
     return dequantize(ids - vocab.bin_id(0), max_image_size, vocab.num_bins, scale)
 
 
-def tokens_to_objects(token_ids: Sequence[int] | np.ndarray, vocab: Vocabulary, scale: Scale = 1.0
-                      ) -> tuple[np.ndarray, list[str]]:
+def tokens_to_objects(
+    token_ids: Sequence[int] | np.ndarray, vocab: Vocabulary, scale: Scale = 1.0
+) -> tuple[np.ndarray, list[str]]:
     """OFA's detection output, per object four bin tokens then the label's text tokens, as boxes [N, 4] (original
     pixels, through the resize ratio `scale`) and N labels. Pieces that do not fit the pattern (fewer than four bins,
     a box with no label) are skipped; decoding stops at eos."""
     ids = [int(t) for t in token_ids]
     if vocab.eos_id in ids:
-        ids = ids[:ids.index(vocab.eos_id)]
+        ids = ids[: ids.index(vocab.eos_id)]
     found_boxes, labels = [], []
     i = 0
     while i < len(ids):
-        if len(ids) < i + 4 or not all(vocab.is_bin(t) for t in ids[i:i + 4]):
+        if len(ids) < i + 4 or not all(vocab.is_bin(t) for t in ids[i : i + 4]):
             i += 1
             continue
         end = i + 4
         while end < len(ids) and not vocab.is_bin(ids[end]):
             end += 1
-        label = vocab.decode(ids[i + 4:end]).strip()
+        label = vocab.decode(ids[i + 4 : end]).strip()
         if label:
-            found_boxes.append(tokens_to_box(ids[i:i + 4], vocab, MAX_IMAGE_SIZE, scale))
+            found_boxes.append(tokens_to_box(ids[i : i + 4], vocab, MAX_IMAGE_SIZE, scale))
             labels.append(label)
         i = end
     return np.array(found_boxes, np.float64).reshape(-1, 4), labels

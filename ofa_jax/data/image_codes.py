@@ -4,6 +4,7 @@ OFA uses a VQGAN (f=8, 8192 codes): `ofa_jax.vqgan.VQGANTokenizer`. For the embe
 tokenizer on that world: a patch codebook, k-means over 8x8 pixel patches, which is exact enough to draw flat-coloured
 shapes back.
 """
+
 import dataclasses
 import math
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ def _patches(images: np.ndarray, size: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class PatchCodebook:
     """Nearest-centroid codes of square pixel patches. centroids: float32 [num_codes, downsample^2 * 3]."""
+
     centroids: np.ndarray
     downsample: int = 8
 
@@ -41,8 +43,9 @@ class PatchCodebook:
         return self.centroids.shape[0]
 
     @classmethod
-    def fit(cls, images: np.ndarray, num_codes: int = 256, downsample: int = 8, iterations: int = 15,
-            seed: int = 0) -> 'PatchCodebook':
+    def fit(
+        cls, images: np.ndarray, num_codes: int = 256, downsample: int = 8, iterations: int = 15, seed: int = 0
+    ) -> 'PatchCodebook':
         """k-means over the patches of uint8 images [batch, H, W, 3] (deterministic for a seed)."""
         data = _patches(images, downsample).reshape(-1, downsample * downsample * 3)
         unique = np.unique(data, axis=0)
@@ -60,13 +63,16 @@ class PatchCodebook:
 
     @staticmethod
     def _nearest(data: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-        distances = (data ** 2).sum(1)[:, None] - 2 * data @ centroids.T + (centroids ** 2).sum(1)[None]
+        distances = (data**2).sum(1)[:, None] - 2 * data @ centroids.T + (centroids**2).sum(1)[None]
         return distances.argmin(1)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         patches = _patches(images, self.downsample)
-        return self._nearest(patches.reshape(-1, patches.shape[-1]), self.centroids).reshape(
-            patches.shape[:3]).astype(np.int32)
+        return (
+            self._nearest(patches.reshape(-1, patches.shape[-1]), self.centroids)
+            .reshape(patches.shape[:3])
+            .astype(np.int32)
+        )
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         codes = np.asarray(codes)

@@ -4,6 +4,7 @@ training config's `data` section (`register_from_config`, the one place a config
 Each registered Task names its declaration in `ofa_jax.data.tasks.TASKS` (`Task.kind`), which says how it is
 prompted, decoded and scored.
 """
+
 import os
 from typing import Any
 
@@ -43,8 +44,16 @@ from ofa_jax.data.world import COLORS, SHAPES, World, WorldText
 WORLD_PREFIX = 'world'
 # The world's pretraining mixture, OFA's recipe: each image-text record gives two vision-language samples, and every
 # 8th record adds two text-infilling, one image-infilling and one detection sample.
-WORLD_RATES = {'caption': 4, 'vqa': 4, 'grounding': 4, 'grounded_caption': 2, 'itm': 2, 'detection': 1,
-               'image_infill': 1, 'text_infill': 2}
+WORLD_RATES = {
+    'caption': 4,
+    'vqa': 4,
+    'grounding': 4,
+    'grounded_caption': 2,
+    'itm': 2,
+    'detection': 1,
+    'image_infill': 1,
+    'text_infill': 2,
+}
 
 
 def world_task_name(kind: str) -> str:
@@ -60,8 +69,12 @@ def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, rep
         'caption': (*image, transform_image(to_model), caption(vocab)),
         'vqa': (*image, require_text('question'), transform_image(to_model), vqa(vocab)),
         'grounding': (*image, require_text('text'), transform_image(to_model, with_region=True), grounding(vocab)),
-        'grounded_caption': (*image, require_text('text'), transform_image(to_model, with_region=True),
-                             grounded_caption(vocab)),
+        'grounded_caption': (
+            *image,
+            require_text('text'),
+            transform_image(to_model, with_region=True),
+            grounded_caption(vocab),
+        ),
         'itm': (*image, transform_image(to_model), itm(vocab, world, tuple(COLORS) + SHAPES)),
         'detection': (decode_image, transform_image(to_model, with_boxes=True), detection(vocab)),
         'image_infill': (decode_image, image_infill(vocab, tokenizer)),
@@ -70,14 +83,20 @@ def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, rep
     }
     for kind, steps in chains.items():
         TaskRegistry.add(Task(world_task_name(kind), world, steps, kind), replace=replace)
-    TaskRegistry.add(Task(world_task_name('text_infill'), WorldText(world), (require_text('text'), text_infill(vocab)),
-                          'text_infill'), replace=replace)
-    return MixtureRegistry.add(Mixture(f'{WORLD_PREFIX}_pretrain',
-                                       {world_task_name(k): v for k, v in WORLD_RATES.items()}), replace=replace)
+    TaskRegistry.add(
+        Task(
+            world_task_name('text_infill'), WorldText(world), (require_text('text'), text_infill(vocab)), 'text_infill'
+        ),
+        replace=replace,
+    )
+    return MixtureRegistry.add(
+        Mixture(f'{WORLD_PREFIX}_pretrain', {world_task_name(k): v for k, v in WORLD_RATES.items()}), replace=replace
+    )
 
 
 def per_type(chains: dict[str, tuple[Preprocessor, ...]]) -> Preprocessor:
     """Runs the chain named by the record's 'type' (the rows of OFA's vision-language pretraining file)."""
+
     def preprocess(example, rng):
         chain = chains.get(example.get('type'))
         if chain is None:
@@ -85,21 +104,25 @@ def per_type(chains: dict[str, tuple[Preprocessor, ...]]) -> Preprocessor:
         for step in chain:
             example = step(example, rng)
         return example
+
     return preprocess
 
 
 def square_image(size: int) -> Preprocessor:
     """uint8 'image' -> uint8 [size, size, 3] (bicubic), for preprocessors that work on pixels."""
+
     def preprocess(example, rng):
         return {**example, 'image': T.resize_image(example['image'], size, size)[0]}
+
     return preprocess
 
 
 PRETRAIN_FILES = ('vision_language', 'text', 'image', 'detection')
 
 
-def register_ofa_pretraining(vocab: Vocabulary, paths: dict[str, str], image_size: int = 384,
-                             prefix: str = 'ofa') -> Mixture:
+def register_ofa_pretraining(
+    vocab: Vocabulary, paths: dict[str, str], image_size: int = 384, prefix: str = 'ofa'
+) -> Mixture:
     """OFA's pretraining over its released TSV files, as the mixture `{prefix}_pretrain`.
 
     paths: 'vision_language' (required; rows typed caption / qa / visual_grounding), and optionally 'text', 'image'
@@ -117,30 +140,49 @@ def register_ofa_pretraining(vocab: Vocabulary, paths: dict[str, str], image_siz
     vl = sources.OFATsvSource(paths['vision_language'], 'pretrain_vl')
     image_text = transform_image(image_transform(T.pretrain_image_text_transform(image_size)))
     region = transform_image(image_transform(T.pretrain_grounding_transform(image_size)), with_region=True)
-    first = per_type({'caption': (require_text('caption'), image_text, caption(vocab)),
-                      'qa': (require_text('question'), image_text, vqa(vocab)),
-                      'visual_grounding': (require_text('text'), region, grounding(vocab))})
-    second = per_type({'caption': (require_text('caption'), image_text, itm(vocab, vl)),
-                       'qa': (require_text('question'), image_text, answer_match(vocab, vl)),
-                       'visual_grounding': (require_text('text'), region, grounded_caption(vocab))})
+    first = per_type(
+        {
+            'caption': (require_text('caption'), image_text, caption(vocab)),
+            'qa': (require_text('question'), image_text, vqa(vocab)),
+            'visual_grounding': (require_text('text'), region, grounding(vocab)),
+        }
+    )
+    second = per_type(
+        {
+            'caption': (require_text('caption'), image_text, itm(vocab, vl)),
+            'qa': (require_text('question'), image_text, answer_match(vocab, vl)),
+            'visual_grounding': (require_text('text'), region, grounded_caption(vocab)),
+        }
+    )
     # A vision-language task mixes row types; it has no single declaration to be evaluated by.
     tasks = {'vl_first': (vl, (decode_image, first), 8, ''), 'vl_second': (vl, (decode_image, second), 8, '')}
     if 'text' in paths:
-        tasks['text_infill'] = (sources.OFATsvSource(paths['text'], 'pretrain_text'),
-                                (require_text('text'), text_infill(vocab)), 2, 'text_infill')
+        tasks['text_infill'] = (
+            sources.OFATsvSource(paths['text'], 'pretrain_text'),
+            (require_text('text'), text_infill(vocab)),
+            2,
+            'text_infill',
+        )
     if 'image' in paths:
-        tasks['image_infill'] = (sources.OFATsvSource(paths['image'], 'pretrain_image'),
-                                 (decode_image, square_image(image_size), image_infill(vocab, None)), 1,
-                                 'image_infill')
+        tasks['image_infill'] = (
+            sources.OFATsvSource(paths['image'], 'pretrain_image'),
+            (decode_image, square_image(image_size), image_infill(vocab, None)),
+            1,
+            'image_infill',
+        )
     if 'detection' in paths:
         boxes = image_transform(T.Compose([T.RandomHorizontalFlip(), T.Resize(image_size), T.Normalize()]))
-        tasks['detection'] = (sources.OFATsvSource(paths['detection'], 'pretrain_detection'),
-                              (decode_image, transform_image(boxes, with_boxes=True), detection(vocab)), 1,
-                              'detection')
+        tasks['detection'] = (
+            sources.OFATsvSource(paths['detection'], 'pretrain_detection'),
+            (decode_image, transform_image(boxes, with_boxes=True), detection(vocab)),
+            1,
+            'detection',
+        )
     for name, (source, steps, _, kind) in tasks.items():
         TaskRegistry.add(Task(f'{prefix}_{name}', source, steps, kind), replace=True)
-    return MixtureRegistry.add(Mixture(f'{prefix}_pretrain', {f'{prefix}_{k}': v[2] for k, v in tasks.items()}),
-                               replace=True)
+    return MixtureRegistry.add(
+        Mixture(f'{prefix}_pretrain', {f'{prefix}_{k}': v[2] for k, v in tasks.items()}), replace=True
+    )
 
 
 def finetune_preprocessors(kind: str, vocab: Vocabulary, transform: Any) -> tuple[Preprocessor, ...]:
@@ -148,17 +190,26 @@ def finetune_preprocessors(kind: str, vocab: Vocabulary, transform: Any) -> tupl
     image = (decode_image,)
     chains = {
         'caption': lambda: (*image, require_text('caption'), transform_image(transform), caption(vocab)),
-        'classification': lambda: (*image, require_text('caption'), transform_image(transform),
-                                   classification(vocab)),
+        'classification': lambda: (*image, require_text('caption'), transform_image(transform), classification(vocab)),
         'vqa': lambda: (*image, require_text('question'), transform_image(transform), vqa(vocab, True)),
-        'grounding': lambda: (*image, require_text('text'), transform_image(transform, with_region=True),
-                              grounding(vocab)),
+        'grounding': lambda: (
+            *image,
+            require_text('text'),
+            transform_image(transform, with_region=True),
+            grounding(vocab),
+        ),
         'snli_ve': lambda: (*image, require_text('hypothesis'), transform_image(transform), snli_ve(vocab)),
-        'sst2': lambda: (require_text('text'), text_task(vocab, 'sst2', {
-            '0': 'negative', '1': 'positive', 'negative': 'negative', 'positive': 'positive'})),
+        'sst2': lambda: (
+            require_text('text'),
+            text_task(
+                vocab, 'sst2', {'0': 'negative', '1': 'positive', 'negative': 'negative', 'positive': 'positive'}
+            ),
+        ),
         'mnli': lambda: (require_text('premise', 'hypothesis'), text_task(vocab, 'mnli', SNLI_ANSWERS)),
-        'rte': lambda: (require_text('premise', 'hypothesis'),
-                        text_task(vocab, 'rte', {'entailment': 'yes', 'not_entailment': 'no'})),
+        'rte': lambda: (
+            require_text('premise', 'hypothesis'),
+            text_task(vocab, 'rte', {'entailment': 'yes', 'not_entailment': 'no'}),
+        ),
         'qqp': lambda: (require_text('premise', 'hypothesis'), text_task(vocab, 'qqp', {'0': 'no', '1': 'yes'})),
         'summarization': lambda: (require_text('text'), text_task(vocab, 'summarization')),
     }
@@ -167,13 +218,30 @@ def finetune_preprocessors(kind: str, vocab: Vocabulary, transform: Any) -> tupl
     return chains[kind]()
 
 
-FINETUNE_TASKS = ('caption', 'vqa', 'grounding', 'snli_ve', 'classification', 'sst2', 'mnli', 'rte', 'qqp',
-                  'summarization')
+FINETUNE_TASKS = (
+    'caption',
+    'vqa',
+    'grounding',
+    'snli_ve',
+    'classification',
+    'sst2',
+    'mnli',
+    'rte',
+    'qqp',
+    'summarization',
+)
 assert set(FINETUNE_TASKS) <= set(TASKS)
 
 
-def finetune_task(name: str, kind: str, source: Any, vocab: Vocabulary, image_size: int = 480,
-                  transform: Any = None, replace: bool = False) -> Task:
+def finetune_task(
+    name: str,
+    kind: str,
+    source: Any,
+    vocab: Vocabulary,
+    image_size: int = 480,
+    transform: Any = None,
+    replace: bool = False,
+) -> Task:
     """Registers a finetuning task of `kind` (one of FINETUNE_TASKS) on a source of raw records (OFA TSV, TFDS,
     JSONL, or the world)."""
     steps = finetune_preprocessors(kind, vocab, transform or resize_transform(image_size))
@@ -182,15 +250,17 @@ def finetune_task(name: str, kind: str, source: Any, vocab: Vocabulary, image_si
 
 def world_codebook(world: Any, num_codes: int = 256, num_images: int = 64) -> PatchCodebook:
     """The world's image tokenizer, fitted on its first scenes (deterministic)."""
-    return PatchCodebook.fit(np.stack([world[i]['image'] for i in range(min(num_images, len(world)))]),
-                             num_codes=num_codes)
+    return PatchCodebook.fit(
+        np.stack([world[i]['image'] for i in range(min(num_images, len(world)))]), num_codes=num_codes
+    )
 
 
 def world_from_config(data: ml_collections.ConfigDict, seed: int | None = None, size: int | None = None) -> World:
     """The config's world (`data.world_size` scenes of `data.image_size` pixels from `data.world_seed`), or another
     `size` scenes from `seed`."""
-    return World(size=size or data.world_size, seed=data.world_seed if seed is None else seed,
-                 image_size=data.image_size)
+    return World(
+        size=size or data.world_size, seed=data.world_seed if seed is None else seed, image_size=data.image_size
+    )
 
 
 def world_tokenizer(data: ml_collections.ConfigDict) -> PatchCodebook:
@@ -203,8 +273,10 @@ def source_from_config(spec: Any, key: str = '') -> Any:
     """A source from a config entry (data.tasks.KEY): format 'tsv' (path, tsv_kind), 'jsonl' (path, image_root) or
     'tfds' (dataset, split, data_dir)."""
     if spec['format'] in ('tsv', 'jsonl') and not spec.get('path'):
-        raise ValueError(f'data task {spec.get("name")!r} has no path: set its file, e.g. '
-                         f'--config.data.tasks.{key or spec.get("kind")}.path=FILE')
+        raise ValueError(
+            f'data task {spec.get("name")!r} has no path: set its file, e.g. '
+            f'--config.data.tasks.{key or spec.get("kind")}.path=FILE'
+        )
     if spec['format'] == 'tsv':
         return sources.OFATsvSource(spec['path'], spec['tsv_kind'])
     if spec['format'] == 'jsonl':
@@ -228,13 +300,19 @@ def register_from_config(data: ml_collections.ConfigDict, world: Any = None) -> 
         return get_tasks(data.mixture)
     if data.source == 'ofa_pretrain':
         if not data.vision_language_path:
-            raise ValueError("data.vision_language_path is empty: point it at OFA's vision-language pretraining TSV "
-                             '(--config.data.vision_language_path=FILE)')
+            raise ValueError(
+                "data.vision_language_path is empty: point it at OFA's vision-language pretraining TSV "
+                '(--config.data.vision_language_path=FILE)'
+            )
         paths = {role: data[f'{role}_path'] for role in PRETRAIN_FILES if data[f'{role}_path']}
         return get_tasks(register_ofa_pretraining(vocab, paths, data.image_size).name)
     if data.source == 'tasks':
         specs = task_specs(data)
-        registered = [finetune_task(spec['name'], spec['kind'], source_from_config(spec, key), vocab, data.image_size,
-                                    replace=True) for key, spec in specs.items()]
+        registered = [
+            finetune_task(
+                spec['name'], spec['kind'], source_from_config(spec, key), vocab, data.image_size, replace=True
+            )
+            for key, spec in specs.items()
+        ]
         return registered, [float(spec.get('rate', 1.0)) for spec in specs.values()]
     raise ValueError(f'data.source {data.source!r}: expected "world", "ofa_pretrain" or "tasks"')

@@ -5,6 +5,7 @@ resumable: `iterator.get_state()` goes into the training checkpoint and `set_sta
 Records a task cannot use are dropped and counted by reason in every batch (`batch['dropped']`), or, with
 `strict=True`, stop the run with an error naming the task, source, record and reason.
 """
+
 import collections
 import dataclasses
 import functools
@@ -26,6 +27,7 @@ UNCONSTRAINED = (0, np.iinfo(np.int32).max)
 @dataclasses.dataclass(frozen=True)
 class BatchSpec:
     """Static shapes of a batch, so the train step compiles once."""
+
     batch_size: int  # examples per process
     image_size: int = 384
     max_source_length: int = 80
@@ -35,6 +37,7 @@ class BatchSpec:
 @dataclasses.dataclass(frozen=True)
 class Dropped:
     """Stands in the stream for a record that was dropped, so the count travels with the data."""
+
     reason: str
 
 
@@ -45,13 +48,23 @@ def _preprocess(task: Task, task_index: int, seed: int, strict: bool, index: int
     except Exception as error:  # noqa: BLE001 - bad data must not end a long run; it is counted instead
         reason = error.reason if isinstance(error, DropExample) else f'error_{type(error).__name__}'
         if strict:
-            raise ValueError(f'task {task.name!r}, source {task.source!r}, record {record.get("record", "?")} '
-                             f'(id {record.get("id", "?")}): {error}') from None
+            raise ValueError(
+                f'task {task.name!r}, source {task.source!r}, record {record.get("record", "?")} '
+                f'(id {record.get("id", "?")}): {error}'
+            ) from None
     return Dropped(f'{task.name}/{reason}')
 
 
-def example_stream(tasks: Sequence[Task], rates: Sequence[float], *, seed: int, repeat: bool = True,
-                   shard_index: int = 0, shard_count: int = 1, strict: bool = False) -> grain.MapDataset:
+def example_stream(
+    tasks: Sequence[Task],
+    rates: Sequence[float],
+    *,
+    seed: int,
+    repeat: bool = True,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    strict: bool = False,
+) -> grain.MapDataset:
     """Preprocessed examples (or Dropped markers) of the tasks mixed at `rates`; this process's shard."""
     streams = []
     for i, task in enumerate(tasks):
@@ -85,11 +98,11 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
         'example_mask': np.zeros((b,), bool),
     }
     for row, example in enumerate(examples):
-        source = [V.BOS, *example['source_ids'][:ls - 2], V.EOS]
-        target = [*example['target_ids'][:lt - 1], V.EOS]
-        batch['src_tokens'][row, :len(source)] = source
-        batch['target_tokens'][row, :len(target)] = target
-        batch['prev_output_tokens'][row, :len(target)] = [V.BOS, *target[:-1]]
+        source = [V.BOS, *example['source_ids'][: ls - 2], V.EOS]
+        target = [*example['target_ids'][: lt - 1], V.EOS]
+        batch['src_tokens'][row, : len(source)] = source
+        batch['target_tokens'][row, : len(target)] = target
+        batch['prev_output_tokens'][row, : len(target)] = [V.BOS, *target[:-1]]
         if example.get('image') is not None:
             batch['patch_images'][row] = example['image']
             batch['patch_masks'][row] = True
@@ -101,12 +114,18 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
     return batch
 
 
-def to_source_batch(source_ids: Sequence[Sequence[int]], images: Sequence[np.ndarray | None], batch_size: int,
-                    image_size: int, max_source_length: int) -> dict[str, np.ndarray]:
+def to_source_batch(
+    source_ids: Sequence[Sequence[int]],
+    images: Sequence[np.ndarray | None],
+    batch_size: int,
+    image_size: int,
+    max_source_length: int,
+) -> dict[str, np.ndarray]:
     """The model's inputs alone, for inference: src_tokens [B, Ls], patch_images [B, S, S, 3], patch_masks [B];
     rows past len(source_ids) are padding."""
-    examples = [{'source_ids': ids, 'target_ids': [], 'task': '', 'image': image}
-                for ids, image in zip(source_ids, images)]
+    examples = [
+        {'source_ids': ids, 'target_ids': [], 'task': '', 'image': image} for ids, image in zip(source_ids, images)
+    ]
     batch = to_batch(examples, BatchSpec(batch_size, image_size, max_source_length, 1), [''])
     return {k: batch[k] for k in ('src_tokens', 'patch_images', 'patch_masks')}
 
@@ -121,8 +140,7 @@ def _check_shapes(example: dict, spec: BatchSpec) -> str | None:
 
 
 class _BatchIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, spec: BatchSpec, task_names: Sequence[str],
-                 drop_remainder: bool):
+    def __init__(self, parent: grain.DatasetIterator, spec: BatchSpec, task_names: Sequence[str], drop_remainder: bool):
         super().__init__(parent)
         self._spec, self._task_names, self._drop_remainder = spec, list(task_names), drop_remainder
 
@@ -152,8 +170,7 @@ class _BatchIterator(grain.DatasetIterator):
 
 
 class _BatchDataset(grain.IterDataset):
-    def __init__(self, parent: grain.IterDataset, spec: BatchSpec, task_names: Sequence[str],
-                 drop_remainder: bool):
+    def __init__(self, parent: grain.IterDataset, spec: BatchSpec, task_names: Sequence[str], drop_remainder: bool):
         super().__init__(parent)
         self._spec, self._task_names, self._drop_remainder = spec, task_names, drop_remainder
 
@@ -161,15 +178,25 @@ class _BatchDataset(grain.IterDataset):
         return _BatchIterator(self._parent.__iter__(), self._spec, self._task_names, self._drop_remainder)
 
 
-def batches(tasks: Sequence[Task], rates: Sequence[float], spec: BatchSpec, *, seed: int, repeat: bool = True,
-            shard_index: int = 0, shard_count: int = 1, workers: int = 0, strict: bool = False
-            ) -> grain.IterDataset:
+def batches(
+    tasks: Sequence[Task],
+    rates: Sequence[float],
+    spec: BatchSpec,
+    *,
+    seed: int,
+    repeat: bool = True,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    workers: int = 0,
+    strict: bool = False,
+) -> grain.IterDataset:
     """Batches of the mixture for one process; iterate it, and save/restore its iterator's state to resume.
 
     workers > 0 preprocesses in that many processes (the output is identical to workers=0). A finite pipeline
     (repeat=False) pads its last batch; `example_mask` marks the real rows."""
-    stream = example_stream(tasks, rates, seed=seed, repeat=repeat, shard_index=shard_index,
-                            shard_count=shard_count, strict=strict).to_iter_dataset()
+    stream = example_stream(
+        tasks, rates, seed=seed, repeat=repeat, shard_index=shard_index, shard_count=shard_count, strict=strict
+    ).to_iter_dataset()
     if workers:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, use their defaults
             flags.FLAGS.mark_as_parsed()

@@ -4,6 +4,7 @@ A Task names a source of raw records, the small pure preprocessors that turn one
 its kind: the declaration in `ofa_jax.data.tasks.TASKS` that says how it is prompted, decoded and scored. A Mixture
 samples tasks at fixed rates. Both live in registries looked up by name.
 """
+
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any

@@ -19,6 +19,7 @@ Images stay encoded and fields unvalidated: preprocessors decode and check them.
 column count, an unparsable number, bad base64, bad JSON) comes back as {'id', 'source', 'record', '_error'} with
 '_error' naming the field, so the pipeline counts and drops it; `__getitem__` raises only for an index out of range.
 """
+
 import base64
 import binascii
 import json
@@ -42,8 +43,12 @@ class _FieldError(Exception):
 
 
 def _error_record(source: str, index: int, error: Exception, record_id: str | None = None) -> Record:
-    return {'id': record_id if record_id is not None else str(index), 'source': source, 'record': index,
-            '_error': str(error)}
+    return {
+        'id': record_id if record_id is not None else str(index),
+        'source': source,
+        'record': index,
+        '_error': str(error),
+    }
 
 
 def line_offsets(path: str | os.PathLike, chunk_bytes: int = 1 << 24) -> np.ndarray:
@@ -108,11 +113,13 @@ class _LineFile:
 
 # ---- OFA's TSV files ---------------------------------------------------------------------------------------------
 
+
 class TsvLayout(NamedTuple):
     """Where the fields of one OFA dataset kind sit in its TSV rows.
 
     `fields` are in the order OFA's dataset class unpacks them; `columns` are the `selected_cols` OFA's run scripts
     pass for its released files, whose rows have `num_columns` tab-separated columns."""
+
     fields: tuple[str, ...]
     columns: tuple[int, ...]
     num_columns: int
@@ -130,8 +137,9 @@ TSV_LAYOUTS: dict[str, TsvLayout] = {
     # image base64, class index (1-based, Caffe's synset_words.txt order), class name
     'imagenet': TsvLayout(('image', 'label'), (0, 2), 3),
     # uniq-id, image base64, caption, question, refs (answers or region), gt objects, dataset name, type
-    'pretrain_vl': TsvLayout(('id', 'image', 'caption', 'question', 'refs', 'objects', 'dataset', 'type'),
-                             tuple(range(8)), 8),
+    'pretrain_vl': TsvLayout(
+        ('id', 'image', 'caption', 'question', 'refs', 'objects', 'dataset', 'type'), tuple(range(8)), 8
+    ),
     # uniq-id, text
     'pretrain_text': TsvLayout(('id', 'text'), (0, 1), 2),
     # uniq-id, image base64 (256x256), VQGAN codes of the centre, space-separated
@@ -210,9 +218,14 @@ class OFATsvSource(_LineFile):
     `num_columns` columns: 'auto' means the count of OFA's released files when `selected_cols` is the default,
     otherwise (or with None) just enough for the selected columns."""
 
-    def __init__(self, path: str | os.PathLike, kind: str,
-                 selected_cols: None | str | Sequence[int | None] = None,
-                 num_columns: int | None | Literal['auto'] = 'auto', name: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        kind: str,
+        selected_cols: None | str | Sequence[int | None] = None,
+        num_columns: int | None | Literal['auto'] = 'auto',
+        name: str | None = None,
+    ):
         if kind not in TSV_LAYOUTS:
             raise ValueError(f'unknown OFA TSV kind {kind!r}; choose one of {sorted(TSV_LAYOUTS)}')
         layout = TSV_LAYOUTS[kind]
@@ -223,8 +236,9 @@ class OFATsvSource(_LineFile):
         else:
             columns = tuple(None if c is None else int(c) for c in selected_cols)
         if len(columns) != len(layout.fields):
-            raise ValueError(f'{kind} rows hold {layout.fields}: selected_cols needs {len(layout.fields)} entries, '
-                             f'got {columns}')
+            raise ValueError(
+                f'{kind} rows hold {layout.fields}: selected_cols needs {len(layout.fields)} entries, got {columns}'
+            )
         if num_columns == 'auto':
             num_columns = layout.num_columns if columns == layout.columns else None
         super().__init__(path, name)
@@ -234,8 +248,10 @@ class OFATsvSource(_LineFile):
         self._min_columns = max((c + 1 for c in columns if c is not None), default=0)
 
     def __repr__(self) -> str:
-        return (f'OFATsvSource(path={self.path!r}, kind={self.kind!r}, rows={len(self)}, '
-                f'selected_cols={self.selected_cols}, num_columns={self.num_columns})')
+        return (
+            f'OFATsvSource(path={self.path!r}, kind={self.kind!r}, rows={len(self)}, '
+            f'selected_cols={self.selected_cols}, num_columns={self.num_columns})'
+        )
 
     def __getitem__(self, index: int) -> Record:
         row_id = None
@@ -245,8 +261,11 @@ class OFATsvSource(_LineFile):
                 raise _FieldError('row', f'{len(columns)} columns, expected {self.num_columns}')
             if len(columns) < self._min_columns:
                 raise _FieldError('row', f'{len(columns)} columns, selected_cols need {self._min_columns}')
-            raw = {field: columns[c] for field, c in zip(TSV_LAYOUTS[self.kind].fields, self.selected_cols)
-                   if c is not None}
+            raw = {
+                field: columns[c]
+                for field, c in zip(TSV_LAYOUTS[self.kind].fields, self.selected_cols)
+                if c is not None
+            }
             row_id = _utf8(raw.pop('id', str(index).encode()), 'id') or str(index)
             record = {'id': row_id, 'source': self.name, 'record': index}
             record.update(self._fields(raw))
@@ -316,6 +335,7 @@ def _utf8(value: bytes, field: str) -> str:
 
 # ---- JSON lines --------------------------------------------------------------------------------------------------
 
+
 class JsonlSource(_LineFile):
     """One JSON object a line, already in the record schema; converted where JSON cannot hold the type.
 
@@ -323,11 +343,11 @@ class JsonlSource(_LineFile):
     becomes float32 [4], 'boxes' float32 [N, 4], 'answers' {str: float}; other fields pass through unchanged. 'source'
     and 'record' are set by the source; a missing 'id' becomes the line index."""
 
-    def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None,
-                 name: str | None = None):
+    def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None, name: str | None = None):
         super().__init__(path, name)
-        self.image_root = os.fspath(image_root) if image_root is not None else os.path.dirname(
-            os.path.abspath(self.path))
+        self.image_root = (
+            os.fspath(image_root) if image_root is not None else os.path.dirname(os.path.abspath(self.path))
+        )
 
     def __repr__(self) -> str:
         return f'JsonlSource(path={self.path!r}, image_root={self.image_root!r}, rows={len(self)})'
@@ -380,6 +400,7 @@ class JsonlSource(_LineFile):
 
 # ---- TFDS --------------------------------------------------------------------------------------------------------
 
+
 def _text(value: Any) -> str:
     """A TFDS text value (bytes from real data, str from mocks) as str."""
     if isinstance(value, np.ndarray):
@@ -405,8 +426,12 @@ def coco_captions_record(example: dict, caption: int) -> Record:
     texts = [_text(t) for t in example['captions']['text']]
     if not 0 <= caption < len(texts):
         raise _FieldError('caption', f'caption {caption} of an image with {len(texts)}')
-    return {'id': str(int(example['image/id'])), 'image': example['image'], 'caption': texts[caption],
-            'references': texts}
+    return {
+        'id': str(int(example['image/id'])),
+        'image': example['image'],
+        'caption': texts[caption],
+        'references': texts,
+    }
 
 
 def ref_coco_record(example: dict, obj: int, expression: int) -> Record:
@@ -419,8 +444,12 @@ def ref_coco_record(example: dict, obj: int, expression: int) -> Record:
     expressions = rows[obj]
     height, width = _image_size(example)
     refexp_id = int(objects['refexp']['refexp_id'][obj][expression])
-    return {'id': f'{int(example["image/id"])}-{refexp_id}', 'image': example['image'],
-            'text': _text(expressions[expression]), 'region': tfds_box_to_pixels(bbox[obj], height, width)}
+    return {
+        'id': f'{int(example["image/id"])}-{refexp_id}',
+        'image': example['image'],
+        'text': _text(expressions[expression]),
+        'region': tfds_box_to_pixels(bbox[obj], height, width),
+    }
 
 
 def coco_detection_record(example: dict, label_names: Sequence[str]) -> Record:
@@ -431,16 +460,23 @@ def coco_detection_record(example: dict, label_names: Sequence[str]) -> Record:
     if len(labels) != len(bbox):
         raise _FieldError('labels', f'{len(labels)} labels for {len(bbox)} boxes')
     height, width = _image_size(example)
-    return {'id': str(int(example['image/id'])), 'image': example['image'],
-            'boxes': tfds_box_to_pixels(bbox, height, width), 'labels': [label_names[int(i)] for i in labels]}
+    return {
+        'id': str(int(example['image/id'])),
+        'image': example['image'],
+        'boxes': tfds_box_to_pixels(bbox, height, width),
+        'labels': [label_names[int(i)] for i in labels],
+    }
 
 
 def clevr_record(example: dict, question: int) -> Record:
     """clevr: one VQA record per question (test questions come without answers)."""
     qa = example['question_answer']
     answer = _text(qa['answer'][question]) if question < len(qa['answer']) else ''
-    record = {'id': f'{_text(example["file_name"])}-{question}', 'image': example['image'],
-              'question': _text(qa['question'][question])}
+    record = {
+        'id': f'{_text(example["file_name"])}-{question}',
+        'image': example['image'],
+        'question': _text(qa['question'][question]),
+    }
     if answer:
         record['answers'] = {answer: 1.0}
     return record
@@ -458,6 +494,7 @@ class TfdsMapping(NamedTuple):
     `items(example)` lists the records an example holds as (a, b) pairs (None: one record per example);
     `record(example, item, label_names)` builds one; `label` is the path of the ClassLabel feature naming labels;
     `skip` are features never decoded (unused), `skip_for_items` those the item count does not need."""
+
     record: Callable[[dict, tuple[int, int], Sequence[str]], Record]
     items: Callable[[dict], list[tuple[int, int]]] | None = None
     label: tuple[str, ...] = ()
@@ -468,15 +505,18 @@ class TfdsMapping(NamedTuple):
 TFDS_MAPPINGS: dict[str, TfdsMapping] = {
     'coco_captions': TfdsMapping(
         record=lambda ex, item, names: coco_captions_record(ex, item[0]),
-        items=lambda ex: [(k, 0) for k in range(len(ex['captions']['text']))]),
+        items=lambda ex: [(k, 0) for k in range(len(ex['captions']['text']))],
+    ),
     'ref_coco': TfdsMapping(
         record=lambda ex, item, names: ref_coco_record(ex, *item),
         items=lambda ex: [(j, k) for j, row in enumerate(ex['objects']['refexp']['raw']) for k in range(len(row))],
-        skip=(('objects', 'mask'),)),
+        skip=(('objects', 'mask'),),
+    ),
     'coco': TfdsMapping(record=lambda ex, item, names: coco_detection_record(ex, names), label=('objects', 'label')),
     'clevr': TfdsMapping(
         record=lambda ex, item, names: clevr_record(ex, item[0]),
-        items=lambda ex: [(k, 0) for k in range(len(ex['question_answer']['question']))]),
+        items=lambda ex: [(k, 0) for k in range(len(ex['question_answer']['question']))],
+    ),
     'imagenet2012': TfdsMapping(record=lambda ex, item, names: imagenet_record(ex, names), label=('label',)),
 }
 
@@ -484,6 +524,7 @@ TFDS_MAPPINGS: dict[str, TfdsMapping] = {
 def _decoders(paths: Sequence[tuple[str, ...]]) -> dict | None:
     """Nested TFDS decoders that leave the features at `paths` undecoded."""
     import tensorflow_datasets as tfds
+
     decoders: dict = {}
     for path in paths:
         node = decoders
@@ -506,9 +547,16 @@ class TfdsSource:
     Builders whose code imports TensorFlow (coco, coco_captions) load from the prepared files when the name carries
     the version, e.g. 'coco/2017:1.1.0'. The dataset is never downloaded here: prepare it first."""
 
-    def __init__(self, name: str, split: str, data_dir: str | None = None, per_example: bool = False,
-                 label_names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        data_dir: str | None = None,
+        per_example: bool = False,
+        label_names: Sequence[str] | None = None,
+    ):
         import tensorflow_datasets as tfds
+
         self.dataset = name.split('/')[0].split(':')[0]
         if self.dataset not in TFDS_MAPPINGS:
             raise ValueError(f'no record mapping for TFDS dataset {self.dataset!r}; supported: {sorted(TFDS_MAPPINGS)}')
@@ -518,13 +566,13 @@ class TfdsSource:
 
         def open_split(skip):
             try:
-                return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                                        decoders=_decoders(skip))
+                return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=_decoders(skip))
             except ModuleNotFoundError as error:
                 if 'tensorflow' in str(error) and ':' not in name:
                     raise ModuleNotFoundError(
                         f'the TFDS builder code of {name!r} needs TensorFlow; name the version prepared under '
-                        f'data_dir to read its files instead, e.g. {name + ":1.1.0"!r}') from error
+                        f'data_dir to read its files instead, e.g. {name + ":1.1.0"!r}'
+                    ) from error
                 raise
 
         self._data = open_split(mapping.skip)
@@ -558,15 +606,20 @@ class TfdsSource:
         return len(self._data) if self._items is None else len(self._items)
 
     def __repr__(self) -> str:
-        return (f'TfdsSource(name={self.tfds_name!r}, split={self.split!r}, records={len(self)}, '
-                f'examples={len(self._data)}, examples_without_items={self.examples_without_items}, '
-                f'per_example={self.per_example})')
+        return (
+            f'TfdsSource(name={self.tfds_name!r}, split={self.split!r}, records={len(self)}, '
+            f'examples={len(self._data)}, examples_without_items={self.examples_without_items}, '
+            f'per_example={self.per_example})'
+        )
 
     def __getitem__(self, index: int) -> Record:
         if not 0 <= index < len(self):
             raise IndexError(f'record {index} outside {self.name!r} of {len(self)} records')
-        example_index, item = (index, (0, 0)) if self._items is None else (
-            int(self._items[index, 0]), (int(self._items[index, 1]), int(self._items[index, 2])))
+        example_index, item = (
+            (index, (0, 0))
+            if self._items is None
+            else (int(self._items[index, 0]), (int(self._items[index, 1]), int(self._items[index, 2])))
+        )
         mapping = TFDS_MAPPINGS[self.dataset]
         try:
             example = self._data[example_index]

@@ -8,6 +8,7 @@ a task's chain ends in 'source_ids' / 'target_ids' (no bos/eos) and, where it ha
 [-1, 1]). Templates are OFA's, leading spaces included. Source mixtures and registration from a config live in
 `ofa_jax.data.mixtures`.
 """
+
 import dataclasses
 import io
 from collections.abc import Callable, Mapping, Sequence
@@ -70,6 +71,7 @@ def _text(value: Any, name: str, max_words: int | None = 30) -> str:
 
 # ---- instructions: raw inputs -> source ids, shared by the training preprocessors and the API ------------------
 
+
 def caption_instruction(vocab: Vocabulary) -> list[int]:
     return vocab.encode(CAPTION)
 
@@ -112,8 +114,9 @@ def image_infill_instruction(vocab: Vocabulary) -> list[int]:
 def text_infill_instruction(vocab: Vocabulary, text: str) -> list[int]:
     """`text` with each missing span marked by '<mask>' (one mask token per span)."""
     if not isinstance(text, str) or not text.strip():
-        raise ValueError('text is empty' if isinstance(text, str) else
-                         f'text must be a string, got {type(text).__name__}')
+        raise ValueError(
+            'text is empty' if isinstance(text, str) else f'text must be a string, got {type(text).__name__}'
+        )
     prefix, suffix = TEXT_INFILL.split('{}')
     body = []
     for i, part in enumerate(clean_text(text).split(MASK)):
@@ -140,6 +143,7 @@ def sst2_instruction(vocab: Vocabulary, text: str) -> list[int]:
 def text_pair_instruction(template: str) -> Callable[..., list[int]]:
     def instruction(vocab: Vocabulary, premise: str, hypothesis: str) -> list[int]:
         return vocab.encode(template.format(_text(premise, 'premise', 100), _text(hypothesis, 'hypothesis', 100)))
+
     return instruction
 
 
@@ -149,14 +153,16 @@ def summarization_instruction(vocab: Vocabulary, text: str) -> list[int]:
 
 # ---- outputs: answer tokens -> result fields ---------------------------------------------------------------------
 
+
 def _until_eos(tokens: Sequence[int], vocab: Vocabulary) -> list[int]:
     ids = [int(t) for t in tokens]
-    return ids[:ids.index(vocab.eos_id)] if vocab.eos_id in ids else ids
+    return ids[: ids.index(vocab.eos_id)] if vocab.eos_id in ids else ids
 
 
 def text_output(key: str) -> Callable[[Sequence[int], Vocabulary, B.Scale], dict[str, Any]]:
     def output(tokens, vocab, scale):
         return {key: vocab.decode(_until_eos(tokens, vocab)).strip()}
+
     return output
 
 
@@ -170,6 +176,7 @@ def objects_output(tokens: Sequence[int], vocab: Vocabulary, scale: B.Scale) -> 
 
 
 # ---- references: what a prediction of a preprocessed example is scored against ----------------------------------
+
 
 def _target_text(example: dict, vocab: Vocabulary) -> str:
     return vocab.decode(example['target_ids']).strip()
@@ -205,9 +212,13 @@ def codes_reference(example: dict, vocab: Vocabulary) -> list[int]:
 
 # ---- metrics: {id: prediction}, {id: reference} -> {name: value} ------------------------------------------------
 
+
 def caption_metrics(predictions: Mapping[str, str], references: Mapping[str, list[str]]) -> dict[str, float]:
-    return {'cider': metrics.cider(references, predictions), 'bleu4': metrics.bleu4(references, predictions),
-            'exact_match': metrics.exact_match(predictions, references)}
+    return {
+        'cider': metrics.cider(references, predictions),
+        'bleu4': metrics.bleu4(references, predictions),
+        'exact_match': metrics.exact_match(predictions, references),
+    }
 
 
 def exact_match_metrics(predictions: Mapping[str, str], references: Mapping[str, list[str]]) -> dict[str, float]:
@@ -220,8 +231,11 @@ def vqa_metrics(predictions: Mapping[str, str], references: Mapping[str, dict[st
 
 def grounding_metrics(predictions: Mapping[str, list], references: Mapping[str, list]) -> dict[str, float]:
     keys = list(predictions)
-    return {'accuracy': metrics.grounding_accuracy(np.array([predictions[k] for k in keys]),
-                                                   np.array([references[k] for k in keys]))}
+    return {
+        'accuracy': metrics.grounding_accuracy(
+            np.array([predictions[k] for k in keys]), np.array([references[k] for k in keys])
+        )
+    }
 
 
 def detection_metrics(predictions: Mapping[str, tuple], references: Mapping[str, tuple]) -> dict[str, float]:
@@ -230,8 +244,11 @@ def detection_metrics(predictions: Mapping[str, tuple], references: Mapping[str,
 
 def code_metrics(predictions: Mapping[str, list[int]], references: Mapping[str, list[int]]) -> dict[str, float]:
     """The fraction of codes predicted right, per image, averaged over images."""
-    return {'code_accuracy': float(np.mean([np.mean(np.asarray(predictions[k]) == np.asarray(references[k]))
-                                            for k in predictions]))}
+    return {
+        'code_accuracy': float(
+            np.mean([np.mean(np.asarray(predictions[k]) == np.asarray(references[k])) for k in predictions])
+        )
+    }
 
 
 def accuracy_metrics(predictions: Mapping[str, str], references: Mapping[str, str]) -> dict[str, float]:
@@ -240,11 +257,13 @@ def accuracy_metrics(predictions: Mapping[str, str], references: Mapping[str, st
 
 # ---- the declarations ----------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class TaskKind:
     """One of OFA's tasks, declared once. Its `name` is the one name used everywhere: the world's task
     (`world_<name>`), the finetuning kind (`configs/finetune.py:<name>`), `predict --task`, the Predictor method,
     the decoding settings and the metric keys (`<name>_<metric>`)."""
+
     name: str
     instruction: Callable[..., list[int]]  # (vocab, **inputs) -> source ids, no bos/eos
     inputs: tuple[str, ...] = ()  # the raw text (or region) inputs of the instruction, besides the image
@@ -265,8 +284,7 @@ class TaskKind:
         missing = [name for name in self.inputs if name not in inputs and name not in optional]
         unknown = sorted(set(inputs) - set(self.inputs))
         if missing or unknown:
-            raise ValueError(f'task {self.name} takes inputs {list(self.inputs)}; missing {missing}, '
-                             f'unknown {unknown}')
+            raise ValueError(f'task {self.name} takes inputs {list(self.inputs)}; missing {missing}, unknown {unknown}')
         return self.instruction(vocab, **inputs)
 
     def prediction(self, result: dict[str, Any]) -> Any:
@@ -277,47 +295,141 @@ class TaskKind:
 
 
 _TEXT_ANSWER = dict(output=text_output('answer'), reference=label_reference, metrics=accuracy_metrics)
-TASKS: dict[str, TaskKind] = {kind.name: kind for kind in (
-    TaskKind('caption', caption_instruction, decode=dict(beam_size=5, max_length=17, no_repeat_ngram_size=3),
-             output=text_output('caption'), result_key='caption', reference=caption_references,
-             metrics=caption_metrics),
-    TaskKind('vqa', vqa_instruction, ('question',), decode=dict(beam_size=5, max_length=17),
-             output=text_output('answer'), reference=vqa_references, metrics=vqa_metrics),
-    # A box is exactly the four bins, then eos.
-    TaskKind('grounding', grounding_instruction, ('text',), constraint='bins',
-             decode=dict(beam_size=5, min_length=4, max_length=5), output=box_output, result_key='box',
-             reference=box_reference, metrics=grounding_metrics),
-    TaskKind('grounded_caption', grounded_caption_instruction, ('region',),
-             decode=dict(beam_size=5, max_length=17, no_repeat_ngram_size=3), output=text_output('caption'),
-             result_key='caption', reference=text_reference, metrics=exact_match_metrics),
-    TaskKind('itm', itm_instruction, ('text',), candidates=('yes', 'no'), **_TEXT_ANSWER),
-    TaskKind('answer_match', answer_match_instruction, ('question', 'answer'), candidates=('yes', 'no'),
-             **_TEXT_ANSWER),
-    # Pretraining's detection targets are cut at 30 tokens.
-    TaskKind('detection', detection_instruction, decode=dict(beam_size=5, max_length=31), output=objects_output,
-             result_key='boxes', reference=objects_reference, metrics=detection_metrics),
-    # Exactly the model's code grid (code_image_size / 8 squared), then eos.
-    TaskKind('image_infill', image_infill_instruction, constraint='codes', decode=dict(beam_size=5),
-             result_key='codes', reference=codes_reference, metrics=code_metrics),
-    TaskKind('text_infill', text_infill_instruction, ('text',), image=False, decode=dict(beam_size=5, max_length=65),
-             output=text_output('text'), result_key='text', reference=text_reference, metrics=exact_match_metrics),
-    TaskKind('text_to_image', text_to_image_instruction, ('text',), image=False, constraint='codes',
-             decode=dict(top_k=256), result_key='images'),
-    TaskKind('snli_ve', snli_ve_instruction, ('hypothesis', 'premise'), candidates=('yes', 'no', 'maybe'),
-             **_TEXT_ANSWER),
-    TaskKind('classification', caption_instruction, choose=True, output=text_output('label'), result_key='label',
-             reference=label_reference, metrics=accuracy_metrics),
-    TaskKind('sst2', sst2_instruction, ('text',), image=False, candidates=('positive', 'negative'), **_TEXT_ANSWER),
-    TaskKind('mnli', text_pair_instruction(TEXT_PAIR_ENTAILMENT), ('premise', 'hypothesis'), image=False,
-             candidates=('yes', 'no', 'maybe'), **_TEXT_ANSWER),
-    TaskKind('rte', text_pair_instruction(TEXT_PAIR_ENTAILMENT), ('premise', 'hypothesis'), image=False,
-             candidates=('yes', 'no'), **_TEXT_ANSWER),
-    TaskKind('qqp', text_pair_instruction(QQP), ('premise', 'hypothesis'), image=False, candidates=('yes', 'no'),
-             **_TEXT_ANSWER),
-    TaskKind('summarization', summarization_instruction, ('text',), image=False,
-             decode=dict(beam_size=6, max_length=33, length_penalty=0.7), output=text_output('summary'),
-             result_key='summary'),
-)}
+TASKS: dict[str, TaskKind] = {
+    kind.name: kind
+    for kind in (
+        TaskKind(
+            'caption',
+            caption_instruction,
+            decode=dict(beam_size=5, max_length=17, no_repeat_ngram_size=3),
+            output=text_output('caption'),
+            result_key='caption',
+            reference=caption_references,
+            metrics=caption_metrics,
+        ),
+        TaskKind(
+            'vqa',
+            vqa_instruction,
+            ('question',),
+            decode=dict(beam_size=5, max_length=17),
+            output=text_output('answer'),
+            reference=vqa_references,
+            metrics=vqa_metrics,
+        ),
+        # A box is exactly the four bins, then eos.
+        TaskKind(
+            'grounding',
+            grounding_instruction,
+            ('text',),
+            constraint='bins',
+            decode=dict(beam_size=5, min_length=4, max_length=5),
+            output=box_output,
+            result_key='box',
+            reference=box_reference,
+            metrics=grounding_metrics,
+        ),
+        TaskKind(
+            'grounded_caption',
+            grounded_caption_instruction,
+            ('region',),
+            decode=dict(beam_size=5, max_length=17, no_repeat_ngram_size=3),
+            output=text_output('caption'),
+            result_key='caption',
+            reference=text_reference,
+            metrics=exact_match_metrics,
+        ),
+        TaskKind('itm', itm_instruction, ('text',), candidates=('yes', 'no'), **_TEXT_ANSWER),
+        TaskKind(
+            'answer_match', answer_match_instruction, ('question', 'answer'), candidates=('yes', 'no'), **_TEXT_ANSWER
+        ),
+        # Pretraining's detection targets are cut at 30 tokens.
+        TaskKind(
+            'detection',
+            detection_instruction,
+            decode=dict(beam_size=5, max_length=31),
+            output=objects_output,
+            result_key='boxes',
+            reference=objects_reference,
+            metrics=detection_metrics,
+        ),
+        # Exactly the model's code grid (code_image_size / 8 squared), then eos.
+        TaskKind(
+            'image_infill',
+            image_infill_instruction,
+            constraint='codes',
+            decode=dict(beam_size=5),
+            result_key='codes',
+            reference=codes_reference,
+            metrics=code_metrics,
+        ),
+        TaskKind(
+            'text_infill',
+            text_infill_instruction,
+            ('text',),
+            image=False,
+            decode=dict(beam_size=5, max_length=65),
+            output=text_output('text'),
+            result_key='text',
+            reference=text_reference,
+            metrics=exact_match_metrics,
+        ),
+        TaskKind(
+            'text_to_image',
+            text_to_image_instruction,
+            ('text',),
+            image=False,
+            constraint='codes',
+            decode=dict(top_k=256),
+            result_key='images',
+        ),
+        TaskKind(
+            'snli_ve', snli_ve_instruction, ('hypothesis', 'premise'), candidates=('yes', 'no', 'maybe'), **_TEXT_ANSWER
+        ),
+        TaskKind(
+            'classification',
+            caption_instruction,
+            choose=True,
+            output=text_output('label'),
+            result_key='label',
+            reference=label_reference,
+            metrics=accuracy_metrics,
+        ),
+        TaskKind('sst2', sst2_instruction, ('text',), image=False, candidates=('positive', 'negative'), **_TEXT_ANSWER),
+        TaskKind(
+            'mnli',
+            text_pair_instruction(TEXT_PAIR_ENTAILMENT),
+            ('premise', 'hypothesis'),
+            image=False,
+            candidates=('yes', 'no', 'maybe'),
+            **_TEXT_ANSWER,
+        ),
+        TaskKind(
+            'rte',
+            text_pair_instruction(TEXT_PAIR_ENTAILMENT),
+            ('premise', 'hypothesis'),
+            image=False,
+            candidates=('yes', 'no'),
+            **_TEXT_ANSWER,
+        ),
+        TaskKind(
+            'qqp',
+            text_pair_instruction(QQP),
+            ('premise', 'hypothesis'),
+            image=False,
+            candidates=('yes', 'no'),
+            **_TEXT_ANSWER,
+        ),
+        TaskKind(
+            'summarization',
+            summarization_instruction,
+            ('text',),
+            image=False,
+            decode=dict(beam_size=6, max_length=33, length_penalty=0.7),
+            output=text_output('summary'),
+            result_key='summary',
+        ),
+    )
+}
 
 
 def task_kind(name: str) -> TaskKind:
@@ -338,11 +450,14 @@ def _source(kind: str, vocab: Vocabulary, **inputs: Any) -> dict[str, Any]:
 
 # ---- image helpers -----------------------------------------------------------------------------------------------
 
+
 def image_transform(pipeline: T.Compose) -> ImageTransform:
     """An ImageTransform from a transforms pipeline (which must end in Normalize)."""
+
     def transform(image, boxes, rng):
         sample = pipeline(T.Sample.from_image(image, boxes), rng)
         return sample.image, sample.boxes, sample.keep
+
     return transform
 
 
@@ -352,6 +467,7 @@ def resize_transform(size: int) -> ImageTransform:
 
 
 # ---- generic preprocessors -------------------------------------------------------------------------------------
+
 
 def decode_image(example: dict, rng: np.random.Generator) -> dict:
     """'image' as stored (encoded bytes or an array) -> uint8 [H, W, 3]."""
@@ -380,6 +496,7 @@ def require_text(*fields: str) -> Preprocessor:
             if not value.strip():
                 raise DropExample(f'empty_{field}')
         return example
+
     return preprocess
 
 
@@ -396,10 +513,14 @@ def _region(example: dict) -> np.ndarray:
 
 def transform_image(transform: ImageTransform, with_region: bool = False, with_boxes: bool = False) -> Preprocessor:
     """Applies the image transform; 'region' / 'boxes' follow it (a region the transform loses drops the example)."""
+
     def preprocess(example, rng):
         region = _region(example)[None] if with_region else np.zeros((0, 4), np.float32)
-        boxes = np.asarray(example.get('boxes', np.zeros((0, 4))), np.float32).reshape(-1, 4) if with_boxes \
+        boxes = (
+            np.asarray(example.get('boxes', np.zeros((0, 4))), np.float32).reshape(-1, 4)
+            if with_boxes
             else np.zeros((0, 4), np.float32)
+        )
         image, moved, keep = transform(example['image'], np.concatenate([region, boxes]), rng)
         out = {**example, 'image': image}
         if with_region:
@@ -408,46 +529,66 @@ def transform_image(transform: ImageTransform, with_region: bool = False, with_b
             out['region'] = moved[0]
         if with_boxes:
             labels = list(example.get('labels', []))
-            kept = keep[len(region):]
-            out['boxes'] = moved[len(region):][kept]
+            kept = keep[len(region) :]
+            out['boxes'] = moved[len(region) :][kept]
             out['labels'] = [label for label, k in zip(labels, kept) if k]
         return out
+
     return preprocess
 
 
 # ---- the tasks' preprocessors: each builds its instruction through its declaration ------------------------------
 
+
 def caption(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
     def preprocess(example, rng):
-        return {**example, **_source('caption', vocab),
-                'target_ids': vocab.encode(' ' + clean_text(example['caption'], max_words))}
+        return {
+            **example,
+            **_source('caption', vocab),
+            'target_ids': vocab.encode(' ' + clean_text(example['caption'], max_words)),
+        }
+
     return preprocess
 
 
 def classification(vocab: Vocabulary) -> Preprocessor:
     """ImageNet-style: the caption instruction, the label's text as the target (in 'caption')."""
+
     def preprocess(example, rng):
-        return {**example, **_source('classification', vocab),
-                'target_ids': vocab.encode(' ' + clean_text(example['caption']))}
+        return {
+            **example,
+            **_source('classification', vocab),
+            'target_ids': vocab.encode(' ' + clean_text(example['caption'])),
+        }
+
     return preprocess
 
 
 def grounding(vocab: Vocabulary) -> Preprocessor:
     def preprocess(example, rng):
-        return {**example, **_source('grounding', vocab, text=example['text']),
-                'target_ids': B.box_to_tokens(example['region'], vocab, MAX_IMAGE_SIZE)}
+        return {
+            **example,
+            **_source('grounding', vocab, text=example['text']),
+            'target_ids': B.box_to_tokens(example['region'], vocab, MAX_IMAGE_SIZE),
+        }
+
     return preprocess
 
 
 def grounded_caption(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
     def preprocess(example, rng):
-        return {**example, **_source('grounded_caption', vocab, region=example['region']),
-                'target_ids': vocab.encode(' ' + clean_text(example['text'], max_words))}
+        return {
+            **example,
+            **_source('grounded_caption', vocab, region=example['region']),
+            'target_ids': vocab.encode(' ' + clean_text(example['text'], max_words)),
+        }
+
     return preprocess
 
 
-def _other_value(records: Any, rng: np.random.Generator, value: Callable[[dict], str], current: str,
-                 reason: str, scan: int = 64) -> str:
+def _other_value(
+    records: Any, rng: np.random.Generator, value: Callable[[dict], str], current: str, reason: str, scan: int = 64
+) -> str:
     """A non-empty value(record) other than `current`, from the records after a random one (records without a
     value, such as other row types, are passed over); DropExample(reason) when `scan` records have none."""
     start = int(rng.integers(len(records)))
@@ -461,6 +602,7 @@ def _other_value(records: Any, rng: np.random.Generator, value: Callable[[dict],
 def itm(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (), max_words: int = 30) -> Preprocessor:
     """Image-text matching. Half the examples keep their caption (' yes'); the others (' no') get a caption with one
     object word swapped (with probability 0.4, when object words are known and present) or another record's."""
+
     def preprocess(example, rng):
         text = clean_text(example['caption'], max_words)
         answer = ' yes'
@@ -473,27 +615,36 @@ def itm(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (), m
                 words[i] = rng.choice([w for w in object_words if w != words[i]])
                 text = ' '.join(words)
             else:
-                text = _other_value(negatives, rng, lambda r: clean_text(r.get('caption') or '', max_words), text,
-                                    'no_negative_caption')
+                text = _other_value(
+                    negatives, rng, lambda r: clean_text(r.get('caption') or '', max_words), text, 'no_negative_caption'
+                )
         return {**example, **_source('itm', vocab, text=text), 'itm_text': text, 'target_ids': vocab.encode(answer)}
+
     return preprocess
 
 
 def vqa(vocab: Vocabulary, add_question_mark: bool = False) -> Preprocessor:
     """Target: the most confident answer; its confidence weights the loss."""
+
     def preprocess(example, rng):
         answers = example.get('answers')
         if not isinstance(answers, dict) or not answers:
             raise DropExample('missing_answers')
         answer, confidence = max(answers.items(), key=lambda item: item[1])
-        return {**example, 'source_ids': vqa_instruction(vocab, example['question'], add_question_mark),
-                'target_ids': vocab.encode(' ' + answer.strip()), 'loss_weight': float(confidence)}
+        return {
+            **example,
+            'source_ids': vqa_instruction(vocab, example['question'], add_question_mark),
+            'target_ids': vocab.encode(' ' + answer.strip()),
+            'loss_weight': float(confidence),
+        }
+
     return preprocess
 
 
 def answer_match(vocab: Vocabulary, negatives: Any) -> Preprocessor:
     """OFA's second sample of a VQA row: is the best answer (' yes', half the time) or another record's best answer
     (' no') the answer to the question?"""
+
     def best(example):
         answers = example.get('answers')
         return max(answers, key=answers.get).strip() if isinstance(answers, dict) and answers else ''
@@ -506,13 +657,18 @@ def answer_match(vocab: Vocabulary, negatives: Any) -> Preprocessor:
         if rng.random() < 0.5:
             target = ' no'
             answer = _other_value(negatives, rng, best, answer, 'no_negative_answer')
-        return {**example, **_source('answer_match', vocab, question=example['question'], answer=answer),
-                'target_ids': vocab.encode(target)}
+        return {
+            **example,
+            **_source('answer_match', vocab, question=example['question'], answer=answer),
+            'target_ids': vocab.encode(target),
+        }
+
     return preprocess
 
 
 def detection(vocab: Vocabulary) -> Preprocessor:
     """Target: for each box, four bins then the label's tokens."""
+
     def preprocess(example, rng):
         if not len(example['labels']):
             raise DropExample('no_boxes')
@@ -520,6 +676,7 @@ def detection(vocab: Vocabulary) -> Preprocessor:
         for box, label in zip(example['boxes'], example['labels']):
             target += B.box_to_tokens(box, vocab, MAX_IMAGE_SIZE) + vocab.encode(' ' + clean_text(label))
         return {**example, **_source('detection', vocab), 'target_ids': target}
+
     return preprocess
 
 
@@ -528,6 +685,7 @@ def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None) -> Preproc
     record's 'codes' (OFA's image TSV) or else from `tokenizer`.
 
     Runs on the uint8 image of the model's input size; leaves the normalized image in 'image'."""
+
     def preprocess(example, rng):
         image = example['image']
         size = image.shape[0]
@@ -540,26 +698,40 @@ def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None) -> Preproc
             raise DropExample('missing_codes')
         masked = image.astype(np.float32) / 127.5 - 1.0
         masked[lo:hi, lo:hi] = 0.0
-        return {**example, **_source('image_infill', vocab), 'image': masked,
-                'target_ids': [vocab.code_id(int(c)) for c in codes], 'code_target': True}
+        return {
+            **example,
+            **_source('image_infill', vocab),
+            'image': masked,
+            'target_ids': [vocab.code_id(int(c)) for c in codes],
+            'code_target': True,
+        }
+
     return preprocess
 
 
 def text_to_image(vocab: Vocabulary, tokenizer: ImageTokenizer, max_words: int = 30) -> Preprocessor:
     """Source: the caption in OFA's text-to-image instruction, no image; target: the codes of the whole uint8 image
     (a grid of side image / downsample, as the model's code_image_size must match)."""
+
     def preprocess(example, rng):
         codes = tokenizer.encode(example['image'][None])[0].reshape(-1)
         out = {k: v for k, v in example.items() if k != 'image'}
-        return {**out, **_source('text_to_image', vocab, text=clean_text(example['caption'], max_words)),
-                'target_ids': [vocab.code_id(int(c)) for c in codes], 'code_target': True}
+        return {
+            **out,
+            **_source('text_to_image', vocab, text=clean_text(example['caption'], max_words)),
+            'target_ids': [vocab.code_id(int(c)) for c in codes],
+            'code_target': True,
+        }
+
     return preprocess
 
 
-def text_infill(vocab: Vocabulary, mask_ratio: float = 0.3, poisson_lambda: float = 3.0,
-                max_tokens: int = 64) -> Preprocessor:
+def text_infill(
+    vocab: Vocabulary, mask_ratio: float = 0.3, poisson_lambda: float = 3.0, max_tokens: int = 64
+) -> Preprocessor:
     """BART span masking over whole words: spans of Poisson(3) words replace 30% of the words, each by one <mask>.
     The masked text (spans as '<mask>') is kept in 'masked_text'."""
+
     def preprocess(example, rng):
         words = clean_text(example['text']).split()
         word_tokens = [vocab.encode(' ' + w) for w in words]
@@ -570,12 +742,18 @@ def text_infill(vocab: Vocabulary, mask_ratio: float = 0.3, poisson_lambda: floa
         while masked.sum() < budget:
             length = max(1, int(rng.poisson(poisson_lambda)))
             start = int(rng.integers(len(word_tokens)))
-            masked[start:start + min(length, budget - int(masked.sum()))] = True
-        shown = [MASK if masked[i] else words[i] for i in range(len(word_tokens))
-                 if not (masked[i] and i and masked[i - 1])]
+            masked[start : start + min(length, budget - int(masked.sum()))] = True
+        shown = [
+            MASK if masked[i] else words[i] for i in range(len(word_tokens)) if not (masked[i] and i and masked[i - 1])
+        ]
         masked_text = ' '.join(shown)
-        return {**example, **_source('text_infill', vocab, text=masked_text), 'masked_text': masked_text,
-                'target_ids': [t for tokens in word_tokens for t in tokens]}
+        return {
+            **example,
+            **_source('text_infill', vocab, text=masked_text),
+            'masked_text': masked_text,
+            'target_ids': [t for tokens in word_tokens for t in tokens],
+        }
+
     return preprocess
 
 
@@ -583,8 +761,12 @@ def snli_ve(vocab: Vocabulary) -> Preprocessor:
     def preprocess(example, rng):
         if example.get('label') not in SNLI_ANSWERS:
             raise DropExample('bad_label', repr(example.get('label')))
-        return {**example, **_source('snli_ve', vocab, hypothesis=example['hypothesis']),
-                'target_ids': vocab.encode(' ' + SNLI_ANSWERS[example['label']])}
+        return {
+            **example,
+            **_source('snli_ve', vocab, hypothesis=example['hypothesis']),
+            'target_ids': vocab.encode(' ' + SNLI_ANSWERS[example['label']]),
+        }
+
     return preprocess
 
 
@@ -599,6 +781,10 @@ def text_task(vocab: Vocabulary, kind: str, answers: dict[str, str] | None = Non
             if target not in answers:
                 raise DropExample('bad_label', repr(target))
             target = answers[target]
-        return {**example, **_source(kind, vocab, **{f: example[f] for f in fields}),
-                'target_ids': vocab.encode(' ' + clean_text(target))}
+        return {
+            **example,
+            **_source(kind, vocab, **{f: example[f] for f in fields}),
+            'target_ids': vocab.encode(' ' + clean_text(target)),
+        }
+
     return preprocess

@@ -20,6 +20,7 @@ What OFA (OFA-Sys/OFA) does, and the pipelines below reproduce:
 - Normalize uses mean = std = 0.5, so pixels land in [-1, 1]. Boxes are quantized later against max_image_size 512
   (see `ofa_jax.data.boxes`), not against the patch size.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,18 @@ Transform = Callable[['Sample', np.random.Generator], 'Sample']
 # Gray that geometric augmentations paint where no source pixel exists (OFA's replace value).
 FILL = (128, 128, 128)
 # The augmentations OFA's pretraining draws from for image-text pairs (unify_dataset.py).
-OFA_AUGMENTS = ('Identity', 'AutoContrast', 'Equalize', 'Brightness', 'Sharpness',
-                'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate')
+OFA_AUGMENTS = (
+    'Identity',
+    'AutoContrast',
+    'Equalize',
+    'Brightness',
+    'Sharpness',
+    'ShearX',
+    'ShearY',
+    'TranslateX',
+    'TranslateY',
+    'Rotate',
+)
 GEOMETRIC_AUGMENTS = frozenset({'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Rotate'})
 # For boxed examples whose boxes must stay tight: under shear and rotation a box can only enclose the moved box.
 PHOTOMETRIC_AUGMENTS = tuple(op for op in OFA_AUGMENTS if op not in GEOMETRIC_AUGMENTS)
@@ -50,8 +61,9 @@ def _scaling(sx: float, sy: float) -> np.ndarray:
     return np.diag([sx, sy, 1.0])
 
 
-def warp_boxes(boxes: np.ndarray, matrix: np.ndarray, width: float | None = None,
-               height: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def warp_boxes(
+    boxes: np.ndarray, matrix: np.ndarray, width: float | None = None, height: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Boxes [N, 4] mapped by an affine `matrix` [3, 3]: the axis-aligned box around the four mapped corners.
 
     With `width` and `height` the result is clipped to the image [0, width] x [0, height]. Returns the boxes [N, 4]
@@ -80,6 +92,7 @@ class Sample:
     matrix: [3, 3] float64 affine from original-image pixels to pixels of `image`.
     source_boxes: [N, 4] float32, the boxes in original-image pixels (clipped to that image).
     """
+
     image: np.ndarray
     boxes: np.ndarray
     keep: np.ndarray
@@ -88,8 +101,12 @@ class Sample:
     source_boxes: np.ndarray
 
     @classmethod
-    def from_image(cls, image: ImageLike, boxes: np.ndarray | Sequence[Sequence[float]] | None = None,
-                   labels: np.ndarray | Sequence | None = None) -> Sample:
+    def from_image(
+        cls,
+        image: ImageLike,
+        boxes: np.ndarray | Sequence[Sequence[float]] | None = None,
+        labels: np.ndarray | Sequence | None = None,
+    ) -> Sample:
         """A sample from a PIL image (converted to RGB, as OFA does) or an [H, W, 3] uint8 array, boxes [N, 4]."""
         array = np.asarray(image.convert('RGB')) if isinstance(image, Image.Image) else np.asarray(image)
         if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
@@ -145,8 +162,9 @@ class Sample:
         # source box mapped through the whole chain stays tight where rotations and shears compound.
         stepwise, _ = warp_boxes(self.boxes, matrix, width, height)
         direct, _ = warp_boxes(self.source_boxes, total, width, height)
-        boxes = np.concatenate([np.maximum(stepwise[:, :2], direct[:, :2]),
-                                np.minimum(stepwise[:, 2:], direct[:, 2:])], axis=1)
+        boxes = np.concatenate(
+            [np.maximum(stepwise[:, :2], direct[:, :2]), np.minimum(stepwise[:, 2:], direct[:, 2:])], axis=1
+        )
         valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return dataclasses.replace(self, image=image, boxes=boxes, keep=self.keep & valid, matrix=total)
 
@@ -155,8 +173,9 @@ def drop_degenerate(sample: Sample) -> tuple[Sample, int]:
     """The sample without the boxes (and labels) whose keep flag is False, and how many were dropped."""
     keep = sample.keep
     labels = None if sample.labels is None else sample.labels[keep]
-    kept = dataclasses.replace(sample, boxes=sample.boxes[keep], keep=keep[keep], labels=labels,
-                               source_boxes=sample.source_boxes[keep])
+    kept = dataclasses.replace(
+        sample, boxes=sample.boxes[keep], keep=keep[keep], labels=labels, source_boxes=sample.source_boxes[keep]
+    )
     return kept, int(np.count_nonzero(~keep))
 
 
@@ -182,7 +201,7 @@ def crop_image(image: np.ndarray, left: int, top: int, width: int, height: int) 
     out = np.zeros((height, width, image.shape[2]), image.dtype)
     x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + width, w), min(top + height, h)
     if x1 > x0 and y1 > y0:
-        out[y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = image[y0:y1, x0:x1]
     return out, _translation(-left, -top)
 
 
@@ -202,6 +221,7 @@ def ofa_resize_shape(width: int, height: int, size: int, max_size: int | None) -
 @dataclasses.dataclass(frozen=True)
 class Resize:
     """Bicubic resize to a fixed size: an int for a square, or (height, width). OFA's finetuning resize."""
+
     size: int | tuple[int, int]
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
@@ -212,6 +232,7 @@ class Resize:
 @dataclasses.dataclass(frozen=True)
 class ResizeMax:
     """Bicubic resize keeping the aspect ratio, the longer side becoming `max_size`."""
+
     max_size: int
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
@@ -223,6 +244,7 @@ class ResizeMax:
 @dataclasses.dataclass(frozen=True)
 class RandomResize:
     """OFA's RandomResize: pick a size uniformly from `sizes`, then resize as `ofa_resize_shape`."""
+
     sizes: Sequence[int]
     max_size: int | None = None
 
@@ -240,6 +262,7 @@ class RandomResize:
 class CenterCrop:
     """Centre crop to `size` (int for a square, or (height, width)), offsets rounded as torchvision's CenterCrop;
     an image smaller than the crop is padded with zeros around it. Boxes cut away are flagged in `keep`."""
+
     size: int | tuple[int, int]
 
     @staticmethod
@@ -261,6 +284,7 @@ class ObjectCenterCrop:
     OFA shifts the boxes by the unrounded offset while PIL rounds the image's crop window, a mismatch of up to half
     a pixel; here the offset is rounded once and used for both.
     """
+
     size: int | tuple[int, int]
     index: int = 0
 
@@ -282,6 +306,7 @@ class ObjectCenterCrop:
 @dataclasses.dataclass(frozen=True)
 class RandomHorizontalFlip:
     """Mirror left-right with probability `p`; x maps to W - x. Not for grounding: its text says left and right."""
+
     p: float = 0.5
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
@@ -294,15 +319,19 @@ class RandomHorizontalFlip:
 def _affine(image: Image.Image, matrix: np.ndarray) -> Image.Image:
     # PIL wants the output-to-input map; bilinear and a gray fill as OFA's warps.
     inverse = np.linalg.inv(matrix)[:2].ravel()
-    return image.transform(image.size, Image.Transform.AFFINE, tuple(inverse), resample=Image.Resampling.BILINEAR,
-                           fillcolor=FILL)
+    return image.transform(
+        image.size, Image.Transform.AFFINE, tuple(inverse), resample=Image.Resampling.BILINEAR, fillcolor=FILL
+    )
 
 
 def _rotation(degrees: float, width: int, height: int) -> np.ndarray:
     # About the image centre; positive degrees turn the picture counter-clockwise on screen, as OFA's cv2 rotation.
     c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    return _translation(width / 2, height / 2) @ np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]]) \
+    return (
+        _translation(width / 2, height / 2)
+        @ np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
         @ _translation(-width / 2, -height / 2)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,6 +351,7 @@ class RandomAugment:
     exclude them. Differences from OFA's cv2 code: it turns about the image centre (W/2, H/2) where cv2 turns about
     pixel index (W/2, H/2), half a pixel off, and Sharpness saturates where OFA's uint8 cast wraps around.
     """
+
     n: int = 2
     magnitude: float = 7
     ops: Sequence[str] = OFA_AUGMENTS
@@ -342,8 +372,11 @@ class RandomAugment:
                 matrix = _rotation(self._signed(level * 30, rng), sample.width, sample.height)
             elif op in ('ShearX', 'ShearY'):
                 shear = self._signed(level * 0.3, rng)
-                matrix = np.array([[1.0, shear, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) if op == 'ShearX' \
+                matrix = (
+                    np.array([[1.0, shear, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+                    if op == 'ShearX'
                     else np.array([[1.0, 0.0, 0.0], [shear, 1.0, 0.0], [0.0, 0.0, 1.0]])
+                )
             else:
                 shift = self._signed(level * 10, rng)
                 matrix = _translation(shift, 0.0) if op == 'TranslateX' else _translation(0.0, shift)
@@ -370,6 +403,7 @@ class RandomAugment:
 class Normalize:
     """uint8 [H, W, 3] to float32 (x / 255 - mean) / std, HWC; OFA's mean = std = 0.5 gives [-1, 1]. Boxes stay in
     pixels: the bin quantization (`ofa_jax.data.boxes`) divides by max_image_size, as OFA's Normalize does."""
+
     mean: Sequence[float] = (0.5, 0.5, 0.5)
     std: Sequence[float] = (0.5, 0.5, 0.5)
 
@@ -382,6 +416,7 @@ class Normalize:
 @dataclasses.dataclass(frozen=True)
 class Compose:
     """Apply `transforms` in order, threading the sample and the one Generator through them."""
+
     transforms: Sequence[Transform]
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
@@ -402,17 +437,30 @@ def _pretrain_sizes(patch_image_size: int, max_short_side: int) -> range:
     return range(patch_image_size, max_short_side + 1)
 
 
-def pretrain_image_text_transform(patch_image_size: int = 384, max_short_side: int = 480,
-                                  max_size: int = 672) -> Compose:
+def pretrain_image_text_transform(
+    patch_image_size: int = 384, max_short_side: int = 480, max_size: int = 672
+) -> Compose:
     """Pretraining captions, VQA and image-text matching: random shorter side in [patch_image_size, max_short_side]
     (both sides capped at max_size), centre crop to patch_image_size, RandomAugment(2, 7), normalize."""
-    return Compose([RandomResize(_pretrain_sizes(patch_image_size, max_short_side), max_size),
-                    CenterCrop(patch_image_size), RandomAugment(), Normalize()])
+    return Compose(
+        [
+            RandomResize(_pretrain_sizes(patch_image_size, max_short_side), max_size),
+            CenterCrop(patch_image_size),
+            RandomAugment(),
+            Normalize(),
+        ]
+    )
 
 
-def pretrain_grounding_transform(patch_image_size: int = 384, max_short_side: int = 480,
-                                 max_size: int = 672) -> Compose:
+def pretrain_grounding_transform(
+    patch_image_size: int = 384, max_short_side: int = 480, max_size: int = 672
+) -> Compose:
     """Pretraining grounding (and grounded captioning): the same random resize, a patch_image_size crop centred on
     box 0 (the referred region), normalize; no flip and no RandomAugment."""
-    return Compose([RandomResize(_pretrain_sizes(patch_image_size, max_short_side), max_size),
-                    ObjectCenterCrop(patch_image_size), Normalize()])
+    return Compose(
+        [
+            RandomResize(_pretrain_sizes(patch_image_size, max_short_side), max_size),
+            ObjectCenterCrop(patch_image_size),
+            Normalize(),
+        ]
+    )

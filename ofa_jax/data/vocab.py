@@ -15,6 +15,7 @@ pretraining with a new vocabulary; `train_sentencepiece` (or `python -m ofa_jax.
 `encode` reads its text literally, as fairseq's BPE does: a `<bin_5>` inside the text is BPE'd like any other
 characters. Mask, code and bin tokens come from `mask_id`, `code_id` and `bin_id`.
 """
+
 import abc
 import argparse
 import functools
@@ -34,6 +35,7 @@ NUM_CODES = 8192
 BIN_OFFSET = 58457
 NUM_BINS = 1000
 OFA_VOCAB_SIZE = 59457
+
 
 class Vocabulary(abc.ABC):
     """Token ids in OFA's layout; subclasses supply the text pieces (ids 4 .. 4+num_text_pieces-1).
@@ -207,8 +209,10 @@ class OFAVocabulary(Vocabulary):
             if symbol.isascii() and symbol.isdigit():
                 gpt2_id = int(symbol)
                 if gpt2_id >= num_gpt2:
-                    raise ValueError(f'{dict_path}: line {line_no + 1} names GPT-2 id {gpt2_id}, '
-                                     f'beyond encoder.json (ids < {num_gpt2})')
+                    raise ValueError(
+                        f'{dict_path}: line {line_no + 1} names GPT-2 id {gpt2_id}, '
+                        f'beyond encoder.json (ids < {num_gpt2})'
+                    )
                 self._gpt2_to_ofa[gpt2_id] = ofa_id
                 self._ofa_to_gpt2[ofa_id] = gpt2_id
             else:
@@ -220,8 +224,11 @@ class OFAVocabulary(Vocabulary):
             encoder = json.loads(_read_text(path))
         except json.JSONDecodeError as e:
             raise ValueError(f'{path}: not valid JSON ({e})') from e
-        if not isinstance(encoder, dict) or not encoder or not all(
-                isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in encoder.items()):
+        if (
+            not isinstance(encoder, dict)
+            or not encoder
+            or not all(isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in encoder.items())
+        ):
             raise ValueError(f'{path}: expected a JSON object mapping BPE pieces to non-negative ids')
         if len(set(encoder.values())) != len(encoder):
             raise ValueError(f'{path}: two pieces share an id')
@@ -330,8 +337,9 @@ class SentencePieceVocabulary(Vocabulary):
         return self._sp.Decode(self._ofa_to_sp[ids].tolist())
 
 
-def train_sentencepiece(corpus_files: Sequence[str | os.PathLike], model_prefix: str | os.PathLike,
-                        vocab_size: int, **kwargs) -> str:
+def train_sentencepiece(
+    corpus_files: Sequence[str | os.PathLike], model_prefix: str | os.PathLike, vocab_size: int, **kwargs
+) -> str:
     """Trains a SentencePiece model for `SentencePieceVocabulary`; returns the path of the .model file.
 
     `vocab_size` counts SentencePiece's pieces (its unk and the 256 byte pieces included); the OFA layout adds
@@ -345,11 +353,17 @@ def train_sentencepiece(corpus_files: Sequence[str | os.PathLike], model_prefix:
     for f in files:
         if not os.path.isfile(f):
             raise ValueError(f'{f}: corpus file not found')
-    options = dict(byte_fallback=True, normalization_rule_name='identity', remove_extra_whitespaces=False,
-                   unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1)
+    options = dict(
+        byte_fallback=True,
+        normalization_rule_name='identity',
+        remove_extra_whitespaces=False,
+        unk_id=0,
+        bos_id=-1,
+        eos_id=-1,
+        pad_id=-1,
+    )
     options.update(kwargs)
-    spm.SentencePieceTrainer.Train(input=files, model_prefix=os.fspath(model_prefix), vocab_size=vocab_size,
-                                   **options)
+    spm.SentencePieceTrainer.Train(input=files, model_prefix=os.fspath(model_prefix), vocab_size=vocab_size, **options)
     return os.fspath(model_prefix) + '.model'
 
 

@@ -5,6 +5,7 @@ from (seed, index). Everything OFA's tasks need follows from the scene exactly: 
 its box, a question with its answer, detection labels with boxes and a descriptive passage, so a small model can
 learn every task and be scored on it.
 """
+
 import dataclasses
 from typing import Any
 
@@ -66,8 +67,11 @@ def colors_drawn(image: np.ndarray, min_fraction: float = 0.01, tolerance: int =
     """The world's colours covering at least min_fraction of uint8 image [h, w, 3] (every channel within
     tolerance): what a drawing of a scene shows, to compare with the colours its caption names."""
     pixels = image.reshape(-1, 3).astype(np.int32)
-    return {name for name, rgb in COLORS.items()
-            if np.mean(np.all(np.abs(pixels - np.array(rgb)) <= tolerance, axis=1)) >= min_fraction}
+    return {
+        name
+        for name, rgb in COLORS.items()
+        if np.mean(np.all(np.abs(pixels - np.array(rgb)) <= tolerance, axis=1)) >= min_fraction
+    }
 
 
 def caption(shapes: list[Shape]) -> str:
@@ -86,7 +90,8 @@ def question(shapes: list[Shape], index: int) -> tuple[str, str]:
     kind = index % 3
     if kind == 0:
         return f'what color is the {target.kind}?', target.color if sum(
-            s.kind == target.kind for s in shapes) == 1 else 'many'
+            s.kind == target.kind for s in shapes
+        ) == 1 else 'many'
     if kind == 1:
         return 'how many shapes are there?', NUMBERS[len(shapes)]
     color, shape_kind = list(COLORS)[index % len(COLORS)], SHAPES[index % len(SHAPES)]
@@ -102,6 +107,7 @@ def passage(shapes: list[Shape], image_size: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class World:
     """A random-access source of scene records (see ofa_jax.data.sources for the record schema)."""
+
     size: int = 2000
     seed: int = 0
     image_size: int = 64
@@ -119,12 +125,15 @@ class World:
         referred = shapes[(index // 3) % len(shapes)]
         q, answer = question(shapes, index)
         return {
-            'id': f'world-{self.seed}-{index}', 'source': 'world', 'record': index,
+            'id': f'world-{self.seed}-{index}',
+            'source': 'world',
+            'record': index,
             'image': draw(shapes, self.image_size),
             'caption': caption(shapes),
             'text': f'the {referred.label}',
             'region': np.array(referred.box, np.float32),
-            'question': q, 'answers': {answer: 1.0},
+            'question': q,
+            'answers': {answer: 1.0},
             'boxes': np.array([s.box for s in shapes], np.float32),
             'labels': [s.label for s in shapes],
             'passage': passage(shapes, self.image_size),
@@ -134,6 +143,7 @@ class World:
 @dataclasses.dataclass(frozen=True)
 class WorldText:
     """The world's passages alone, as a plain-text corpus (records with 'text')."""
+
     world: World
 
     def __len__(self) -> int:
