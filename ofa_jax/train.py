@@ -84,9 +84,17 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def warmup_steps(config: ml_collections.ConfigDict) -> int:
+    """The run's warmup: `warmup_ratio` of its total steps when set (OFA's --warmup-ratio, so a run shortened or
+    lengthened from the command line keeps its recipe's shape), else `warmup_steps`."""
+    if config.warmup_ratio:
+        return int(config.total_steps * config.warmup_ratio)
+    return int(config.warmup_steps)
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     """Linear warmup from 0, then linear (polynomial, power 1) decay to end_learning_rate at total_steps."""
-    warmup = int(config.warmup_steps)
+    warmup = warmup_steps(config)
     return optax.join_schedules(
         [
             optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),

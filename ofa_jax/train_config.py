@@ -84,6 +84,7 @@ def default_config(source: str = 'world') -> ml_collections.ConfigDict:
     config.learning_rate = 1e-4
     config.end_learning_rate = 0.0
     config.warmup_steps = 100
+    config.warmup_ratio = 0.0  # > 0: warm up for this fraction of total_steps instead (OFA's --warmup-ratio)
     config.weight_decay = 0.01
     config.adam_b1, config.adam_b2, config.adam_eps = 0.9, 0.999, 1e-8
     config.clip_norm = 1.0

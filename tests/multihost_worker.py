@@ -18,7 +18,8 @@ from ofa_jax import train  # noqa: E402
 
 
 def worker_config(steps: int, overrides=()):
-    config = small_config(total_steps=steps)
+    # Every step inside the warmup: the learning rate does not depend on total_steps (see tests/test_multihost.py).
+    config = small_config(total_steps=steps, warmup_steps=40)
     for override in overrides:
         key, _, text = override.partition('=')
         try:

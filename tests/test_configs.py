@@ -12,7 +12,7 @@ import pytest
 from conftest import load_config
 from PIL import Image
 
-from ofa_jax import evaluate
+from ofa_jax import evaluate, train
 from ofa_jax.data import mixtures, tasks
 from ofa_jax.data.vocab import vocabulary_from_spec
 from ofa_jax.model import PRESETS, model_config
@@ -43,7 +43,7 @@ def assert_trainer_keys(config) -> None:
     assert set(config.data.keys()) == set(data_config(config.data.source).keys())
     model_config(config.model, **config.model_overrides)
     vocabulary_from_spec(config.data.vocab)
-    assert config.warmup_steps < config.total_steps and config.batch_size > 0
+    assert train.warmup_steps(config) < config.total_steps and config.batch_size > 0
 
 
 @pytest.mark.parametrize('name, arg', SHIPPED, ids=[f'{name}:{arg}' for name, arg in SHIPPED])
@@ -79,7 +79,7 @@ def test_pretraining_config_per_size(size, tmp_path):
         0.0,
         196,
     )
-    assert config.warmup_steps == config.total_steps // 100
+    assert train.warmup_steps(config) == config.total_steps // 100
     assert (config.data.max_source_length, config.data.max_target_length) == (80, 30)
     with pytest.raises(ValueError, match='vision_language_path is empty'):
         mixtures.register_from_config(config.data)

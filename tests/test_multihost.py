@@ -4,7 +4,7 @@ with the same losses as one process with the same global batch.
 Process p of 2 reads examples p, p + 2, ... of the stream, so with 4 rows each the global batch holds the same 8
 examples as one process's batch (in another row order; the loss is a sum over rows divided by the global batch's
 tokens, so the order does not matter). Dropout is off and batch norm frozen, so nothing depends on the split.
-All steps stay inside the demo config's 40 warmup steps, where the learning rate does not depend on total_steps:
+All steps stay inside the 40 warmup steps of the worker config, where the learning rate does not depend on total_steps:
 the 4-step run resumed to 6 follows the same schedule as the straight 6-step run.
 """
 

@@ -222,3 +222,15 @@ def test_text_to_image_demo_draws_the_captions_of_unseen_scenes(tmp_path):
     assert set(scores) == {'text_to_image_color_match'} and 0 <= scores['text_to_image_color_match'] <= 1
     assert (tmp_path / 'drawings.png').stat().st_size > 1000
     assert json.loads((tmp_path / 'evaluation.json').read_text()) == scores
+
+
+def test_a_warmup_ratio_follows_the_run_length():
+    config = load_config('finetune', 'caption,tiny')  # OFA's 6% warmup of its 50,000 updates
+    assert train.warmup_steps(config) == 3000
+    config.total_steps = 6  # a short run keeps the recipe's shape: warmup, then decay, and it trains
+    schedule = train.learning_rate_schedule(config)
+    assert train.warmup_steps(config) == 0 and float(schedule(0)) == pytest.approx(config.learning_rate)
+    assert float(schedule(5)) == pytest.approx(config.learning_rate / 6)
+    config.total_steps = 200
+    schedule = train.learning_rate_schedule(config)
+    assert train.warmup_steps(config) == 12 and float(schedule(6)) == pytest.approx(config.learning_rate / 2)
