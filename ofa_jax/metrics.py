@@ -354,6 +354,13 @@ def _vqa_question_accuracy(answers: Sequence[str], pred: str) -> float:
     return sum(subsets) / len(subsets)
 
 
+def vqa_answer_confidences(answers: Sequence[str]) -> dict[str, float]:
+    """Each distinct answer of one question's annotators, with the VQA accuracy a prediction of it scores (0.3 for
+    one annotator of ten, 0.6 for two, 0.9 for three, 1 for four or more): the soft targets and confidences of OFA's
+    VQA data."""
+    return {answer: _vqa_question_accuracy(answers, answer) for answer in dict.fromkeys(answers)}
+
+
 def vqa_accuracy(answers: Mapping[Hashable, Sequence[str]], preds: Mapping[Hashable, str]) -> float:
     """VQA accuracy in [0, 1], as the official VQA evaluation computes it (which reports 100x this, rounded).
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, NamedTuple
 import ml_dtypes
 import numpy as np
 
-__all__ = ['Opaque', 'load', 'state_dict_from']
+__all__ = ['Opaque', 'load', 'load_pickle', 'state_dict_from']
 
 
 class _StorageType(NamedTuple):
@@ -155,8 +155,10 @@ def _text(value: Any) -> Any:
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, read_storage: Callable[[str], np.ndarray], big_endian: bool) -> None:
-        super().__init__(io.BytesIO(data))
+    def __init__(
+        self, data: bytes, read_storage: Callable[[str], np.ndarray], big_endian: bool, encoding: str = 'ASCII'
+    ) -> None:
+        super().__init__(io.BytesIO(data), encoding=encoding)
         self._read_storage = read_storage
         self._big_endian = big_endian
         self._raw: dict[str, np.ndarray] = {}
@@ -335,3 +337,24 @@ def state_dict_from(obj: Any) -> dict[str, np.ndarray]:
             return weights
     seen = list(obj.keys()) if isinstance(obj, Mapping) else f'a {type(obj).__name__}, not a mapping'
     raise ValueError(f'no weights found in checkpoint; top-level keys: {seen}')
+
+
+def load_pickle(path: str | os.PathLike[str]) -> Any:
+    """Load a plain pickle file (RefCOCO's ``refs(unc).p``, OFA's ``trainval_ans2label.pkl``) against the same
+    allow-list: data comes back, any other global is an inert :class:`Opaque`, nothing is imported or called.
+    Python 2 byte strings decode as UTF-8 (falling back to Latin-1). Raises ``ValueError`` naming the file."""
+    path = os.fspath(path)
+    with open(path, 'rb') as f:
+        data = f.read()
+
+    def no_storage(key: str) -> np.ndarray:
+        raise pickle.UnpicklingError(f'a plain pickle holds no tensor storage, but it asks for {key!r}')
+
+    for encoding in ('utf-8', 'latin1'):
+        try:
+            return _Unpickler(data, no_storage, big_endian=False, encoding=encoding).load()
+        except UnicodeDecodeError:
+            continue
+        except Exception as e:  # any decoding failure, reported against the file
+            raise ValueError(f'{path}: cannot unpickle: {type(e).__name__}: {e}') from e
+    raise ValueError(f'{path}: cannot unpickle: its byte strings are neither UTF-8 nor Latin-1')
