@@ -53,13 +53,14 @@ TASK_TSV_LAYOUTS = {
 }
 
 
-def finetune_task_config(kind: str, name: str = '', format: str = 'tsv', path: str = '', rate: float = 1.0) -> dict:
-    """One entry of data.tasks, with every key a source format may read (so each can be set from the command line)."""
+def finetune_task_config(kind: str, name: str = '', format: str = '', path: str = '', rate: float = 1.0) -> dict:
+    """One entry of data.tasks, with every key a source format may read (so each can be set from the command line);
+    the format defaults to OFA's TSV where the task has a layout, else JSONL."""
     return dict(
         name=name or f'ofa_{kind}',
         kind=kind,
         rate=rate,
-        format=format,
+        format=format or ('tsv' if kind in TASK_TSV_LAYOUTS else 'jsonl'),
         path=path,
         tsv_kind=TASK_TSV_LAYOUTS.get(kind, ''),
         image_root='',

@@ -3,6 +3,7 @@ OFA's formats as the tasks it says."""
 
 import base64
 import io
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from ofa_jax.train_config import DATA_SOURCES, data_config, default_config
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 SIZES = ('tiny', 'medium', 'base', 'large', 'huge')
-FINETUNE_KINDS = ('caption', 'vqa', 'grounding', 'snli_ve')
+FINETUNE_KINDS = mixtures.FINETUNE_TASKS  # configs/finetune.py offers every finetuning task
 DEMO_VARIANTS = ('pretrain', 'text_to_image')
 SHIPPED = (
     [('pretrain', size) for size in SIZES]
@@ -98,6 +99,22 @@ FINETUNE_ROWS = {  # one row of each of OFA's finetuning TSV layouts, by the tas
     'vqa': ['1', '11', 'what is it?', '1.0|!+dog', 'dog', '{image}'],
     'grounding': ['1', '11', 'the dog', '2,3,30,35', '{image}'],  # OFA's refcoco layout
     'snli_ve': ['1', '11', '{image}', 'a dog sleeps', 'a dog on grass', 'entailment'],
+    'classification': ['{image}', '0', 'golden retriever'],  # OFA's imagenet layout
+}
+TEXT_RECORDS = {  # the text tasks have no TSV layout: a JSON line each
+    'sst2': {'text': 'a gripping film', 'label': 1},
+    'mnli': {'premise': 'a man sleeps', 'hypothesis': 'someone rests', 'label': 'entailment'},
+    'rte': {'premise': 'the city flooded', 'hypothesis': 'it rained', 'label': 'not_entailment'},
+    'qqp': {'premise': 'how do i learn jax?', 'hypothesis': 'what is the way to learn jax?', 'label': '0'},
+    'summarization': {'text': 'the council approved the budget on monday', 'target': 'budget approved'},
+}
+LEARNING_RATES = {
+    'caption': 1e-5,
+    'vqa': 5e-5,
+    'grounding': 3e-5,
+    'snli_ve': 2e-5,
+    'classification': 5e-5,
+    'summarization': 1e-4,
 }
 
 
@@ -106,26 +123,39 @@ def test_finetuning_config_per_task(kind, tmp_path):
     config = load_config('finetune', f'{kind},tiny')
     assert_trainer_keys(config)
     assert config.model == 'tiny' and config.clip_norm == 1.0
-    expected_lr = {'caption': 1e-5, 'vqa': 5e-5, 'grounding': 3e-5, 'snli_ve': 2e-5}[kind]
-    assert config.learning_rate == expected_lr
+    assert config.learning_rate == LEARNING_RATES.get(kind, 5e-5)
     assert config.ema_decay == (0.9999 if kind == 'vqa' else 0.0)
-    assert kind in mixtures.FINETUNE_TASKS and tasks.TASKS[kind].metrics is not None
+    assert kind in mixtures.FINETUNE_TASKS and tasks.TASKS[kind].metrics is not None or kind == 'summarization'
     assert list(config.data.tasks) == [kind] and config.data.tasks[kind].kind == kind
-    assert config.data.tasks[kind].tsv_kind == ('refcoco' if kind == 'grounding' else kind)
+    entry = config.data.tasks[kind]
+    assert (entry.format, entry.tsv_kind) == (
+        ('tsv', {'grounding': 'refcoco', 'classification': 'imagenet'}.get(kind, kind))
+        if kind in FINETUNE_ROWS
+        else ('jsonl', '')
+    )
     with pytest.raises(ValueError, match=f'no path.*data.tasks.{kind}.path'):
         mixtures.register_from_config(config.data)
-    path = tmp_path / f'{kind}.tsv'
-    path.write_text('\t'.join(FINETUNE_ROWS[kind]).format(image=image_base64()) + '\n')
-    config.data.tasks[kind].path = str(path)
+    if kind in FINETUNE_ROWS:
+        path = tmp_path / f'{kind}.tsv'
+        path.write_text('\t'.join(FINETUNE_ROWS[kind]).format(image=image_base64()) + '\n')
+    else:
+        path = tmp_path / f'{kind}.jsonl'
+        path.write_text(json.dumps(TEXT_RECORDS[kind]) + '\n')
+    entry.path = str(path)
     config.data.image_size = 64
     (registered,), rates = mixtures.register_from_config(config.data)
     assert registered.kind == kind and rates == [1.0]
     example = registered.preprocess(registered.source[0], np.random.default_rng(0))
-    assert example['image'].shape == (64, 64, 3) and example['target_ids']
+    assert example['target_ids'] and (example.get('image') is not None) == tasks.TASKS[kind].image
+    if tasks.TASKS[kind].image:
+        assert example['image'].shape == (64, 64, 3)
     assert example.get('constraint') == tasks.TASKS[kind].constraint
-    # What `ofa_jax.evaluate` runs for the config: the one task, reported under its kind.
+    # What `ofa_jax.evaluate` runs for the config: the one task, reported under its kind (summarization: no metric).
     evaluated = evaluate.evaluable_tasks(config.data)
-    assert list(evaluated) == [kind] and evaluated[kind].kind == kind and evaluated[kind].name == registered.name
+    if kind == 'summarization':
+        assert evaluated == {}
+    else:
+        assert list(evaluated) == [kind] and evaluated[kind].kind == kind and evaluated[kind].name == registered.name
 
 
 def test_train_command_reads_a_config_argument_and_names_the_missing_file(tmp_path):

@@ -23,7 +23,7 @@ WORLD_TASKS = {name: TaskRegistry.get(name) for name in TaskRegistry.names() if 
 IMAGE = WORLD[0]['image']
 FINETUNE_RECORDS = {
     'snli_ve': {'image': IMAGE, 'hypothesis': 'Two dogs run.', 'label': 'entailment'},
-    'classification': {'image': IMAGE, 'caption': 'golden retriever'},
+    'classification': {'image': IMAGE, 'label': 'golden retriever'},
     'sst2': {'text': 'A gripping, well-acted film!', 'label': '1'},
     'mnli': {'premise': 'A man sleeps on a bench.', 'hypothesis': 'Someone rests.', 'label': 'entailment'},
     'rte': {'premise': 'The city flooded.', 'hypothesis': 'It rained.', 'label': 'not_entailment'},

@@ -190,7 +190,7 @@ def finetune_preprocessors(kind: str, vocab: Vocabulary, transform: Any) -> tupl
     image = (decode_image,)
     chains = {
         'caption': lambda: (*image, require_text('caption'), transform_image(transform), caption(vocab)),
-        'classification': lambda: (*image, require_text('caption'), transform_image(transform), classification(vocab)),
+        'classification': lambda: (*image, require_text('label'), transform_image(transform), classification(vocab)),
         'vqa': lambda: (*image, require_text('question'), transform_image(transform), vqa(vocab, True)),
         'grounding': lambda: (
             *image,

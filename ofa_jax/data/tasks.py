@@ -552,13 +552,13 @@ def caption(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
 
 
 def classification(vocab: Vocabulary) -> Preprocessor:
-    """ImageNet-style: the caption instruction, the label's text as the target (in 'caption')."""
+    """ImageNet-style: the caption instruction, the class name ('label') as the target."""
 
     def preprocess(example, rng):
         return {
             **example,
             **_source('classification', vocab),
-            'target_ids': vocab.encode(' ' + clean_text(example['caption'])),
+            'target_ids': vocab.encode(' ' + clean_text(example['label'])),
         }
 
     return preprocess
