@@ -13,11 +13,9 @@ from PIL import Image
 
 from ofa_jax import api, evaluate, predict, train, vqgan
 from ofa_jax.checkpoint import load_checkpoint, model_from_config, save_model
-from ofa_jax.data import boxes as B
 from ofa_jax.data import tasks as task_declarations
 from ofa_jax.data import vocab as V
 from ofa_jax.data.image_codes import PatchCodebook
-from ofa_jax.data.vocab import default_vocabulary
 from ofa_jax.model import model_config
 
 IMAGE_SIZE = 32
@@ -86,25 +84,6 @@ def test_read_image_errors_say_what_was_wrong(tmp_path):
 def test_batches_pad_to_power_of_two_buckets():
     assert [api._bucket(n, 16, 1) for n in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
     assert [api._bucket(n, 6, 4) for n in (1, 3, 5)] == [4, 4, 8]
-
-
-def test_detection_output_reads_boxes_and_labels_in_original_pixels():
-    vocab = default_vocabulary()
-    scale = (0.5, 2.0)  # the resize halved the width and doubled the height
-    first, second = [10.0, 20.0, 50.0, 60.0], [0.0, 5.0, 30.0, 40.0]
-    tokens = (
-        B.box_to_tokens(first, vocab)
-        + vocab.encode(' red circle')
-        + B.box_to_tokens(second, vocab)
-        + vocab.encode(' blue square')
-        + B.box_to_tokens(first, vocab)[:3]
-        + [V.EOS, 7, 8]
-    )
-    found, labels = B.tokens_to_objects(tokens, vocab, scale)
-    assert labels == ['red circle', 'blue square']  # the cut-off third box and what follows eos are ignored
-    expected = [B.dequantize(B.quantize(b)) / [0.5, 2.0, 0.5, 2.0] for b in (first, second)]
-    np.testing.assert_allclose(found, expected)
-    assert B.tokens_to_objects(B.box_to_tokens(first, vocab) + [V.EOS], vocab)[1] == []  # a box with no label
 
 
 def test_loads_a_model_directory(workdir, tmp_path):
