@@ -2,8 +2,8 @@
 # Multi-node GPU training under SLURM: one process per node, each driving all of its node's GPUs; the processes
 # find each other through SLURM's environment (jax.distributed reads SLURM_* itself).
 #   sbatch --nodes=4 --gpus-per-node=8 launch/slurm.sh CONFIG WORKDIR [--config.KEY=VALUE ...]
-#   sbatch --nodes=2 --gpus-per-node=8 launch/slurm.sh configs/finetune.py:vqa,large /shared/runs/vqa_large \
-#       --config.init_from=/shared/ckpt/ofa_large --config.data.tasks.vqa.path=/shared/data/vqa_train.tsv
+#   sbatch --nodes=2 --gpus-per-node=8 launch/slurm.sh configs/finetune.py:vqa,large /scratch/runs/vqa_large \
+#       --config.init_from=/scratch/ckpt/ofa_large --config.data.tasks.vqa.path=/scratch/data/vqa_train.tsv
 # WORKDIR must be on a file system every node sees. The environment (.venv with jax[cuda12], see BUILD.md) must
 # exist on that shared file system already. `sbatch --requeue` plus the trainer's SIGTERM handling resumes
 # preempted jobs from their last checkpoint.

@@ -10,7 +10,7 @@
 
 `OFAVocabulary` reads OFA's own files (GPT-2 byte-level BPE, pieces in fairseq dictionary order, T = 50260), which
 gives the module constants below. `SentencePieceVocabulary` puts a SentencePiece model's pieces in the text slots, for
-pretraining with a new vocabulary; `train_sentencepiece` (or `python -m ofa_jax.data.vocab train-spm`) makes one.
+pretraining with a new vocabulary; `train_sentencepiece` (or `python -m ofa_jax.data.vocab train_spm`) makes one.
 
 `encode` reads its text literally, as fairseq's BPE does: a `<bin_5>` inside the text is BPE'd like any other
 characters. Mask, code and bin tokens come from `mask_id`, `code_id` and `bin_id`.
@@ -370,7 +370,7 @@ def train_sentencepiece(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog='python -m ofa_jax.data.vocab', description=__doc__.split('\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
-    train = commands.add_parser('train-spm', help='train a SentencePiece model for SentencePieceVocabulary')
+    train = commands.add_parser('train_spm', help='train a SentencePiece model for SentencePieceVocabulary')
     train.add_argument('--corpus', nargs='+', required=True, help='text files, one sentence a line')
     train.add_argument('--prefix', required=True, help='output path without extension (.model and .vocab are written)')
     train.add_argument('--vocab_size', type=int, required=True, help="SentencePiece's piece count")
