@@ -243,7 +243,8 @@ def start_from(
         params=params,
         batch_stats=jax.device_put(loaded['batch_stats'], shardings.batch_stats),
         opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params),
-        ema_params=params if state.ema_params is not None else None,
+        # Its own buffers: the step donates the state, and one buffer cannot be donated twice.
+        ema_params=jax.tree_util.tree_map(jnp.copy, params) if state.ema_params is not None else None,
     )
 
 

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,8 @@ import pytest
 from conftest import ROOT, load_config, small_config
 
 from ofa_jax import demo, train
+from ofa_jax.checkpoint import model_from_config, save_model
+from ofa_jax.model import init_variables
 from ofa_jax.sharding import make_mesh
 
 
@@ -234,3 +237,22 @@ def test_a_warmup_ratio_follows_the_run_length():
     config.total_steps = 200
     schedule = train.learning_rate_schedule(config)
     assert train.warmup_steps(config) == 12 and float(schedule(6)) == pytest.approx(config.learning_rate / 2)
+
+
+@pytest.mark.slow
+def test_finetuning_with_ema_starts_from_a_saved_model(tmp_path):
+    config = small_config(total_steps=2, ema_decay=0.5)
+    model = model_from_config(config)
+    variables = init_variables(model.config, jax.random.key(7), 32)
+    save_model(
+        tmp_path / 'model',
+        model.config,
+        {'params': nn.unbox(variables['params']), 'batch_stats': variables['batch_stats']},
+    )
+    config.init_from = str(tmp_path / 'model')
+    state = train.train(config, str(tmp_path / 'run'))
+    assert int(state.step) == 2 and all(np.isfinite(list(losses(tmp_path / 'run').values())))
+    start = nn.unbox(variables['params'])['embed_tokens']['embedding']
+    ema, trained = state.ema_params['embed_tokens']['embedding'], state.params['embed_tokens']['embedding']
+    # EMA 0.5 of the loaded start: (start + p1) / 4 + p2 / 2, between the start and the trained parameters.
+    assert not np.array_equal(np.asarray(ema), np.asarray(trained)) and not np.array_equal(np.asarray(ema), start)
