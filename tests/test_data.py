@@ -475,3 +475,17 @@ def test_text_to_image_targets_are_the_codes_of_the_whole_scene(vocab, world_tas
     batch = next(iter(pipeline.batches([task], [1.0], spec, seed=0)))
     assert not batch['patch_masks'].any() and batch['code_masks'].all()
     assert np.all(batch['constraint_ranges'] == vocab.code_range())
+
+
+def test_instruction_inputs_empty_once_cleaned_drop_the_record():
+    vocab = default_vocabulary()
+    with pytest.raises(DropExample, match='empty_instruction_input'):
+        tasks.vqa(vocab)({'question': '?!', 'answers': {'yes': 1.0}}, np.random.default_rng(0))
+    with pytest.raises(DropExample, match='empty_instruction_input'):
+        tasks.grounding(vocab)({'text': '...', 'region': [0, 0, 4, 4]}, np.random.default_rng(0))
+
+
+def test_a_constraint_without_its_range_is_refused():
+    example = {'source_ids': [5], 'target_ids': [6], 'task': 't', 'constraint': 'bins'}
+    with pytest.raises(ValueError, match="needs its 'constraint_range'"):
+        pipeline.to_batch([example], pipeline.BatchSpec(1, 16, 8, 4), ['t'])

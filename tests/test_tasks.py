@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ofa_jax import api
-from ofa_jax.data import mixtures
+from ofa_jax.data import mixtures, tasks
 from ofa_jax.data.registry import TaskRegistry
 from ofa_jax.data.tasks import TASKS, answer_match, resize_transform
 from ofa_jax.data.vocab import default_vocabulary
@@ -134,3 +134,137 @@ def test_applications_stay_above_the_libraries():
         'ofa_jax.train',
     }
     assert not loaded & forbidden
+
+
+# Source ids the training preprocessors built before the tasks were declared once, recorded from that code: the
+# declarations changed where instructions are written, not what they are.
+RECORDED = {
+    'caption': [99, 473, 5, 2274, 6190, 116],
+    'vqa_pretrain': [99, 7705, 16, 5, 2335],
+    'vqa_finetune': [99, 7705, 16, 5, 2335, 116],
+    'grounding': [61, 976, 473, 5, 2788, 22, 5, 313, 11, 10, 326, 6399, 3988, 22, 6190, 116],
+    'grounded_caption': [1437, 99, 473, 5, 976, 6190, 116, 976, 35, 58460, 58461, 58516, 58518],
+    'itm_0': [473, 5, 2274, 6190, 22, 10, 2335, 15, 5, 26711, 328, 22, 116],
+    'itm_2': [473, 5, 2274, 6190, 22, 10, 4758, 15, 5, 26711, 328, 22, 116],
+    'answer_match_0': [99, 16, 5, 1948, 7, 864, 22, 99, 7705, 116, 43809, 16, 22, 2692, 22, 116],
+    'answer_match_2': [99, 16, 5, 1948, 7, 864, 22, 99, 7705, 116, 43809, 16, 22, 1275, 22, 116],
+    'text_infill_0': [
+        99,
+        16,
+        5,
+        1498,
+        2788,
+        9,
+        22,
+        50264,
+        6219,
+        23602,
+        18,
+        155,
+        18383,
+        29,
+        3704,
+        50264,
+        316,
+        50264,
+        3678,
+        6,
+        218,
+        75,
+        51,
+        116,
+        22,
+        116,
+    ],
+    'text_infill_1': [
+        99,
+        16,
+        5,
+        1498,
+        2788,
+        9,
+        22,
+        5,
+        2119,
+        6219,
+        23602,
+        18,
+        155,
+        50264,
+        81,
+        316,
+        22414,
+        3678,
+        6,
+        50264,
+        22,
+        116,
+    ],
+    'text_infill_3': [
+        99,
+        16,
+        5,
+        1498,
+        2788,
+        9,
+        22,
+        5,
+        2119,
+        50264,
+        23602,
+        18,
+        155,
+        50264,
+        3704,
+        81,
+        316,
+        22414,
+        50264,
+        51,
+        116,
+        22,
+        116,
+    ],
+    'snli_ve': [473, 5, 2274, 6190, 22, 80, 82, 2662, 4, 22, 116],
+    'sst2': [16, 5, 5702, 9, 2788, 22, 10, 372, 822, 269, 4, 22, 1313, 50, 2430, 116],
+    'mnli': [64, 2788, 134, 22, 10, 313, 36831, 4, 22, 25696, 2788, 176, 22, 951, 24859, 22, 116],
+    'qqp': [16, 864, 22, 10, 313, 36831, 4, 22, 8, 864, 22, 951, 24859, 22, 6305, 116],
+    'summarization': [99, 16, 5, 4819, 9, 1566, 22, 10, 372, 822, 269, 4, 22, 116],
+    'text_to_image': [99, 16, 5, 1498, 2274, 116, 3747, 35, 10, 1275, 7922, 6, 314],
+}
+
+
+def recorded_inputs() -> dict[str, dict]:
+    """Each recorded case's source ids as the preprocessors build them now, from the same records and seeds."""
+    rng = np.random.default_rng
+    text = {'text': 'A Great-film / really.', 'premise': 'A man sleeps.', 'hypothesis': 'Someone RESTS'}
+    itm = tasks.itm(VOCAB, [{'caption': 'A cat.'}, {'caption': 'A bird on a wire'}], ('cat', 'dog'))
+    answer = tasks.answer_match(VOCAB, [{'question': 'q', 'answers': {'red': 1.0}}])
+    infill = tasks.text_infill(VOCAB)
+    question = {'question': 'What colour is the DOG', 'answers': {'brown': 1.0}}
+    passage = {'text': "The quick brown fox's 3 cubs jump over 12 lazy dogs, don't they?"}
+    built = {
+        'caption': tasks.caption(VOCAB)({'caption': 'Two dogs, running on grass.'}, rng(0)),
+        'vqa_pretrain': tasks.vqa(VOCAB)(question, rng(0)),
+        'vqa_finetune': tasks.vqa(VOCAB, True)(question, rng(0)),
+        'grounding': tasks.grounding(VOCAB)({'text': 'the man in a t-shirt/hat', 'region': [1, 2, 30, 31]}, rng(0)),
+        'grounded_caption': tasks.grounded_caption(VOCAB)(
+            {'text': 'a man', 'region': np.array([1.5, 2, 30, 31.25])}, rng(0)
+        ),
+        'snli_ve': tasks.snli_ve(VOCAB)({'hypothesis': 'Two People sit.', 'label': 'neutral'}, rng(0)),
+        'sst2': tasks.text_task(VOCAB, 'sst2', {'1': 'positive'})({**text, 'label': '1'}, rng(0)),
+        'mnli': tasks.text_task(VOCAB, 'mnli', tasks.SNLI_ANSWERS)({**text, 'label': 'entailment'}, rng(0)),
+        'qqp': tasks.text_task(VOCAB, 'qqp', {'1': 'yes'})({**text, 'label': '1'}, rng(0)),
+        'summarization': tasks.text_task(VOCAB, 'summarization')({**text, 'target': 'x'}, rng(0)),
+        'text_to_image': {'source_ids': TASKS['text_to_image'].source_ids(VOCAB, text='A Red circle, left')},
+    }
+    for seed in (0, 2):
+        built[f'itm_{seed}'] = itm({'caption': 'A Dog on the sofa!'}, rng(seed))
+        built[f'answer_match_{seed}'] = answer({'question': 'What Colour?', 'answers': {'Blue ': 1.0}}, rng(seed))
+    for seed in (0, 1, 3):
+        built[f'text_infill_{seed}'] = infill(passage, rng(seed))
+    return {name: example['source_ids'] for name, example in built.items()}
+
+
+def test_training_instructions_are_what_they_were():
+    assert recorded_inputs() == RECORDED

@@ -10,6 +10,7 @@ a task's chain ends in 'source_ids' / 'target_ids' (no bos/eos) and, where it ha
 """
 
 import dataclasses
+import functools
 import io
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -120,8 +121,8 @@ def text_infill_instruction(vocab: Vocabulary, text: str) -> list[int]:
     prefix, suffix = TEXT_INFILL.split('{}')
     body = []
     for i, part in enumerate(clean_text(text).split(MASK)):
-        part = part.strip()
-        body += ([vocab.mask_id] if i else []) + (vocab.encode(' ' + part) if part else [])
+        # Word by word, as the target is encoded (a SentencePiece vocabulary marks every word's start).
+        body += ([vocab.mask_id] if i else []) + [t for word in part.split() for t in vocab.encode(' ' + word)]
     return vocab.encode(prefix.rstrip()) + body + vocab.encode(suffix)
 
 
@@ -213,7 +214,7 @@ def codes_reference(example: dict, vocab: Vocabulary) -> list[int]:
 # ---- metrics: {id: prediction}, {id: reference} -> {name: value} ------------------------------------------------
 
 
-def caption_metrics(predictions: Mapping[str, str], references: Mapping[str, list[str]]) -> dict[str, float]:
+def caption_metrics(predictions: Mapping[Any, str], references: Mapping[Any, list[str]]) -> dict[str, float]:
     return {
         'cider': metrics.cider(references, predictions),
         'bleu4': metrics.bleu4(references, predictions),
@@ -221,15 +222,15 @@ def caption_metrics(predictions: Mapping[str, str], references: Mapping[str, lis
     }
 
 
-def exact_match_metrics(predictions: Mapping[str, str], references: Mapping[str, list[str]]) -> dict[str, float]:
+def exact_match_metrics(predictions: Mapping[Any, str], references: Mapping[Any, list[str]]) -> dict[str, float]:
     return {'exact_match': metrics.exact_match(predictions, references)}
 
 
-def vqa_metrics(predictions: Mapping[str, str], references: Mapping[str, dict[str, float]]) -> dict[str, float]:
+def vqa_metrics(predictions: Mapping[Any, str], references: Mapping[Any, dict[str, float]]) -> dict[str, float]:
     return {'accuracy': metrics.vqa_score(predictions, references)}
 
 
-def grounding_metrics(predictions: Mapping[str, list], references: Mapping[str, list]) -> dict[str, float]:
+def grounding_metrics(predictions: Mapping[Any, list], references: Mapping[Any, list]) -> dict[str, float]:
     keys = list(predictions)
     return {
         'accuracy': metrics.grounding_accuracy(
@@ -238,12 +239,18 @@ def grounding_metrics(predictions: Mapping[str, list], references: Mapping[str, 
     }
 
 
-def detection_metrics(predictions: Mapping[str, tuple], references: Mapping[str, tuple]) -> dict[str, float]:
+def detection_metrics(predictions: Mapping[Any, tuple], references: Mapping[Any, tuple]) -> dict[str, float]:
     return {'f1': metrics.detection_f1(predictions, references)}
 
 
-def code_metrics(predictions: Mapping[str, list[int]], references: Mapping[str, list[int]]) -> dict[str, float]:
+def code_metrics(predictions: Mapping[Any, list[int]], references: Mapping[Any, list[int]]) -> dict[str, float]:
     """The fraction of codes predicted right, per image, averaged over images."""
+    for key in predictions:
+        if len(predictions[key]) != len(references[key]):
+            raise ValueError(
+                f'{key}: {len(predictions[key])} codes predicted for a target of {len(references[key])}; '
+                "the model's code_image_size must give the target's code grid"
+            )
     return {
         'code_accuracy': float(
             np.mean([np.mean(np.asarray(predictions[k]) == np.asarray(references[k])) for k in predictions])
@@ -251,7 +258,7 @@ def code_metrics(predictions: Mapping[str, list[int]], references: Mapping[str, 
     }
 
 
-def accuracy_metrics(predictions: Mapping[str, str], references: Mapping[str, str]) -> dict[str, float]:
+def accuracy_metrics(predictions: Mapping[Any, str], references: Mapping[Any, str]) -> dict[str, float]:
     return {'accuracy': metrics.accuracy(predictions, references)}
 
 
@@ -438,10 +445,17 @@ def task_kind(name: str) -> TaskKind:
     return TASKS[name]
 
 
-def _source(kind: str, vocab: Vocabulary, **inputs: Any) -> dict[str, Any]:
-    """The example fields a task's instruction sets: its source ids and its answer constraint."""
+def _source(
+    kind: str, vocab: Vocabulary, instruction: Callable[..., list[int]] | None = None, **inputs: Any
+) -> dict[str, Any]:
+    """The example fields a task's instruction (the declared one unless given) sets: its source ids and its answer
+    constraint. An input the instruction refuses (empty once cleaned) drops the record."""
     spec = TASKS[kind]
-    out = {'source_ids': spec.source_ids(vocab, **inputs)}
+    try:
+        ids = instruction(vocab, **inputs) if instruction else spec.source_ids(vocab, **inputs)
+    except ValueError as error:
+        raise DropExample('empty_instruction_input', str(error)) from None
+    out = {'source_ids': ids}
     if spec.constraint:
         out['constraint'] = spec.constraint
         out['constraint_range'] = vocab.constraint_range(spec.constraint)
@@ -604,11 +618,11 @@ def itm(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (), m
     object word swapped (with probability 0.4, when object words are known and present) or another record's."""
 
     def preprocess(example, rng):
-        text = clean_text(example['caption'], max_words)
+        text = example['caption']  # the instruction cleans it
         answer = ' yes'
         if rng.random() < 0.5:
             answer = ' no'
-            words = text.split()
+            words = clean_text(text, max_words).split()
             present = [i for i, w in enumerate(words) if w in object_words]
             if present and rng.random() < 0.4:
                 i = present[rng.integers(len(present))]
@@ -616,7 +630,11 @@ def itm(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (), m
                 text = ' '.join(words)
             else:
                 text = _other_value(
-                    negatives, rng, lambda r: clean_text(r.get('caption') or '', max_words), text, 'no_negative_caption'
+                    negatives,
+                    rng,
+                    lambda r: clean_text(r.get('caption') or '', max_words),
+                    clean_text(text, max_words),
+                    'no_negative_caption',
                 )
         return {**example, **_source('itm', vocab, text=text), 'itm_text': text, 'target_ids': vocab.encode(answer)}
 
@@ -633,7 +651,12 @@ def vqa(vocab: Vocabulary, add_question_mark: bool = False) -> Preprocessor:
         answer, confidence = max(answers.items(), key=lambda item: item[1])
         return {
             **example,
-            'source_ids': vqa_instruction(vocab, example['question'], add_question_mark),
+            **_source(
+                'vqa',
+                vocab,
+                functools.partial(vqa_instruction, add_question_mark=add_question_mark),
+                question=example['question'],
+            ),
             'target_ids': vocab.encode(' ' + answer.strip()),
             'loss_weight': float(confidence),
         }
@@ -709,7 +732,7 @@ def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None) -> Preproc
     return preprocess
 
 
-def text_to_image(vocab: Vocabulary, tokenizer: ImageTokenizer, max_words: int = 30) -> Preprocessor:
+def text_to_image(vocab: Vocabulary, tokenizer: ImageTokenizer) -> Preprocessor:
     """Source: the caption in OFA's text-to-image instruction, no image; target: the codes of the whole uint8 image
     (a grid of side image / downsample, as the model's code_image_size must match)."""
 
@@ -718,7 +741,7 @@ def text_to_image(vocab: Vocabulary, tokenizer: ImageTokenizer, max_words: int =
         out = {k: v for k, v in example.items() if k != 'image'}
         return {
             **out,
-            **_source('text_to_image', vocab, text=clean_text(example['caption'], max_words)),
+            **_source('text_to_image', vocab, text=example['caption']),
             'target_ids': [vocab.code_id(int(c)) for c in codes],
             'code_target': True,
         }
