@@ -21,6 +21,7 @@ from conftest import load_config
 from reference import tiny_reference, torch
 
 from ofa_jax import train
+from ofa_jax.data import pipeline
 from ofa_jax.model import OFA, model_config
 
 
@@ -50,7 +51,7 @@ def main() -> None:
         'target_tokens': jnp.asarray(tgt[:, 1:], jnp.int32),
         'loss_weights': jnp.ones((batch,)),
         'code_masks': jnp.zeros((batch,), bool),
-        'constraint_ranges': jnp.tile(jnp.array([0, 59457]), (batch, 1)),
+        'constraint_ranges': jnp.tile(jnp.array(pipeline.UNCONSTRAINED, jnp.int32), (batch, 1)),
         'task_ids': jnp.zeros((batch,), jnp.int32),
         'example_mask': jnp.ones((batch,), bool),
     }

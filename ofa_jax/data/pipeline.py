@@ -108,6 +108,11 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
             batch['patch_masks'][row] = True
         batch['loss_weights'][row] = example.get('loss_weight', 1.0)
         batch['code_masks'][row] = example.get('code_target', False)
+        if example.get('constraint') and 'constraint_range' not in example:
+            raise ValueError(
+                f'task {example["task"]!r}: an example constrained to {example["constraint"]!r} needs its '
+                "'constraint_range' (Vocabulary.constraint_range)"
+            )
         batch['constraint_ranges'][row] = example.get('constraint_range', UNCONSTRAINED)
         batch['task_ids'][row] = task_names.index(example['task'])
         batch['example_mask'][row] = True

@@ -110,10 +110,10 @@ class Vocabulary(abc.ABC):
         """Token ids [lo, hi) of the location bins."""
         return self._bin_offset, self._size
 
-    def constraint_range(self, constraint: str | None) -> tuple[int, int]:
-        """Token ids [lo, hi) a target constrained to `constraint` may take besides eos: 'bins', 'codes' (all 8192), or
-        None (unconstrained: every id)."""
-        ranges = {None: (0, self._size), 'bins': self.bin_range(), 'codes': self.code_range()}
+    def constraint_range(self, constraint: str) -> tuple[int, int]:
+        """Token ids [lo, hi) a target constrained to `constraint` ('bins' or 'codes', all 8192) may take besides
+        eos; an unconstrained target is `ofa_jax.data.pipeline.UNCONSTRAINED`."""
+        ranges = {'bins': self.bin_range(), 'codes': self.code_range()}
         if constraint not in ranges:
             raise ValueError(f'constraint must be one of {list(ranges)}, got {constraint!r}')
         return ranges[constraint]
