@@ -174,7 +174,10 @@ class Predictor:
             defaults = {
                 'image_size': data.image_size,
                 'max_source_length': data.max_source_length,
-                'vocab': vocabulary_from_spec(data.get('vocab', 'ofa')),
+                # Workdirs from before data.vocab named a BPE directory in data.bpe_dir.
+                'vocab': vocabulary_from_spec(
+                    data.get('vocab') or (f'bpe:{data.bpe_dir}' if data.get('bpe_dir') else 'ofa')
+                ),
             }
         return cls(checkpoint.config, checkpoint.variables, **{**defaults, **kwargs})
 
@@ -282,7 +285,11 @@ class Predictor:
     # ---- inputs --------------------------------------------------------------------------------------------------
 
     def task_image_size(self, task: str) -> int:
-        return self.image_size or IMAGE_SIZES.get(task, DEFAULT_IMAGE_SIZE)
+        if self.image_size:
+            return self.image_size
+        if task == 'image_infill':  # the blanked centre half is the model's code image
+            return 2 * self.config.code_image_size
+        return IMAGE_SIZES.get(task, DEFAULT_IMAGE_SIZE)
 
     def prepare_image(self, image: ImageInput, task: str) -> tuple[np.ndarray, tuple[float, float]]:
         """The image as the model sees it for `task`, float32 [S, S, 3] in [-1, 1], and the resize ratio (sx, sy)."""
