@@ -88,6 +88,11 @@ def warmup_steps(config: ml_collections.ConfigDict) -> int:
     """The run's warmup: `warmup_ratio` of its total steps when set (OFA's --warmup-ratio, so a run shortened or
     lengthened from the command line keeps its recipe's shape), else `warmup_steps`."""
     if config.warmup_ratio:
+        if config.warmup_steps:
+            raise ValueError(
+                f'set one of warmup_steps ({config.warmup_steps}) and warmup_ratio '
+                f'({config.warmup_ratio}), the other to 0'
+            )
         return int(config.total_steps * config.warmup_ratio)
     return int(config.warmup_steps)
 
