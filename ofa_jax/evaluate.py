@@ -92,15 +92,16 @@ def evaluate(
         if kind.choose:
             candidates = sorted({kind.reference(e, vocab) for e in examples})
         outputs = predictor.answer(kind.name, inputs, candidates)
+        # Keyed by position: records may share an id (one per caption of an image), each is scored.
         ids = [str(e.get('id', i)) for i, e in enumerate(examples)]
-        predictions = {k: kind.prediction(o) for k, o in zip(ids, outputs)}
-        references = {k: kind.reference(e, vocab) for k, e in zip(ids, examples)}
+        predictions = {i: kind.prediction(o) for i, o in enumerate(outputs)}
+        references = {i: kind.reference(e, vocab) for i, e in enumerate(examples)}
         scores = kind.metrics(predictions, references)
         results.update({f'{name}_{metric}': float(value) for metric, value in scores.items()})
         results.update({f'{name}_examples': len(examples), f'{name}_dropped': sum(dropped.values())})
         predictions_by_task[name] = [
-            {'task': name, 'id': k, 'prediction': _jsonable(predictions[k]), 'reference': _jsonable(references[k])}
-            for k in ids
+            {'task': name, 'id': k, 'prediction': _jsonable(predictions[i]), 'reference': _jsonable(references[i])}
+            for i, k in enumerate(ids)
         ]
         logging.info('%s: %s', name, scores)
     with open(os.path.join(workdir, 'predictions.jsonl'), 'w') as f:
