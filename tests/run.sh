@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash launch/setup_env.sh --test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest -n 2 "$@"
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
