@@ -18,6 +18,9 @@ from ofa_jax.data import vocab as V
 from ofa_jax.data.image_codes import PatchCodebook
 from ofa_jax.model import model_config
 
+# One test process builds this module's fixtures once (tests/run.sh distributes by group).
+pytestmark = pytest.mark.xdist_group('api')
+
 IMAGE_SIZE = 32
 
 
@@ -208,6 +211,7 @@ def test_text_to_image_samples_exactly_the_code_grid_and_draws_it(predictor):
     np.testing.assert_array_equal(again['images'], results[0]['images'])
 
 
+@pytest.mark.slow  # every task of the world decodes once: its programs take the longest to compile
 def test_evaluate_writes_predictions_and_metrics(predictor, tmp_path):
     config = small_config()
     config.data.world_seed = 1000  # scenes the training never saw

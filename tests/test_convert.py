@@ -14,6 +14,9 @@ from ofa_jax import convert
 from ofa_jax.checkpoint import load_model
 from ofa_jax.model import OFA, init_variables, model_config
 
+# One test process builds this module's fixtures once (tests/run.sh distributes by group).
+pytestmark = pytest.mark.xdist_group('convert')
+
 
 @pytest.fixture(scope='module')
 def nano():

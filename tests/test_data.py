@@ -15,6 +15,9 @@ from ofa_jax.data.vocab import default_vocabulary
 from ofa_jax.data.world import BACKGROUND, COLORS, World, WorldText, colors_drawn
 from ofa_jax.train_config import data_config, finetune_task_config
 
+# One test process builds this module's fixtures once (tests/run.sh distributes by group).
+pytestmark = pytest.mark.xdist_group('data')
+
 SPEC = pipeline.BatchSpec(batch_size=8, image_size=64, max_source_length=48, max_target_length=24)
 
 

@@ -11,6 +11,9 @@ from ofa_jax.data import vocab as V
 from ofa_jax.decode import DecodeSettings, Trie, generate, score_candidates
 from ofa_jax.model import OFA, init_variables, model_config
 
+# One test process builds this module's fixtures once (tests/run.sh distributes by group).
+pytestmark = pytest.mark.xdist_group('decode')
+
 VOCAB = 600  # a small vocabulary keeps the output projection cheap; ids 4.. are ordinary tokens
 
 
@@ -96,6 +99,7 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(setup):
         np.testing.assert_allclose(sampled[1][:, k], greedy[1][:, 0], rtol=1e-5)
 
 
+@pytest.mark.slow  # 1,024 decoding steps
 def test_sample_codes_fills_a_code_grid_as_long_as_the_decoder_positions(setup):
     # 16 codes then the forced eos: the decoder sees 17 positions, one past max_positions (OFA's 1,024 codes).
     config = model_config('nano', vocab_size=VOCAB, dropout=0.0, max_positions=16, code_image_size=32)

@@ -9,7 +9,8 @@ from ofa_jax.data import vocab as V
 from ofa_jax.decode import DecodeSettings, generate
 from ofa_jax.model import OFA
 
-pytestmark = pytest.mark.parity  # compares with modelscope's PyTorch OFA
+# Compares with modelscope's PyTorch OFA; one test process builds the module's fixtures once.
+pytestmark = [pytest.mark.parity, pytest.mark.xdist_group('decode_parity')]
 
 IMAGE_SIZE = 64
 

@@ -12,6 +12,9 @@ import pytest
 from ofa_jax import layers
 from ofa_jax.model import OFA, PRESETS, count_params, init_variables, model_config
 
+# One test process builds this module's fixtures once (tests/run.sh distributes by group).
+pytestmark = pytest.mark.xdist_group('model')
+
 PUBLISHED_PARAMS = {'tiny': 33.5e6, 'medium': 92.9e6, 'base': 182.2e6, 'large': 473.0e6, 'huge': 929.5e6}
 
 
@@ -145,6 +148,7 @@ def test_dropout_and_drop_path_are_random_in_training_only(nano):
     )
 
 
+@pytest.mark.slow  # two backward passes of the whole model
 def test_rematerialized_layers_give_the_same_loss_and_gradients(nano):
     model, variables = nano
     remat = OFA(dataclasses.replace(model.config, remat=True))

@@ -11,7 +11,8 @@ from reference import OFAConfig, OFAModel, torch
 from ofa_jax.convert import FAIRSEQ_RENAMES, from_torch_state_dict, to_torch_state_dict
 from ofa_jax.model import OFA
 
-pytestmark = pytest.mark.parity  # compares with modelscope's PyTorch OFA
+# Compares with modelscope's PyTorch OFA; one test process builds the module's fixtures once.
+pytestmark = [pytest.mark.parity, pytest.mark.xdist_group('parity')]
 
 TOLERANCE = 1e-5
 

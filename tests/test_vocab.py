@@ -13,6 +13,9 @@ import pytest
 from ofa_jax.data import boxes
 from ofa_jax.data import vocab as V
 
+# One test process builds this module's fixtures once (tests/run.sh distributes by group).
+pytestmark = pytest.mark.xdist_group('vocab')
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BPE_DIR = pathlib.Path(V.OFA_BPE_DIR)  # OFA's BPE files, as bundled with the library
 

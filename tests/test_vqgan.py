@@ -19,6 +19,9 @@ from ofa_jax.precompute_codes import main as precompute_main
 from ofa_jax.vqgan import VQGANTokenizer
 from tests.vqgan_reference import random_reference, save_lightning_checkpoint, write_model_yaml
 
+# One test process builds this module's fixtures once (tests/run.sh distributes by group).
+pytestmark = pytest.mark.xdist_group('vqgan')
+
 SMALL = vqgan.PRESETS['small']  # f=8 with attention at 32x32 codes, few channels
 # f=2 and a handful of codes, for tests of plumbing rather than numerics.
 TINY = vqgan.VQGANConfig(
@@ -55,7 +58,7 @@ def small(tmp_path_factory):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize('size', [256, 64])
+@pytest.mark.parametrize('size', [pytest.param(256, marks=pytest.mark.slow), 64])
 def test_matches_taming_reference(small, size):
     reference, config, variables = small
     assert config == SMALL
