@@ -281,14 +281,15 @@ class TaskKind:
     decode: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # DecodeSettings, as OFA's evaluation sets
     prompt_type: str = 'none'  # what precedes the answer in the decoder: 'none', 'src' or 'prev_output'
     output: Callable[[Sequence[int], Vocabulary, B.Scale], dict[str, Any]] | None = None  # tokens -> result
+    optional_inputs: tuple[str, ...] = ()  # inputs that may be left out
     result_key: str = 'answer'  # the result field holding the answer
+    scored_keys: tuple[str, ...] = ()  # the result fields its metrics score (default: result_key)
     reference: Callable[[dict, Vocabulary], Any] | None = None  # a preprocessed example -> what is scored
     metrics: Callable[[Mapping, Mapping], dict[str, float]] | None = None  # None: no automatic evaluation
 
     def source_ids(self, vocab: Vocabulary, **inputs: Any) -> list[int]:
         """The instruction's token ids for these inputs; ValueError names a missing, unknown or empty one."""
-        optional = {'premise'} if self.name == 'snli_ve' else set()
-        missing = [name for name in self.inputs if name not in inputs and name not in optional]
+        missing = [name for name in self.inputs if name not in inputs and name not in self.optional_inputs]
         unknown = sorted(set(inputs) - set(self.inputs))
         if missing or unknown:
             raise ValueError(f'task {self.name} takes inputs {list(self.inputs)}; missing {missing}, unknown {unknown}')
@@ -296,8 +297,8 @@ class TaskKind:
 
     def prediction(self, result: dict[str, Any]) -> Any:
         """The part of a result its metrics score."""
-        if self.name == 'detection':
-            return result['boxes'], result['labels']
+        if self.scored_keys:
+            return tuple(result[key] for key in self.scored_keys)
         return result[self.result_key]
 
 
@@ -356,6 +357,7 @@ TASKS: dict[str, TaskKind] = {
             decode=dict(beam_size=5, max_length=31),
             output=objects_output,
             result_key='boxes',
+            scored_keys=('boxes', 'labels'),
             reference=objects_reference,
             metrics=detection_metrics,
         ),
@@ -390,7 +392,12 @@ TASKS: dict[str, TaskKind] = {
             result_key='images',
         ),
         TaskKind(
-            'snli_ve', snli_ve_instruction, ('hypothesis', 'premise'), candidates=('yes', 'no', 'maybe'), **_TEXT_ANSWER
+            'snli_ve',
+            snli_ve_instruction,
+            ('hypothesis', 'premise'),
+            optional_inputs=('premise',),
+            candidates=('yes', 'no', 'maybe'),
+            **_TEXT_ANSWER,
         ),
         TaskKind(
             'classification',
@@ -703,6 +710,11 @@ def detection(vocab: Vocabulary) -> Preprocessor:
     return preprocess
 
 
+def centre(size: int) -> slice:
+    """The centre half of a side of `size` pixels: what image infilling blanks and predicts."""
+    return slice(size // 4, size - size // 4)
+
+
 def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None) -> Preprocessor:
     """Source: the image with its centre half (per side) blanked; target: the image codes of that centre, from the
     record's 'codes' (OFA's image TSV) or else from `tokenizer`.
@@ -711,16 +723,15 @@ def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None) -> Preproc
 
     def preprocess(example, rng):
         image = example['image']
-        size = image.shape[0]
-        lo, hi = size // 4, size - size // 4
+        middle = centre(image.shape[0])
         if 'codes' in example:
             codes = np.asarray(example['codes']).reshape(-1)
         elif tokenizer is not None:
-            codes = tokenizer.encode(image[None, lo:hi, lo:hi])[0].reshape(-1)
+            codes = tokenizer.encode(image[None, middle, middle])[0].reshape(-1)
         else:
             raise DropExample('missing_codes')
         masked = image.astype(np.float32) / 127.5 - 1.0
-        masked[lo:hi, lo:hi] = 0.0
+        masked[middle, middle] = 0.0
         return {
             **example,
             **_source('image_infill', vocab),
