@@ -59,7 +59,7 @@ def main() -> None:
             out_shardings=(shardings, None),
             donate_argnums=0,
         )
-        with mesh, nn.logical_axis_rules(config.logical_axis_rules):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(config.logical_axis_rules):
             start = time.perf_counter()
             lowered = step.lower(state, abstract_batch(config, args.batch, mesh))
             lowered_s = time.perf_counter() - start

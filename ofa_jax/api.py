@@ -408,7 +408,7 @@ class Predictor:
             ranges = None
             if kind.constraint:
                 ranges = np.tile(np.array(self.vocab.constraint_range(kind.constraint), np.int32), (size, 1))
-            with self.mesh, nn.logical_axis_rules(self.rules):
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
                 tokens, scores = decode.generate(
                     self.model,
                     self.variables,
@@ -432,7 +432,7 @@ class Predictor:
         code_range = self.vocab.code_range(tokenizer.num_codes)
         results = []
         for index, (rows, batch) in enumerate(self._batches(inputs)):
-            with self.mesh, nn.logical_axis_rules(self.rules):
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
                 tokens, scores = decode.sample_codes(
                     self.model,
                     self.variables,
@@ -454,7 +454,7 @@ class Predictor:
         candidate_ids = [self._answer_ids(c) for c in candidates]
         outputs = []
         for rows, batch in self._batches(inputs):
-            with self.mesh, nn.logical_axis_rules(self.rules):
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
                 scores = decode.score_candidates(
                     self.model,
                     self.variables,

@@ -21,6 +21,29 @@ init_normal = nn.initializers.normal(stddev=0.02)
 CODE_POSITION_OVERFLOW_ID = 1024
 
 
+class HeadsDense(nn.Module):
+    """A dense layer contracting the last `contract` axes of its input: [..., embed] -> [..., heads, kv] (contract 1)
+    or [..., heads, kv] -> [..., embed] (contract 2), its kernel [*contracted, *features] named `names`.
+
+    Flax's DenseGeneral does this too but initializes a flattened kernel, which a mesh set by jax.set_mesh cannot
+    constrain by the kernel's names; the values are the same (the initializer is elementwise)."""
+
+    features: tuple[int, ...]
+    contract: int
+    names: tuple[str, ...]
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = x.shape[x.ndim - self.contract :] + self.features
+        kernel = self.param('kernel', nn.with_logical_partitioning(init_normal, self.names), shape, jnp.float32)
+        bias_names = self.names[self.contract :]
+        bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, bias_names), self.features)
+        contracted = (tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contracted, ((), ())))
+        return y + bias.astype(self.dtype)
+
+
 def layer_norm(dtype: jnp.dtype, name: str, axis: str = 'embed') -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=1e-5,
@@ -101,14 +124,7 @@ class MultiHeadAttention(nn.Module):
         head_dim = d_model // self.num_heads
 
         def projection(name):
-            return nn.DenseGeneral(
-                (self.num_heads, head_dim),
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                name=name,
-                kernel_init=nn.with_logical_partitioning(init_normal, ('embed', 'heads', 'kv')),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv')),
-            )
+            return HeadsDense((self.num_heads, head_dim), 1, ('embed', 'heads', 'kv'), self.dtype, name=name)
 
         qkv_axes = ('batch', 'length', 'heads', 'kv')
         q = nn.with_logical_constraint(projection('q_proj')(x), qkv_axes) * (head_dim * self.scale_factor) ** -0.5
@@ -140,15 +156,7 @@ class MultiHeadAttention(nn.Module):
             'c_attn', nn.with_logical_partitioning(nn.initializers.ones, ('heads',)), (self.num_heads,), jnp.float32
         )
         out = out * c_attn.astype(self.dtype)[:, None]
-        out = nn.DenseGeneral(
-            d_model,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name='out_proj',
-            kernel_init=nn.with_logical_partitioning(init_normal, ('heads', 'kv', 'embed')),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-        )(out)
+        out = HeadsDense((d_model,), 2, ('heads', 'kv', 'embed'), self.dtype, name='out_proj')(out)
         return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
 
 
