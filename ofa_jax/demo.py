@@ -11,16 +11,18 @@ caption names, and puts a few beside the true scenes in drawings.png.
 
 import json
 import os
+import textwrap
 from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from PIL import Image, ImageDraw
 
-from ofa_jax import api, evaluate
-from ofa_jax.data import mixtures
+from ofa_jax import api, console, evaluate
+from ofa_jax.data import mixtures, tasks
+from ofa_jax.data.image_codes import PatchCodebook
 from ofa_jax.data.world import World, colors_drawn
 
 SCALE = 4  # pixels of the drawing per image pixel
@@ -46,8 +48,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, count: int = 32, draw: 
         config, workdir, workdir, batch_size=count, world=world, metrics_file=EVALUATION_FILE
     )
     if draw:
-        _draw(world, predictions, os.path.join(workdir, 'predictions.png'))
-    return _report(scores)
+        _draw(world, predictions, mixtures.world_tokenizer(config.data), os.path.join(workdir, 'predictions.png'))
+    return _report(scores, workdir)
 
 
 def evaluate_drawing(
@@ -67,38 +69,91 @@ def evaluate_drawing(
         json.dump(scores, f, indent=2)
     if draw:
         _draw_drawings(world, drawings, os.path.join(workdir, 'drawings.png'))
-    return _report(scores)
+    return _report(scores, workdir)
 
 
-def _report(scores: dict[str, float]) -> dict[str, float]:
-    print('evaluation on unseen scenes:', json.dumps(scores))
+def _report(scores: dict[str, float], workdir: str) -> dict[str, float]:
+    print(f'evaluation on unseen scenes ({os.path.join(workdir, EVALUATION_FILE)}):')
+    print(evaluate.scores_table(scores))
     return scores
 
 
-def _by_id(predictions: dict[str, list[dict]], task: str) -> dict[str, Any]:
-    return {line['id']: line['prediction'] for line in predictions.get(task, [])}
+def _by_id(predictions: dict[str, list[dict]], task: str, field: str = 'prediction') -> dict[str, Any]:
+    return {line['id']: line[field] for line in reversed(predictions.get(task, []))}
 
 
-def _draw(world: World, predictions: dict[str, list[dict]], path: str, shown: int = 6) -> None:
-    size = world.image_size * SCALE
-    canvas = Image.new('RGB', (shown * (size + 10), size + 70), 'white')
-    draw = ImageDraw.Draw(canvas)
-    captions, answers, boxes = (_by_id(predictions, t) for t in ('caption', 'vqa', 'grounding'))
+def _wrapped(lines: list[str], width: int) -> list[str]:
+    """Lines broken between words (only a word longer than a line is split)."""
+    return [part for line in lines for part in textwrap.wrap(line, width) or ['']]
+
+
+def _infilled(image: np.ndarray, codes: Any, tokenizer: PatchCodebook) -> np.ndarray | None:
+    """The image with its centre replaced by the decoded codes (None when they are not a full grid)."""
+    middle = tasks.centre(image.shape[0])
+    side = (middle.stop - middle.start) // tokenizer.downsample
+    if not isinstance(codes, list) or len(codes) != side * side or not all(0 <= c < tokenizer.num_codes for c in codes):
+        return None
+    filled = image.copy()
+    filled[middle, middle] = tokenizer.decode(np.array(codes).reshape(1, side, side))[0]
+    return filled
+
+
+def _draw(
+    world: World, predictions: dict[str, list[dict]], tokenizer: PatchCodebook, path: str, shown: int = 4
+) -> None:
+    """Every task on the first `shown` unseen scenes, one column each: the grounding box and the detected objects
+    (predicted red, true green), the masked image beside its infilling, then the text tasks' answers."""
+    size, half = world.image_size * SCALE, world.image_size * SCALE // 2
+    width = size + 16
+    found = {task: _by_id(predictions, task) for task in tasks.TASKS}
+    asked = {task: _by_id(predictions, task, 'instruction') for task in ('itm', 'text_infill')}
+    columns = []
     for i in range(min(shown, len(world))):
-        record = world[i]
-        left = i * (size + 10)
-        canvas.paste(Image.fromarray(record['image']).resize((size, size), Image.NEAREST), (left, 0))
-        found = [(record['region'], 'lime')] + ([(boxes[record['id']], 'red')] if record['id'] in boxes else [])
-        for box, color in found:
-            (x0, x1), (y0, y1) = sorted(box[0::2]), sorted(box[1::2])  # a predicted box may come corners swapped
-            draw.rectangle([left + x0 * SCALE, y0 * SCALE, left + x1 * SCALE, y1 * SCALE], outline=color, width=2)
-        lines = [
-            captions.get(record['id'], ''),
-            f'{record["question"]} {answers.get(record["id"], "")}',
-            record['text'],
+        record, key = world[i], world[i]['id']
+        picture = Image.new('RGB', (width, 2 * size + half + 24), 'white')
+        draw = ImageDraw.Draw(picture)
+        scene = Image.fromarray(record['image']).resize((size, size), Image.NEAREST)
+        for row, boxes in enumerate(
+            [
+                [(record['region'], 'lime', '')] + [(found['grounding'].get(key), 'red', '')],
+                [(b, 'lime', '') for b in record['boxes']]
+                + [(b, 'red', label) for b, label in zip(*(found['detection'].get(key) or ([], [])))],
+            ]
+        ):
+            top = row * (size + 8)
+            picture.paste(scene, (0, top))
+            for box, color, label in boxes:
+                if box is None:
+                    continue
+                (x0, x1), (y0, y1) = sorted(box[0::2]), sorted(box[1::2])  # a predicted box may come corners swapped
+                draw.rectangle([x0 * SCALE, top + y0 * SCALE, x1 * SCALE, top + y1 * SCALE], outline=color, width=2)
+                if label:
+                    draw.text((x0 * SCALE + 3, top + y0 * SCALE + 2), label, fill='red')
+        masked = record['image'].copy()
+        middle = tasks.centre(world.image_size)
+        masked[middle, middle] = 128
+        infilled = _infilled(record['image'], found['image_infill'].get(key), tokenizer)
+        top = 2 * (size + 8)
+        for left, image in ((0, masked), (half + 8, infilled)):
+            if image is not None:
+                picture.paste(Image.fromarray(image).resize((half, half), Image.NEAREST), (left, top))
+        text = [
+            f'caption: {found["caption"].get(key, "")}',
+            f'{record["question"]} {found["vqa"].get(key, "")}',
+            f'grounding: {record["text"]}',
+            f'the region (green): {found["grounded_caption"].get(key, "")}',
+            f'{asked["itm"].get(key, "").strip()} {found["itm"].get(key, "")}',
+            f'text infill: {asked["text_infill"].get(key, "").strip()}',
+            f'-> {found["text_infill"].get(key, "")}',
         ]
-        for row, line in enumerate(lines):
-            draw.text((left, size + 4 + 20 * row), line[:40], fill='black')
+        columns.append((picture, _wrapped(text, size // 6)))
+    lines = max(len(text) for _, text in columns)
+    canvas = Image.new('RGB', (len(columns) * (size + 16), columns[0][0].height + 14 * lines + 8), 'white')
+    draw = ImageDraw.Draw(canvas)
+    for i, (picture, text) in enumerate(columns):
+        canvas.paste(picture, (i * (size + 16), 0))
+        for row, line in enumerate(text):
+            draw.text((i * (size + 16), picture.height + 14 * row), line, fill='black')
     canvas.save(path)
 
 
@@ -125,4 +180,4 @@ if __name__ == '__main__':
     flags.DEFINE_string('workdir', None, 'The training workdir: its latest checkpoint is evaluated, outputs go there.')
     flags.DEFINE_integer('examples', 32, 'Unseen scenes to evaluate.')
     flags.mark_flags_as_required(['config', 'workdir'])
-    app.run(main)
+    console.run(main)

@@ -6,9 +6,9 @@
 Every task of the config whose declaration (`ofa_jax.data.tasks.TASKS`) has metrics is run over its source once, in
 order, through the task's own preprocessing, then answered by the Python API (`ofa_jax.api.Predictor.answer`) with the
 task's declared decoding and output, and scored by its declared metrics, in batches split over the devices of the
-mesh (config.mesh) of this one process. Outputs: predictions.jsonl (one line per example: task, id, prediction,
-reference) and metrics.json ({'<task>_<metric>': value}, with '<task>_examples' and '<task>_dropped'; a task is named
-by its kind, or by its registered name when two tasks share a kind).
+mesh (config.mesh) of this one process. Outputs: predictions.jsonl (one line per example: task, id, instruction,
+prediction, reference) and metrics.json ({'<task>_<metric>': value}, with '<task>_examples' and '<task>_dropped'; a
+task is named by its kind, or by its registered name when two tasks share a kind).
 Boxes are in the pixels of the model's input image (IoU does not change under the resize). Classification chooses
 among the labels of the evaluated examples.
 """
@@ -20,10 +20,10 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from ofa_jax import api, sharding
+from ofa_jax import api, console, sharding
 from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data.registry import Task
 from ofa_jax.data.tasks import TASKS
@@ -100,7 +100,13 @@ def evaluate(
         results.update({f'{name}_{metric}': float(value) for metric, value in scores.items()})
         results.update({f'{name}_examples': len(examples), f'{name}_dropped': sum(dropped.values())})
         predictions_by_task[name] = [
-            {'task': name, 'id': k, 'prediction': _jsonable(predictions[i]), 'reference': _jsonable(references[i])}
+            {
+                'task': name,
+                'id': k,
+                'instruction': vocab.decode(examples[i]['source_ids']).strip(),
+                'prediction': _jsonable(predictions[i]),
+                'reference': _jsonable(references[i]),
+            }
             for i, k in enumerate(ids)
         ]
         logging.info('%s: %s', name, scores)
@@ -109,6 +115,24 @@ def evaluate(
     with open(os.path.join(workdir, metrics_file), 'w') as f:
         json.dump(results, f, indent=2)
     return results, predictions_by_task
+
+
+def scores_table(scores: dict[str, float]) -> str:
+    """metrics.json's flat scores as a small table: one row per task (named by its longest matching prefix), its
+    metrics, then its example and dropped counts."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in scores.items():
+        task = max((t for t in TASKS if key.startswith(t + '_')), key=len, default='')
+        rows.setdefault(task or key, {})[key[len(task) + 1 :] if task else 'value'] = value
+    width = max([len('task'), *map(len, rows)])
+    lines = [f'{"task":<{width}}  metrics']
+    for task, values in rows.items():
+        counts = (values.pop('examples', None), values.pop('dropped', None))
+        metrics = ', '.join(f'{name} {value:.3f}' for name, value in values.items())
+        if counts[0] is not None:
+            metrics += f'  ({int(counts[0])} examples' + (f', {int(counts[1])} dropped)' if counts[1] else ')')
+        lines.append(f'{task:<{width}}  {metrics}')
+    return '\n'.join(lines)
 
 
 def define_flags() -> None:
@@ -131,10 +155,10 @@ def main(argv):
         flags.FLAGS.max_examples,
         flags.FLAGS.batch_size,
     )
-    print(json.dumps(scores, indent=2))
+    print(scores_table(scores))
 
 
 if __name__ == '__main__':
     define_flags()
     flags.mark_flags_as_required(['config', 'checkpoint', 'workdir'])
-    app.run(main)
+    console.run(main)

@@ -25,12 +25,12 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
-from absl import app, flags, logging
+from absl import flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
-from ofa_jax import sharding
+from ofa_jax import console, sharding
 from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, load_model, model_from_config
 from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
@@ -402,7 +402,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             ),
         )
         state = restored.state
-        logging.info('resumed from step %d', int(state.step))
+        if jax.process_index() == 0:
+            print(f'resumed from step {int(state.step)} of {workdir}')
     else:
         state = jax.jit(
             functools.partial(initial_state, model, optimizer, config, config.data.image_size), out_shardings=shardings
@@ -442,7 +443,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     progress = tqdm.tqdm(
         total=config.total_steps, initial=start_step, disable=jax.process_index() != 0, dynamic_ncols=True
     )
-    with mesh, nn.logical_axis_rules(config.logical_axis_rules):
+    in_flight = None  # the previous step's loss: waiting on it keeps one step queued and the bar at the real rate
+    with jax.set_mesh(mesh), nn.logical_axis_rules(config.logical_axis_rules):
         for step in range(start_step, config.total_steps):
             host_batch = next(data_iter)
             batch, dropped = device_batch(host_batch)
@@ -453,6 +455,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 flops_per_step = float((cost or {}).get('flops', 0.0))
                 window_start = time.perf_counter()  # compilation is not throughput
             state, metrics = step_fn(state, batch)
+            if in_flight is not None:
+                jax.block_until_ready(in_flight)
+            in_flight = metrics['loss']
             for reason, count in dropped.items():
                 dropped_total[reason] = dropped_total.get(reason, 0) + count
             window_steps += 1
@@ -485,7 +490,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     | {f'dropped/{reason}': count for reason, count in dropped_total.items()}
                     | {'dropped_examples': sum(dropped_total.values())},
                 )
-                progress.set_postfix(loss=f'{logged["loss"]:.3f}', mfu=f'{logged["mfu"]:.1%}')
+                progress.set_postfix(loss=f'{logged["loss"]:.3f}')
+                if jax.process_index() == 0:
+                    progress.write(
+                        f'step {done}: loss {logged["loss"]:.4f}, {seconds:.3f} s/step, '
+                        f'{logged["examples_per_second"]:.1f} examples/s, {logged["tokens_per_second"]:.0f} tokens/s, '
+                        f'MFU {logged["mfu"]:.1%}'
+                        + (f', dropped {sum(dropped_total.values())}' if dropped_total else '')
+                    )
                 window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
             stop = preemption.agreed()
             if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
@@ -511,4 +523,4 @@ if __name__ == '__main__':
     config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
     flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and logs go here.')
     flags.mark_flags_as_required(['config', 'workdir'])
-    app.run(main)
+    console.run(main)
