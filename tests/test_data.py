@@ -451,6 +451,15 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
         mixtures.register_from_config(data)
 
 
+def test_the_world_codebook_is_the_same_for_every_world_seed():
+    # Evaluating on unseen scenes (another seed) must score codes of the codebook the model was trained with.
+    trained, unseen = data_config('world'), data_config('world')
+    trained.image_size = unseen.image_size = 32
+    unseen.world_seed, unseen.world_size = 1000, 50
+    a, b = mixtures.world_tokenizer(trained), mixtures.world_tokenizer(unseen)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+
+
 def test_colors_drawn_finds_exactly_the_captioned_colours_in_scenes_and_their_codes(world):
     images = np.stack([world[i]['image'] for i in range(100, 140)])
     fitted = mixtures.world_codebook(world)

@@ -248,7 +248,10 @@ def finetune_task(
     return TaskRegistry.add(Task(name, source, steps, kind), replace=replace)
 
 
-def world_codebook(world: Any, num_codes: int = 256, num_images: int = 64) -> PatchCodebook:
+CODEBOOK_SCENES = 64
+
+
+def world_codebook(world: Any, num_codes: int = 256, num_images: int = CODEBOOK_SCENES) -> PatchCodebook:
     """The world's image tokenizer, fitted on its first scenes (deterministic)."""
     return PatchCodebook.fit(
         np.stack([world[i]['image'] for i in range(min(num_images, len(world)))]), num_codes=num_codes
@@ -263,10 +266,15 @@ def world_from_config(data: ml_collections.ConfigDict, seed: int | None = None, 
     )
 
 
+# The world whose first scenes the codebook is fitted on, whatever seed and size a config trains or is evaluated on:
+# another world must not bring another codebook, or its image codes would mean other patches than the model learned.
+CODEBOOK_WORLD_SEED = 0
+
+
 def world_tokenizer(data: ml_collections.ConfigDict) -> PatchCodebook:
-    """The image tokenizer a world config trains with: fitted on the training world's first scenes, so every reader
-    of the config (training, evaluation, drawing) gets the same codebook."""
-    return world_codebook(world_from_config(data))
+    """The image tokenizer of every world config of this image size: fitted on the first scenes of
+    CODEBOOK_WORLD_SEED, so every reader (training, evaluation on any world, drawing) gets the same codebook."""
+    return world_codebook(world_from_config(data, seed=CODEBOOK_WORLD_SEED, size=CODEBOOK_SCENES))
 
 
 def source_from_config(spec: Any, key: str = '') -> Any:
