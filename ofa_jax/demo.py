@@ -1,6 +1,6 @@
 """The demo's evaluation: a model trained on the synthetic world answers scenes it never saw.
 
-    python -m ofa_jax.demo --config configs/demo.py --workdir workdir/demo [--examples=32]
+    python -m ofa_jax.demo --config configs/demo.py --workdir workdir/demo [--examples=256]
 
 Runs `ofa_jax.evaluate` on a world of another seed (the training world's seed + 1000) with the workdir's latest
 checkpoint, writing evaluation.json (the metrics) and predictions.jsonl to the workdir, and draws a few predictions
@@ -34,18 +34,19 @@ def unseen_world(config: ml_collections.ConfigDict, count: int) -> World:
     return mixtures.world_from_config(config.data, seed=config.data.world_seed + UNSEEN_SEED_OFFSET, size=count)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, count: int = 32, draw: bool = True) -> dict[str, float]:
-    """Scores the workdir's model on `count` unseen scenes; a text-to-image mixture goes to `evaluate_drawing`."""
+def run(config: ml_collections.ConfigDict, workdir: str, count: int = 0, draw: bool = True) -> dict[str, float]:
+    """Scores the workdir's model on `count` unseen scenes (0: 256, or 32 drawings for a text-to-image mixture, which
+    goes to `evaluate_drawing`)."""
     if config.data.source != 'world':
         raise ValueError(
             f'the demo evaluates the synthetic world; data.source is {config.data.source!r} '
             f'(use python -m ofa_jax.evaluate)'
         )
     if config.data.mixture == mixtures.world_task_name('text_to_image'):
-        return evaluate_drawing(config, workdir, count, draw=draw)
-    world = unseen_world(config, count)
+        return evaluate_drawing(config, workdir, count or 32, draw=draw)
+    world = unseen_world(config, count or 256)
     scores, predictions = evaluate.evaluate(
-        config, workdir, workdir, batch_size=count, world=world, metrics_file=EVALUATION_FILE
+        config, workdir, workdir, batch_size=min(len(world), 64), world=world, metrics_file=EVALUATION_FILE
     )
     if draw:
         _draw(world, predictions, mixtures.world_tokenizer(config.data), os.path.join(workdir, 'predictions.png'))
@@ -178,6 +179,6 @@ def main(argv):
 if __name__ == '__main__':
     config_flags.DEFINE_config_file('config', None, 'The demo config the workdir was trained with.', lock_config=True)
     flags.DEFINE_string('workdir', None, 'The training workdir: its latest checkpoint is evaluated, outputs go there.')
-    flags.DEFINE_integer('examples', 32, 'Unseen scenes to evaluate.')
+    flags.DEFINE_integer('examples', 0, 'Unseen scenes to evaluate (0: 256, or 32 drawings).')
     flags.mark_flags_as_required(['config', 'workdir'])
     console.run(main)
