@@ -20,9 +20,13 @@ def verbose() -> bool:
     return bool(os.environ.get('OFA_VERBOSE'))
 
 
-def fail(program: str, error: BaseException) -> None:
-    """Ends the process with one line naming what was wrong (exit status 2)."""
+def fail(program: str, error: BaseException, argv: Sequence[str] = ()) -> None:
+    """Ends the process with one line naming what was wrong (exit status 2); a KeyError (a key of a config dict
+    that it lacks) also names the argument of `argv` that asked for it."""
     message = str(error).strip('"\'') or type(error).__name__
+    if isinstance(error, KeyError) or isinstance(error.__context__, KeyError):
+        asked = [a.split('=')[0] for a in argv if a.startswith('--') and message in a.split('=')[0]]
+        message = f'the config has no key {message!r}' + (f' ({asked[0]})' if asked else '')
     print(f'{program}: error: {message}', file=sys.stderr)
     sys.exit(2)
 
@@ -37,7 +41,7 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
         try:
             args = flags.FLAGS(argv)
         except CONFIG_ERRORS as error:
-            fail(program, error)
+            fail(program, error, argv)
         if not verbose() and not flags.FLAGS['verbosity'].present:
             logging.set_verbosity(logging.WARNING)
         return args

@@ -22,7 +22,13 @@ def command(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     'flag, named',
-    [('--config.nosuch=1', 'nosuch'), ('--config.model=huger', 'huger'), ('--config.batch_size=lots', 'lots')],
+    [
+        ('--config.nosuch=1', 'nosuch'),
+        ('--config.model=huger', 'huger'),
+        ('--config.batch_size=lots', 'lots'),
+        # A key a config dict lacks: named with the argument that asked for it.
+        ('--config.model_overrides.d_model=128', "no key 'd_model' (--config.model_overrides.d_model)"),
+    ],
 )
 def test_a_bad_config_value_ends_with_one_line_naming_it(tmp_path, flag, named):
     result = command('ofa_jax.train', '--config', 'configs/demo.py', f'--workdir={tmp_path}', flag)
