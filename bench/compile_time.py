@@ -22,8 +22,9 @@ import jax  # noqa: E402
 from conftest import load_config  # noqa: E402
 
 from ofa_jax import sharding, train  # noqa: E402
+from ofa_jax.checkpoint import model_from_config  # noqa: E402
 from ofa_jax.data import pipeline  # noqa: E402
-from ofa_jax.model import OFA, count_params, model_config  # noqa: E402
+from ofa_jax.model import count_params  # noqa: E402
 
 
 def abstract_batch(config, batch: int, mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -46,7 +47,7 @@ def main() -> None:
         config.batch_size = args.batch
         config.mesh = dict(replica=1, data=-1, fsdp=args.fsdp, tensor=1)
         mesh = sharding.make_mesh(**config.mesh)
-        model = OFA(model_config(config.model, **config.model_overrides))
+        model = model_from_config(config)
         optimizer = train.make_optimizer(config)
         shardings = train.state_shardings(model, optimizer, config, mesh)
         state = jax.eval_shape(functools.partial(train.initial_state, model, optimizer, config, config.data.image_size))

@@ -165,10 +165,11 @@ class Predictor:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **kwargs: Any) -> 'Predictor':
-        """A predictor of the checkpoint at `path` (see `ofa_jax.checkpoint.load_checkpoint`); a training workdir's
-        image size, source length and vocabulary are the defaults, keyword arguments go to the constructor."""
-        checkpoint = load_checkpoint(path)
+    def load(cls, path: str | os.PathLike, step: int | None = None, **kwargs: Any) -> 'Predictor':
+        """A predictor of the checkpoint at `path` (see `ofa_jax.checkpoint.load_checkpoint`; a training workdir's
+        `step`, by default its latest); a training workdir's image size, source length and vocabulary are the
+        defaults, keyword arguments go to the constructor."""
+        checkpoint = load_checkpoint(path, step)
         defaults = {}
         if checkpoint.train_config is not None:
             data = checkpoint.train_config.data
@@ -359,7 +360,7 @@ class Predictor:
         ]
 
     def _answer_ids(self, answer: str) -> list[int]:
-        return self.vocab.encode(' ' + answer)
+        return self.vocab.encode_spaced(answer)
 
     # ---- running the model: every decode goes through _generate, every candidate scoring through _score -----------
 

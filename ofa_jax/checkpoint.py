@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from ofa_jax.data.vocab import vocabulary_from_spec
 from ofa_jax.model import OFA, OFAConfig, abstract_variables, model_config
 
 CONFIG_FILE = 'config.json'
@@ -48,8 +49,16 @@ def load_model(directory: str | os.PathLike, config_type: type = OFAConfig) -> t
 
 
 def model_from_config(config: ml_collections.ConfigDict) -> OFA:
-    """The model a training config describes (`config.model` preset with `config.model_overrides`)."""
-    return OFA(model_config(config.model, **config.model_overrides))
+    """The model a training config describes: the `config.model` preset with `config.model_overrides`, its
+    embedding and output layer as wide as the config's vocabulary (`data.vocab`)."""
+    vocab_size = vocabulary_from_spec(config.data.vocab).size
+    overrides = dict(config.model_overrides)
+    if overrides.setdefault('vocab_size', vocab_size) != vocab_size:
+        raise ValueError(
+            f'model_overrides.vocab_size is {overrides["vocab_size"]}, but the vocabulary {config.data.vocab!r} has '
+            f'{vocab_size} ids: leave vocab_size out, the vocabulary sets it'
+        )
+    return OFA(model_config(config.model, **overrides))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +76,9 @@ def is_training_workdir(path: str | os.PathLike) -> bool:
     return os.path.isdir(os.path.join(path, TRAINING_CHECKPOINTS))
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpoint:
     """Reads a model directory written by `save_model` (or `python -m ofa_jax.convert`), or a training workdir (its
-    latest step, with the EMA parameters when the run kept them), onto the first device."""
+    latest step, or `step`, with the EMA parameters when the run kept them), onto the first device."""
     path = os.path.abspath(path)
     if os.path.exists(os.path.join(path, CONFIG_FILE)) and os.path.isdir(os.path.join(path, VARIABLES_DIR)):
         config, variables = load_model(path)
@@ -80,9 +89,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f'a training workdir ({TRAINING_CHECKPOINTS}/)'
         )
     manager = ocp.CheckpointManager(os.path.join(path, TRAINING_CHECKPOINTS), item_names=('state', 'config'))
-    step = manager.latest_step()
-    if step is None:
+    if manager.latest_step() is None:
         raise ValueError(f'checkpoint {path!r}: the training workdir has no saved step yet')
+    if step is None:
+        step = manager.latest_step()
+    elif step not in manager.all_steps():
+        raise ValueError(f'checkpoint {path!r} has no step {step}; its saved steps are {sorted(manager.all_steps())}')
     train_config = ml_collections.ConfigDict(
         manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
     )

@@ -66,13 +66,16 @@ def evaluate(
     predictor: api.Predictor | None = None,
     world: Any = None,
     metrics_file: str = 'metrics.json',
+    step: int | None = None,
 ) -> tuple[dict[str, float], dict[str, list[dict]]]:
-    """Runs every evaluable task of the config; returns (metrics {'<task>_<metric>': value}, the predictions of
-    each task as written to predictions.jsonl), both also written to workdir (the metrics to `metrics_file`)."""
+    """Runs every evaluable task of the config on the checkpoint (a training workdir's `step`, by default its
+    latest); returns (metrics {'<task>_<metric>': value}, the predictions of each task as written to
+    predictions.jsonl), both also written to workdir (the metrics to `metrics_file`)."""
     os.makedirs(workdir, exist_ok=True)
     vocab = vocabulary_from_spec(config.data.vocab)
     predictor = predictor or api.Predictor.load(
         checkpoint,
+        step,
         image_size=config.data.image_size,
         max_source_length=config.data.max_source_length,
         batch_size=batch_size or config.batch_size,
@@ -144,6 +147,7 @@ def define_flags() -> None:
     flags.DEFINE_string('workdir', None, 'predictions.jsonl and metrics.json go here.')
     flags.DEFINE_integer('max_examples', 0, 'Examples per task (0: the whole source).')
     flags.DEFINE_integer('batch_size', 0, "Examples per model call (0: the config's batch_size).")
+    flags.DEFINE_integer('step', None, "A training workdir's saved step to evaluate (default: its latest).")
 
 
 def main(argv):
@@ -154,6 +158,7 @@ def main(argv):
         flags.FLAGS.workdir,
         flags.FLAGS.max_examples,
         flags.FLAGS.batch_size,
+        step=flags.FLAGS.step,
     )
     print(scores_table(scores))
 

@@ -18,8 +18,9 @@ def data_config(source: str) -> ml_collections.ConfigDict:
         raise ValueError(f'data source {source!r}: expected one of {DATA_SOURCES}')
     data = ml_collections.ConfigDict()
     data.source = source
-    # 'ofa' (OFA's bundled BPE), 'bpe:DIR' (encoder.json, vocab.bpe, dict.txt) or 'spm:MODEL' (SentencePiece);
-    # saved with every checkpoint's config, so inference uses the vocabulary the model was trained with.
+    # 'ofa' (OFA's bundled BPE), 'world' (the synthetic world's, bundled), 'bpe:DIR' (encoder.json, vocab.bpe,
+    # dict.txt) or 'spm:MODEL' (SentencePiece); it sets the model's vocab_size, and is saved with every checkpoint's
+    # config, so inference uses the vocabulary the model was trained with.
     data.vocab = 'ofa'
     data.image_size = 384  # the square side images are resized to for the model
     data.max_source_length = 80  # instruction tokens, bos and eos included

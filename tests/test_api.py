@@ -112,6 +112,26 @@ def test_loads_a_training_workdir_with_its_ema(workdir):
     )
 
 
+def test_loads_the_step_asked_for(workdir, tmp_path):
+    _, state = workdir
+    config = small_config()
+    manager = ocp.CheckpointManager(str(tmp_path / 'checkpoints'), item_names=('state', 'config'))
+    for step in (1, 2):
+        scaled = state.replace(
+            step=jnp.array(step, jnp.int32), ema_params=jax.tree_util.tree_map(lambda p: p * step, state.params)
+        )
+        manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(scaled), config=ocp.args.JsonSave(config.to_dict())),
+        )
+    manager.wait_until_finished()
+    first, latest = load_checkpoint(tmp_path, step=1), load_checkpoint(tmp_path)
+    assert (first.step, latest.step) == (1, 2)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, first.variables['params'], state.params)
+    with pytest.raises(ValueError, match=r'has no step 3; its saved steps are \[1, 2\]'):
+        load_checkpoint(tmp_path, step=3)
+
+
 def test_grounding_maps_boxes_back_through_the_resize(predictor):
     images = [rgb(48, 80), rgb(32, 32, 1)]  # the first is resized to 32 x 32: x shrinks by 2.5, y by 1.5
     results = predictor.grounding(images, ['the red circle', 'the blue square'])

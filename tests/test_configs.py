@@ -14,9 +14,10 @@ from conftest import load_config
 from PIL import Image
 
 from ofa_jax import evaluate, train
+from ofa_jax.checkpoint import model_from_config
 from ofa_jax.data import mixtures, tasks
 from ofa_jax.data.vocab import vocabulary_from_spec
-from ofa_jax.model import PRESETS, model_config
+from ofa_jax.model import PRESETS
 from ofa_jax.train_config import DATA_SOURCES, data_config, default_config
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -42,8 +43,8 @@ def assert_trainer_keys(config) -> None:
     assert config.data.source in DATA_SOURCES
     assert set(config.keys()) == set(default_config(config.data.source).keys())
     assert set(config.data.keys()) == set(data_config(config.data.source).keys())
-    model_config(config.model, **config.model_overrides)
-    vocabulary_from_spec(config.data.vocab)
+    # The model's embedding and output layer are as wide as the vocabulary.
+    assert model_from_config(config).config.vocab_size == vocabulary_from_spec(config.data.vocab).size
     assert train.warmup_steps(config) < config.total_steps and config.batch_size > 0
 
 
@@ -63,6 +64,16 @@ def test_configs_reject_unknown_arguments_naming_every_choice(name, choices):
     """The choices named are all the shipped ones: the lists above cover every config."""
     with pytest.raises(ValueError, match=f'one of {", ".join(choices)}$'):
         load_config(name, 'gigantic')
+
+
+def test_the_vocabulary_sets_the_model_width():
+    config = load_config('demo')
+    assert config.data.vocab == 'world' and model_from_config(config).config.vocab_size == 9676
+    config.data.vocab = 'ofa'
+    assert model_from_config(config).config.vocab_size == 59457
+    config.model_overrides.vocab_size = 9676
+    with pytest.raises(ValueError, match="vocab_size is 9676, but the vocabulary 'ofa' has 59457 ids"):
+        model_from_config(config)
 
 
 def test_data_config_rejects_unknown_sources():

@@ -149,7 +149,7 @@ def test_vocabulary_from_spec(tmp_path, spm_model):
         spm_model
     ).encode('the cat')
     for bad in ('gpt2', 'bpe:', 'spm', ''):
-        with pytest.raises(ValueError, match="expected 'ofa', 'bpe:DIR' or 'spm:MODEL_FILE'"):
+        with pytest.raises(ValueError, match="expected 'ofa', 'world', 'bpe:DIR' or 'spm:MODEL_FILE'"):
             V.vocabulary_from_spec(bad)
 
 
@@ -284,6 +284,64 @@ def test_sentencepiece_round_trip(spm_vocab, text):
     ids = spm_vocab.encode(text)
     assert all(4 <= i < spm_vocab.mask_id for i in ids)  # byte fallback: nothing maps to unk
     assert spm_vocab.decode(ids) == text
+
+
+@pytest.mark.parametrize('vocab', ['ofa', 'spm', 'world'])
+def test_encode_spaced_encodes_each_word_as_within_its_text(ofa_vocab, spm_vocab, vocab):
+    v = {'ofa': ofa_vocab, 'spm': spm_vocab, 'world': V.vocabulary_from_spec('world')}[vocab]
+    words = ['the', 'red', 'circle', 'is', 'at', 'the', 'top', 'left', ',', 'the', 'cat', 'sits']
+    assert [t for w in words for t in v.encode_spaced(w)] == v.encode_spaced(' '.join(words))
+    assert v.decode(v.encode_spaced('a red circle')).strip() == 'a red circle'
+    # A SentencePiece model reads every text as following a space: the space added for OFA's BPE is no extra piece.
+    assert len(v.encode_spaced('the')) == 1
+
+
+@pytest.fixture(scope='module')
+def world_texts() -> list[str]:
+    from ofa_jax.data.mixtures import world_texts
+
+    return world_texts()
+
+
+def test_world_vocabulary_reads_the_world_word_by_word(world_texts):
+    v = V.vocabulary_from_spec('world')
+    assert v.size == 9676
+    for text in set(world_texts):
+        assert v.decode(v.encode(text)) == text
+    words = {w.strip(',.?":') for text in world_texts for w in text.split()} - {''}
+    assert {'circle', 'triangle', 'yellow', 'describe', 'complete', 'region'} <= words
+    assert {w: len(v.encode_spaced(w)) for w in words} == {w: 1 for w in words}
+    unseen = 'a purple hexagon, 3 of them'
+    assert v.decode(v.encode(unseen)) == unseen and V.UNK not in v.encode(unseen)  # byte fallback
+
+
+def test_bundled_world_vocabulary_is_its_recipe(world_texts, tmp_path):
+    """data/assets/README.md's commands rebuild the bundled model piece for piece."""
+    import sentencepiece as spm
+
+    corpus = tmp_path / 'world.txt'
+    corpus.write_text('\n'.join(world_texts) + '\n', encoding='utf-8')
+    subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'ofa_jax.data.vocab',
+            'train_spm',
+            '--corpus',
+            str(corpus),
+            '--prefix',
+            str(tmp_path / 'w'),
+        ]
+        + ['--vocab_size', '480', '--model_type', 'bpe'],
+        check=True,
+        capture_output=True,
+    )
+    rebuilt, bundled = (
+        spm.SentencePieceProcessor(model_file=f) for f in (str(tmp_path / 'w.model'), V.WORLD_SPM_MODEL)
+    )
+    assert rebuilt.get_piece_size() == bundled.get_piece_size() == 480
+    pieces = [(m.id_to_piece(i), m.get_score(i)) for m in (rebuilt, bundled) for i in range(480)]
+    assert pieces[:480] == pieces[480:]
 
 
 def test_sentencepiece_cli(spm_corpus, tmp_path):

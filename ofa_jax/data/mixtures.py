@@ -6,6 +6,7 @@ prompted, decoded and scored.
 """
 
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -38,7 +39,7 @@ from ofa_jax.data.tasks import (
     transform_image,
     vqa,
 )
-from ofa_jax.data.vocab import Vocabulary, vocabulary_from_spec
+from ofa_jax.data.vocab import Vocabulary, default_vocabulary, vocabulary_from_spec
 from ofa_jax.data.world import COLORS, SHAPES, World, WorldText
 
 WORLD_PREFIX = 'world'
@@ -56,13 +57,17 @@ WORLD_RATES = {
 }
 
 
+# What a decoded example holds besides text.
+NON_TEXT = re.compile(r'<(?:code|bin)_\d+>|<mask>')
+
+
 def world_task_name(kind: str) -> str:
     return f'{WORLD_PREFIX}_{kind}'
 
 
-def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, replace: bool = True) -> Mixture:
-    """Registers the eight pretraining tasks on a synthetic world as `world_<task>`, and their mixture
-    `world_pretrain`; also `world_text_to_image` (captions to the codes of the whole scene), outside the mixture."""
+def world_tasks(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer) -> dict[str, Task]:
+    """The synthetic world's tasks by kind: the eight of pretraining and `text_to_image` (captions to the codes of the
+    whole scene)."""
     to_model = resize_transform(world.image_size)
     image = (decode_image, require_text('caption'))
     chains = {
@@ -81,14 +86,18 @@ def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, rep
         # Not in the pretraining mixture (nor in OFA's): a finetuning task, configs/demo.py:text_to_image.
         'text_to_image': (*image, text_to_image(vocab, tokenizer)),
     }
-    for kind, steps in chains.items():
-        TaskRegistry.add(Task(world_task_name(kind), world, steps, kind), replace=replace)
-    TaskRegistry.add(
-        Task(
-            world_task_name('text_infill'), WorldText(world), (require_text('text'), text_infill(vocab)), 'text_infill'
-        ),
-        replace=replace,
+    tasks = {kind: Task(world_task_name(kind), world, steps, kind) for kind, steps in chains.items()}
+    tasks['text_infill'] = Task(
+        world_task_name('text_infill'), WorldText(world), (require_text('text'), text_infill(vocab)), 'text_infill'
     )
+    return tasks
+
+
+def register_world(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer, replace: bool = True) -> Mixture:
+    """Registers the world's tasks (`world_tasks`) as `world_<task>`, and the mixture of the eight of pretraining,
+    `world_pretrain`."""
+    for task in world_tasks(vocab, world, tokenizer).values():
+        TaskRegistry.add(task, replace=replace)
     return MixtureRegistry.add(
         Mixture(f'{WORLD_PREFIX}_pretrain', {world_task_name(k): v for k, v in WORLD_RATES.items()}), replace=replace
     )
@@ -275,6 +284,22 @@ def world_tokenizer(data: ml_collections.ConfigDict) -> PatchCodebook:
     """The image tokenizer of every world config of this image size: fitted on the first scenes of
     CODEBOOK_WORLD_SEED, so every reader (training, evaluation on any world, drawing) gets the same codebook."""
     return world_codebook(world_from_config(data, seed=CODEBOOK_WORLD_SEED, size=CODEBOOK_SCENES))
+
+
+def world_texts(image_size: int = 64, scenes: int = 600) -> list[str]:
+    """Every text the world's tasks read or write (instructions, captions, questions, answers, labels, passages), from
+    the first `scenes` scenes: the corpus of the world's vocabulary (`data.vocab='world'`; see data/assets/README.md).
+    Read through OFA's vocabulary, with its image codes, box bins and masks taken out."""
+    vocab = default_vocabulary()
+    world = World(size=scenes, image_size=image_size)
+    rng = np.random.default_rng(0)
+    texts = []
+    for task in world_tasks(vocab, world, world_codebook(world)).values():
+        for i in range(len(task.source)):
+            example = task.preprocess(task.source[i], rng)
+            for ids in (example['source_ids'], example['target_ids']):
+                texts += [part.strip() for part in NON_TEXT.split(vocab.decode(ids)) if part.strip()]
+    return texts
 
 
 def source_from_config(spec: Any, key: str = '') -> Any:

@@ -82,7 +82,7 @@ def vqa_instruction(vocab: Vocabulary, question: str, add_question_mark: bool = 
     text = _text(question, 'question')
     if add_question_mark and not text.endswith('?'):
         text += '?'
-    return vocab.encode(' ' + text)
+    return vocab.encode_spaced(text)
 
 
 def grounding_instruction(vocab: Vocabulary, text: str) -> list[int]:
@@ -121,8 +121,8 @@ def text_infill_instruction(vocab: Vocabulary, text: str) -> list[int]:
     prefix, suffix = TEXT_INFILL.split('{}')
     body = []
     for i, part in enumerate(clean_text(text).split(MASK)):
-        # Word by word, as the target is encoded (a SentencePiece vocabulary marks every word's start).
-        body += ([vocab.mask_id] if i else []) + [t for word in part.split() for t in vocab.encode(' ' + word)]
+        # Word by word, as the target is encoded.
+        body += ([vocab.mask_id] if i else []) + [t for word in part.split() for t in vocab.encode_spaced(word)]
     return vocab.encode(prefix.rstrip()) + body + vocab.encode(suffix)
 
 
@@ -566,7 +566,7 @@ def caption(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
         return {
             **example,
             **_source('caption', vocab),
-            'target_ids': vocab.encode(' ' + clean_text(example['caption'], max_words)),
+            'target_ids': vocab.encode_spaced(clean_text(example['caption'], max_words)),
         }
 
     return preprocess
@@ -579,7 +579,7 @@ def classification(vocab: Vocabulary) -> Preprocessor:
         return {
             **example,
             **_source('classification', vocab),
-            'target_ids': vocab.encode(' ' + clean_text(example['label'])),
+            'target_ids': vocab.encode_spaced(clean_text(example['label'])),
         }
 
     return preprocess
@@ -601,7 +601,7 @@ def grounded_caption(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
         return {
             **example,
             **_source('grounded_caption', vocab, region=example['region']),
-            'target_ids': vocab.encode(' ' + clean_text(example['text'], max_words)),
+            'target_ids': vocab.encode_spaced(clean_text(example['text'], max_words)),
         }
 
     return preprocess
@@ -621,14 +621,14 @@ def _other_value(
 
 
 def itm(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (), max_words: int = 30) -> Preprocessor:
-    """Image-text matching. Half the examples keep their caption (' yes'); the others (' no') get a caption with one
-    object word swapped (with probability 0.4, when object words are known and present) or another record's."""
+    """Image-text matching. Half the examples keep their caption (answer 'yes'); the others ('no') get a caption with
+    one object word swapped (with probability 0.4, when object words are known and present) or another record's."""
 
     def preprocess(example, rng):
         text = example['caption']  # the instruction cleans it
-        answer = ' yes'
+        answer = 'yes'
         if rng.random() < 0.5:
-            answer = ' no'
+            answer = 'no'
             words = clean_text(text, max_words).split()
             present = [i for i, w in enumerate(words) if w in object_words]
             if present and rng.random() < 0.4:
@@ -643,7 +643,12 @@ def itm(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (), m
                     clean_text(text, max_words),
                     'no_negative_caption',
                 )
-        return {**example, **_source('itm', vocab, text=text), 'itm_text': text, 'target_ids': vocab.encode(answer)}
+        return {
+            **example,
+            **_source('itm', vocab, text=text),
+            'itm_text': text,
+            'target_ids': vocab.encode_spaced(answer),
+        }
 
     return preprocess
 
@@ -664,7 +669,7 @@ def vqa(vocab: Vocabulary, add_question_mark: bool = False) -> Preprocessor:
                 functools.partial(vqa_instruction, add_question_mark=add_question_mark),
                 question=example['question'],
             ),
-            'target_ids': vocab.encode(' ' + answer.strip()),
+            'target_ids': vocab.encode_spaced(answer.strip()),
             'loss_weight': float(confidence),
         }
 
@@ -672,8 +677,8 @@ def vqa(vocab: Vocabulary, add_question_mark: bool = False) -> Preprocessor:
 
 
 def answer_match(vocab: Vocabulary, negatives: Any) -> Preprocessor:
-    """OFA's second sample of a VQA row: is the best answer (' yes', half the time) or another record's best answer
-    (' no') the answer to the question?"""
+    """OFA's second sample of a VQA row: is the best answer ('yes', half the time) or another record's best answer
+    ('no') the answer to the question?"""
 
     def best(example):
         answers = example.get('answers')
@@ -683,14 +688,14 @@ def answer_match(vocab: Vocabulary, negatives: Any) -> Preprocessor:
         answer = best(example)
         if not answer:
             raise DropExample('missing_answers')
-        target = ' yes'
+        target = 'yes'
         if rng.random() < 0.5:
-            target = ' no'
+            target = 'no'
             answer = _other_value(negatives, rng, best, answer, 'no_negative_answer')
         return {
             **example,
             **_source('answer_match', vocab, question=example['question'], answer=answer),
-            'target_ids': vocab.encode(target),
+            'target_ids': vocab.encode_spaced(target),
         }
 
     return preprocess
@@ -704,7 +709,7 @@ def detection(vocab: Vocabulary) -> Preprocessor:
             raise DropExample('no_boxes')
         target = []
         for box, label in zip(example['boxes'], example['labels']):
-            target += B.box_to_tokens(box, vocab, MAX_IMAGE_SIZE) + vocab.encode(' ' + clean_text(label))
+            target += B.box_to_tokens(box, vocab, MAX_IMAGE_SIZE) + vocab.encode_spaced(clean_text(label))
         return {**example, **_source('detection', vocab), 'target_ids': target}
 
     return preprocess
@@ -768,7 +773,7 @@ def text_infill(
 
     def preprocess(example, rng):
         words = clean_text(example['text']).split()
-        word_tokens = [vocab.encode(' ' + w) for w in words]
+        word_tokens = [vocab.encode_spaced(w) for w in words]
         while sum(map(len, word_tokens)) > max_tokens and len(word_tokens) > 1:
             word_tokens.pop()
         masked = np.zeros(len(word_tokens), bool)
@@ -798,7 +803,7 @@ def snli_ve(vocab: Vocabulary) -> Preprocessor:
         return {
             **example,
             **_source('snli_ve', vocab, hypothesis=example['hypothesis']),
-            'target_ids': vocab.encode(' ' + SNLI_ANSWERS[example['label']]),
+            'target_ids': vocab.encode_spaced(SNLI_ANSWERS[example['label']]),
         }
 
     return preprocess
@@ -818,7 +823,7 @@ def text_task(vocab: Vocabulary, kind: str, answers: dict[str, str] | None = Non
         return {
             **example,
             **_source(kind, vocab, **{f: example[f] for f in fields}),
-            'target_ids': vocab.encode(' ' + clean_text(target)),
+            'target_ids': vocab.encode_spaced(clean_text(target)),
         }
 
     return preprocess
