@@ -157,8 +157,8 @@ def test_all_candidates_picks_the_most_probable_answer(predictor):
     results = predictor.vqa(images, questions, answers)
     # Every answer's log-probability, teacher-forced, from the model's logits in one batch of 2 x 3 rows.
     vocab = predictor.vocab
-    sources = [[V.BOS, *vocab.encode(f' {q}?'), V.EOS] for q in questions]
-    targets = [vocab.encode(' ' + a) + [V.EOS] for a in answers]
+    sources = [[V.BOS, *vocab.encode_spaced(f'{q}?'), V.EOS] for q in questions]
+    targets = [vocab.encode_spaced(a) + [V.EOS] for a in answers]
     length = max(map(len, targets))
     source = np.full((6, max(map(len, sources))), V.PAD, np.int32)
     previous, target = np.full((6, length), V.PAD, np.int32), np.full((6, length), V.PAD, np.int32)
