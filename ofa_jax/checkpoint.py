@@ -89,12 +89,12 @@ def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
             f'a training workdir ({TRAINING_CHECKPOINTS}/)'
         )
     manager = ocp.CheckpointManager(os.path.join(path, TRAINING_CHECKPOINTS), item_names=('state', 'config'))
-    if manager.latest_step() is None:
+    saved = sorted(manager.all_steps())
+    if not saved:
         raise ValueError(f'checkpoint {path!r}: the training workdir has no saved step yet')
-    if step is None:
-        step = manager.latest_step()
-    elif step not in manager.all_steps():
-        raise ValueError(f'checkpoint {path!r} has no step {step}; its saved steps are {sorted(manager.all_steps())}')
+    step = saved[-1] if step is None else step
+    if step not in saved:
+        raise ValueError(f'checkpoint {path!r} has no step {step}; its saved steps are {saved}')
     train_config = ml_collections.ConfigDict(
         manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
     )

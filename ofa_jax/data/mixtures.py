@@ -57,10 +57,6 @@ WORLD_RATES = {
 }
 
 
-# What a decoded example holds besides text.
-NON_TEXT = re.compile(r'<(?:code|bin)_\d+>|<mask>')
-
-
 def world_task_name(kind: str) -> str:
     return f'{WORLD_PREFIX}_{kind}'
 
@@ -284,6 +280,10 @@ def world_tokenizer(data: ml_collections.ConfigDict) -> PatchCodebook:
     """The image tokenizer of every world config of this image size: fitted on the first scenes of
     CODEBOOK_WORLD_SEED, so every reader (training, evaluation on any world, drawing) gets the same codebook."""
     return world_codebook(world_from_config(data, seed=CODEBOOK_WORLD_SEED, size=CODEBOOK_SCENES))
+
+
+# What a decoded example holds besides text.
+NON_TEXT = re.compile(r'<(?:code|bin)_\d+>|<mask>')
 
 
 def world_texts(image_size: int = 64, scenes: int = 600) -> list[str]:

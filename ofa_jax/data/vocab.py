@@ -290,7 +290,7 @@ class OFAVocabulary(Vocabulary):
 # OFA's BPE files ship with the package, so its exact vocabulary needs no download.
 OFA_BPE_DIR = os.path.join(os.path.dirname(__file__), 'assets', 'ofa_bpe')
 # The synthetic world's few hundred words: a SentencePiece model of its texts (see assets/README.md), so a model of the
-# world needs a 9,526-wide output layer, not OFA's 59,457 (which is 70% of the nano demo's step).
+# world needs a 9,676-wide output layer, not OFA's 59,457 (which is 70% of the nano demo's step).
 WORLD_SPM_MODEL = os.path.join(os.path.dirname(__file__), 'assets', 'world_spm.model')
 
 
