@@ -23,3 +23,7 @@ if [ ! -f "$stamp" ]; then
   fi
   touch "$stamp"
 fi
+# pycocoevalcap's PTB tokenizer runs Java; a test compares metrics.ptb_tokenize with it (and skips without Java).
+if [ "${1:-}" = "--test" ] && ! command -v java > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+  apt-get install -y -qq default-jre-headless > /dev/null 2>&1 || echo "setup_env.sh: Java did not install; the live PTB tokenizer test will skip" >&2
+fi

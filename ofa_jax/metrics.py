@@ -2,17 +2,19 @@
 
     bleu4(refs, cands), bleu(refs, cands, n)    captioning: pycocoevalcap's Bleu(4)
     cider(refs, cands)                          captioning: CIDEr-D, pycocoevalcap's Cider
+    ptb_tokenize(text), strip_punctuation(text) captioning: the COCO evaluation's tokenizer; OFA's hypothesis cleaning
     vqa_accuracy(answers, preds)                VQA v2: the official VQA evaluation (GT-Vision-Lab/VQA)
     grounding_accuracy(pred_boxes, gt_boxes)    RefCOCO/+/g: Acc@0.5
     accuracy(preds, targets)                    SNLI-VE and other classification tasks
 
-Caption and answer inputs are dicts keyed by image or question id. Caption text must already be tokenized (the COCO
-evaluation runs the PTB tokenizer first); it is split on whitespace. Only the ids of the candidates are scored, as in
-COCO's caption evaluation, so references may hold more ids than the candidates.
+Caption and answer inputs are dicts keyed by image or question id. Caption text must already be tokenized
+(`ptb_tokenize`: the COCO evaluation runs the PTB tokenizer first); it is split on whitespace. Only the ids of the
+candidates are scored, as in COCO's caption evaluation, so references may hold more ids than the candidates.
 """
 
 import math
 import re
+import string
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 
@@ -26,6 +28,79 @@ _CIDER_N = 4
 _CIDER_SIGMA = 6.0
 
 Ngram = tuple[str, ...]
+
+# The tokens pycocoevalcap's PTBTokenizer drops after tokenizing. It tokenizes with -lowerCase, so its brackets come
+# out as '-lrb-' and never match the upper-case entries here: brackets stay in the scored text, as in the COCO scores.
+PTB_PUNCTUATIONS = frozenset(
+    ["''", "'", '``', '`', '-LRB-', '-RRB-', '-LCB-', '-RCB-', '.', '?', '!', ',', ':', '-', '--', '...', ';']
+)
+_PTB_WORD_SPLITS = {
+    'cannot': ['can', 'not'],
+    'gonna': ['gon', 'na'],
+    'gotta': ['got', 'ta'],
+    'wanna': ['wan', 'na'],
+    'lemme': ['lem', 'me'],
+    'gimme': ['gim', 'me'],
+}
+_PTB_ABBREVIATIONS = (
+    'mr|mrs|ms|dr|st|jr|sr|prof|mt|vs|etc|inc|co|ltd|ave|no|jan|feb|mar|apr|jun|jul|aug|sep|sept|oct|nov|dec'
+)
+_PTB_CHARACTERS = str.maketrans(
+    {
+        '"': " '' ",  # opening or closing, a quote is dropped
+        '\u201c': ' `` ',
+        '\u201d': " '' ",
+        '\u2018': ' ` ',
+        '\u2019': " ' ",
+        '\u2013': ' -- ',
+        '\u2014': ' -- ',
+        '\u2026': ' ... ',
+        '(': ' -lrb- ',
+        ')': ' -rrb- ',
+        '[': ' -lsb- ',
+        ']': ' -rsb- ',
+        '{': ' -lcb- ',
+        '}': ' -rcb- ',
+    }
+)
+_PTB_TOKEN = re.compile(
+    r"\.\.\.|--|``|''|-[lr][rsc]b-"  # dots, dashes, quotes, brackets
+    rf'|(?:[^\W\d_]\.){{2,}}|(?:{_PTB_ABBREVIATIONS})\.(?!\w)'  # u.s., p.m., st.: the period stays on
+    r'|[!?]+'  # '!!' and '?!' are one token each, and not dropped
+    r'|\d+(?:[.,:/]\d+)+|\d+(?![\w-])'  # 3.5, 1,000, 3:30, 1/2; 5th and 12-year-old are words
+    r"|'(?:s|m|d|re|ve|ll)(?!\w)"
+    r"|[\w&@]+(?:[-/'][\w&@]+)*"  # t-shirt, cat/dog, at&t, o'clock
+    r'|\S'
+)
+_PTB_CLITIC = re.compile(r"(.+?)(n't|'s|'m|'d|'re|'ve|'ll)$")
+_PUNCTUATION_TABLE = str.maketrans('', '', string.punctuation)
+
+
+def ptb_tokenize(text: str) -> str:
+    """A caption as the COCO caption evaluation scores it: pycocoevalcap's PTBTokenizer (Stanford CoreNLP 3.4.1's
+    PTBTokenizer, -lowerCase, one line per caption) followed by its removal of PTB_PUNCTUATIONS, without Java.
+
+    Lower case; punctuation split from words ('surfboard.' -> 'surfboard'), clitics split ("man's" -> "man 's",
+    "doesn't" -> "does n't", 'cannot' -> 'can not'), abbreviations keep their period ('u.s.', 'st.'), numbers their
+    separators ('3.5', '1,000', '3:30'), words their inner hyphens and slashes ('t-shirt', 'cat/dog'); quotes become
+    `` and '' and brackets -lrb- / -rrb-. Checked against the Java tokenizer on the captions of tests/test_metrics.py.
+    """
+    words: list[str] = []
+    for chunk in text.lower().translate(_PTB_CHARACTERS).split():
+        for token in _PTB_TOKEN.findall(chunk):
+            clitic = _PTB_CLITIC.match(token)
+            if token in _PTB_WORD_SPLITS:
+                words += _PTB_WORD_SPLITS[token]
+            elif clitic:
+                words += clitic.groups()
+            else:
+                words.append(token)
+    return ' '.join(word for word in words if word not in PTB_PUNCTUATIONS)
+
+
+def strip_punctuation(text: str) -> str:
+    """OFA's cleaning of a generated caption before scoring: every character of `string.punctuation` deleted."""
+    return text.translate(_PUNCTUATION_TABLE).strip()
 
 
 def _ngram_counts(words: list[str], n: int) -> Counter[Ngram]:

@@ -1,11 +1,15 @@
 """The task metrics against pycocoevalcap's scorers (parity) and against VQA, grounding, detection, exact-match and
 accuracy cases worked out by hand."""
 
+import shutil
+
 import numpy as np
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from ofa_jax.data.tasks import caption_metrics
 from ofa_jax.metrics import (
     accuracy,
     bleu,
@@ -16,9 +20,87 @@ from ofa_jax.metrics import (
     exact_match,
     grounding_accuracy,
     normalize_vqa_answer,
+    ptb_tokenize,
+    strip_punctuation,
     vqa_accuracy,
     vqa_score,
 )
+
+# Captions and what pycocoevalcap's PTBTokenizer (Java, Stanford CoreNLP 3.4.1) made of them, punctuation removed.
+PTB_CASES = [
+    (
+        "A man's colour T-shirt, and a dog (brown) on the U.S. street.",
+        "a man 's colour t-shirt and a dog -lrb- brown -rrb- on the u.s. street",
+    ),
+    (
+        "He doesn't \"like\" it... I'm sure they're ok; we'll go: 3:30 p.m.",
+        "he does n't like it i 'm sure they 're ok we 'll go 3:30 p.m.",
+    ),
+    ("A 3.5 inch cat/dog & 50% off $5 at St. Mark's -- wow!", "a 3.5 inch cat/dog & 50 % off $ 5 at st. mark 's wow"),
+    (
+        "A cat - sitting on a 1,000 foot tower?  Two  cats 'on' a `mat` [big] {x}",
+        'a cat sitting on a 1,000 foot tower two cats on a mat -lsb- big -rsb- -lcb- x -rcb-',
+    ),
+    (
+        "cannot gonna wanna Mr. Smith's e-mail isn't couldn't o'clock",
+        "can not gon na wan na mr. smith 's e-mail is n't could n't o'clock",
+    ),
+    (
+        'A woman–with a dash—here… and “curly” quotes ‘single’ café naïve',
+        'a woman with a dash here and curly quotes single café naïve',
+    ),
+    (
+        'A surfboard.  A man riding a wave on top of a surfboard.',
+        'a surfboard a man riding a wave on top of a surfboard',
+    ),
+    ('A group of people standing around a table with food.', 'a group of people standing around a table with food'),
+    ('Two giraffes standing next to each other in a field', 'two giraffes standing next to each other in a field'),
+    ('The kitchen has a stove, a sink and a refrigerator.', 'the kitchen has a stove a sink and a refrigerator'),
+    ('A close up of a plate of food with broccoli', 'a close up of a plate of food with broccoli'),
+    ('a bathroom with a toilet, sink, and shower.', 'a bathroom with a toilet sink and shower'),
+    ('A person on a skateboard doing a trick at the park!', 'a person on a skateboard doing a trick at the park'),
+    ('A sign that says "STOP" on the side of a road.', 'a sign that says stop on the side of a road'),
+    ('A black and white photo of a train at a station', 'a black and white photo of a train at a station'),
+    ("AT&T sign above a store's door", "at&t sign above a store 's door"),
+    ("the players' bench at a baseball game", 'the players bench at a baseball game'),
+    ('A bus parked next to a building at 5:00pm', 'a bus parked next to a building at 5:00 pm'),
+    ("Children's toys are on the floor.", "children 's toys are on the floor"),
+    (
+        'A man wearing a hat (and sunglasses) rides a bike.',
+        'a man wearing a hat -lrb- and sunglasses -rrb- rides a bike',
+    ),
+    ('A plate with a hot dog and french fries on it', 'a plate with a hot dog and french fries on it'),
+    ('An older man in a suit and tie.', 'an older man in a suit and tie'),
+    (
+        'A street sign on a pole at the corner of 5th Ave. and Main St.',
+        'a street sign on a pole at the corner of 5th ave. and main st.',
+    ),
+    ('a cat laying on top of a laptop computer.', 'a cat laying on top of a laptop computer'),
+    ("a dog's head sticking out of a car window", "a dog 's head sticking out of a car window"),
+    ('There are 2 pizzas on the table, each with 8 slices.', 'there are 2 pizzas on the table each with 8 slices'),
+    ('People are flying kites at the beach on a windy day', 'people are flying kites at the beach on a windy day'),
+    ('two men playing frisbee in a park.', 'two men playing frisbee in a park'),
+    ('A pizza with pepperoni, mushrooms, and olives.', 'a pizza with pepperoni mushrooms and olives'),
+    ('A tennis player swings his racket at the ball', 'a tennis player swings his racket at the ball'),
+    ('A vase filled with flowers sitting on a table.', 'a vase filled with flowers sitting on a table'),
+    ("What a great view!! Isn't it?", "what a great view !! is n't it"),
+    ('an elephant walking through the tall grass...', 'an elephant walking through the tall grass'),
+    ('The cow is brown & white.', 'the cow is brown & white'),
+    ('A half-eaten sandwich and a cup of coffee.', 'a half-eaten sandwich and a cup of coffee'),
+    ('a bunch of bananas hanging from a tree', 'a bunch of bananas hanging from a tree'),
+    ("Someone's cell phone on a wooden desk", "someone 's cell phone on a wooden desk"),
+    ('a 12-year-old boy holding a baseball bat', 'a 12-year-old boy holding a baseball bat'),
+    ('A woman holding an umbrella in the rain, smiling.', 'a woman holding an umbrella in the rain smiling'),
+    ('This is a bed w/ pillows', 'this is a bed w / pillows'),
+    ('a u-turn sign on a street corner', 'a u-turn sign on a street corner'),
+    ('the "best" dog.  "Quoted at start" and he said: "hi" ok', 'the best dog quoted at start and he said hi ok'),
+    (
+        'a man , a plan #1 @home ~tilde * star + plus = eq < lt > gt | pipe ^ caret',
+        'a man a plan # 1 @home ~ tilde * star + plus = eq < lt > gt | pipe ^ caret',
+    ),
+    ('e.g. i.e. a.m. U.K. Dr. who jan. 5 No. 5 Co. ltd.', 'e.g. i.e. a.m. u.k. dr. who jan. 5 no. 5 co. ltd.'),
+]
+
 
 # Several images, five references each; candidates short and long, with repeated n-grams, one sharing no word with its
 # references, one equally close to references of 7 and 9 words (BLEU takes the shorter), one of a single word.
@@ -310,3 +392,42 @@ def test_detection_f1_matches_label_and_overlap_once_per_target():
     assert detection_f1({'c': (np.zeros((0, 4)), [])}, {'c': (np.zeros((0, 4)), [])}) == 1.0  # nothing to find
     with pytest.raises(ValueError, match='ids of preds are missing from targets'):
         detection_f1({'z': targets['a']}, targets)
+
+
+@pytest.mark.parametrize('text, tokenized', PTB_CASES)
+def test_ptb_tokenize_equals_the_coco_tokenizer(text, tokenized):
+    assert ptb_tokenize(text) == tokenized
+
+
+@pytest.mark.skipif(shutil.which('java') is None, reason='the COCO tokenizer runs Java')
+def test_ptb_tokenize_equals_the_coco_tokenizer_run_now():
+    captions = [text for text, _ in PTB_CASES] + [ref for refs in HAND_REFS.values() for ref in refs]
+    want = PTBTokenizer().tokenize({i: [{'caption': c}] for i, c in enumerate(captions)})
+    assert [ptb_tokenize(c) for c in captions] == [want[i][0] for i in range(len(captions))]
+
+
+def test_caption_metrics_score_as_ofa_does():
+    # OFA deletes the hypothesis' punctuation and tokenizes both sides: a reference's final period and upper case no
+    # longer keep a caption from matching, and "man's" is two words on both sides.
+    references = {
+        'surf': ['A man riding a wave on top of a surfboard.', "A surfer's board, in the sea."],
+        'kitchen': ['A man is cooking in a small kitchen.', 'Someone cooking food (dinner) in the kitchen'],
+        'dogs': ['Two dogs are playing in the grass!', 'A pair of dogs run across a green field.'],
+    }
+    predictions = {
+        'surf': 'a man riding a wave on top of a surfboard.',
+        'kitchen': "a man's kitchen",
+        'dogs': 'two dogs',
+    }
+    scores = caption_metrics(predictions, references)
+    assert scores['exact_match'] == pytest.approx(1 / 3)
+    tokenized_refs = {k: [ptb_tokenize(r) for r in refs] for k, refs in references.items()}
+    tokenized_preds = {k: ptb_tokenize(strip_punctuation(p)) for k, p in predictions.items()}
+    assert tokenized_preds['kitchen'] == 'a mans kitchen'  # OFA's punctuation strip comes first
+    assert tokenized_refs['surf'][1] == "a surfer 's board in the sea"
+    want_bleus, want_cider = coco_scores(tokenized_refs, tokenized_preds)
+    assert scores['cider'] == pytest.approx(want_cider, rel=0, abs=1e-9) and scores['cider'] > 0
+    assert scores['bleu4'] == pytest.approx(want_bleus[3], rel=0, abs=1e-9)
+    assert scores['cider'] > cider(
+        {k: [r.lower() for r in refs] for k, refs in references.items()}, predictions
+    )  # untokenized text scores lower: 'surfboard.' never matches 'surfboard'

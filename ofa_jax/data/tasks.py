@@ -184,7 +184,7 @@ def _target_text(example: dict, vocab: Vocabulary) -> str:
 
 
 def caption_references(example: dict, vocab: Vocabulary) -> list[str]:
-    return [clean_text(r) for r in example.get('references', [])] or [_target_text(example, vocab)]
+    return [r.strip() for r in example.get('references', [])] or [_target_text(example, vocab)]
 
 
 def vqa_references(example: dict, vocab: Vocabulary) -> dict[str, float]:
@@ -215,6 +215,10 @@ def codes_reference(example: dict, vocab: Vocabulary) -> list[int]:
 
 
 def caption_metrics(predictions: Mapping[Any, str], references: Mapping[Any, list[str]]) -> dict[str, float]:
+    """OFA's caption scores: punctuation deleted from the generated captions (OFA's eval_caption), then both sides
+    through the COCO evaluation's PTB tokenizer; the references as the dataset gives them."""
+    predictions = {k: metrics.ptb_tokenize(metrics.strip_punctuation(p)) for k, p in predictions.items()}
+    references = {k: [metrics.ptb_tokenize(r) for r in refs] for k, refs in references.items()}
     return {
         'cider': metrics.cider(references, predictions),
         'bleu4': metrics.bleu4(references, predictions),
