@@ -25,6 +25,7 @@ from ofa_jax.data.tasks import (
     classification,
     decode_image,
     detection,
+    finetune_caption_text,
     grounded_caption,
     grounding,
     image_infill,
@@ -194,7 +195,12 @@ def finetune_preprocessors(kind: str, vocab: Vocabulary, transform: Any) -> tupl
     """The preprocessing chain of a finetuning task of `kind` (a name in TASKS)."""
     image = (decode_image,)
     chains = {
-        'caption': lambda: (*image, require_text('caption'), transform_image(transform), caption(vocab)),
+        'caption': lambda: (
+            *image,
+            require_text('caption'),
+            transform_image(transform),
+            caption(vocab, 20, finetune_caption_text),
+        ),
         'classification': lambda: (*image, require_text('label'), transform_image(transform), classification(vocab)),
         'vqa': lambda: (*image, require_text('question'), transform_image(transform), vqa(vocab, True)),
         'grounding': lambda: (

@@ -60,6 +60,13 @@ def clean_text(text: str, max_words: int | None = None) -> str:
     return ' '.join(words[:max_words] if max_words else words)
 
 
+def finetune_caption_text(text: str, max_words: int | None = 20) -> str:
+    """OFA's caption finetuning target (caption_dataset.py): every `string.punctuation` character deleted ("t-shirt"
+    -> "tshirt", "man's" -> "mans"), case kept, single spaces, the first max_words words."""
+    words = metrics.strip_punctuation(text).split()
+    return ' '.join(words[:max_words] if max_words else words)
+
+
 def _text(value: Any, name: str, max_words: int | None = 30) -> str:
     """`value` cleaned for an instruction; ValueError names an input that is not a non-empty string."""
     if not isinstance(value, str):
@@ -565,12 +572,17 @@ def transform_image(transform: ImageTransform, with_region: bool = False, with_b
 # ---- the tasks' preprocessors: each builds its instruction through its declaration ------------------------------
 
 
-def caption(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
+def caption(
+    vocab: Vocabulary, max_words: int = 30, clean: Callable[[str, int | None], str] = clean_text
+) -> Preprocessor:
+    """The caption instruction; target: the caption cleaned by `clean` (pretraining: OFA's pre_caption, at most 30
+    words; finetuning: `finetune_caption_text`, 20 words)."""
+
     def preprocess(example, rng):
         return {
             **example,
             **_source('caption', vocab),
-            'target_ids': vocab.encode_spaced(clean_text(example['caption'], max_words)),
+            'target_ids': vocab.encode_spaced(clean(example['caption'], max_words)),
         }
 
     return preprocess
