@@ -7,9 +7,11 @@ summarization (Gigaword), with OFA's finetuning recipes where it published them 
         --config.init_from=checkpoints/ofa_base --config.data.tasks.caption.path=caption_stage1_train.tsv
     python -m ofa_jax.train --config configs/finetune.py:vqa,large ...    # TASK[,SIZE]; the size defaults to base
 
-The TSV files are OFA's released finetuning data (tsv_kind says which layout: caption, vqa, refcoco, snli_ve,
-imagenet); any task also reads JSONL with an image folder (`--config.data.tasks.TASK.format=jsonl`; the text tasks
-only do), which `python -m ofa_jax.prepare_data` writes from COCO captions, VQA v2 and RefCOCO annotations.
+A recipe counts epochs where OFA's script does (--config.epochs; for a fixed number of updates instead:
+--config.epochs=0 --config.total_steps=N). The TSV files are OFA's released finetuning data (tsv_kind says which
+layout: caption, vqa, refcoco, snli_ve, imagenet); any task also reads JSONL with an image folder
+(`--config.data.tasks.TASK.format=jsonl`; the text tasks only do), which `python -m ofa_jax.prepare_data` writes from
+COCO captions, VQA v2 and RefCOCO annotations.
 Evaluate with `python -m ofa_jax.evaluate --config configs/finetune.py:caption --checkpoint WORKDIR ...`.
 """
 
@@ -22,39 +24,65 @@ from ofa_jax.train_config import default_config, finetune_task_config
 
 class Recipe(NamedTuple):
     learning_rate: float
-    total_steps: int  # updates
-    warmup: float  # fraction of the updates (OFA's --warmup-ratio)
+    batch_size: int  # global: OFA's per-GPU batch x update frequency x GPUs
+    epochs: float  # 0: train for total_steps updates
+    total_steps: int
+    warmup: float  # fraction of the updates (OFA's --warmup-ratio) ...
+    warmup_steps: int  # ... or a number of them (--warmup-updates)
     label_smoothing: float
     ema_decay: float
+    drop_path: float  # encoder and decoder (--encoder/decoder-drop-path-rate); the ResNet's is 0 in every script
+    freeze_token_embedding: bool
+    drop_worst_ratio: float
+    drop_worst_after: int
     image_size: int
     max_source_length: int
     max_target_length: int
 
 
-# OFA's run scripts for caption, VQA, RefCOCO, SNLI-VE; its learning rates for ImageNet and Gigaword. The GLUE tasks'
-# and those two's other settings are this project's choice (text-only tasks see no image: a 32-pixel placeholder).
+# The base-size recipes: OFA's *_base scripts for caption (run_scripts/caption/train_caption_stage1_base.sh), VQA
+# (vqa/train_vqa_base_distributed.sh), RefCOCO (refcoco/train_refcoco_base.sh) and SNLI-VE
+# (snli_ve/train_snli_ve_base.sh); its learning rates for ImageNet and Gigaword. The GLUE tasks' and those two's
+# other settings are this project's choice (text-only tasks see no image: a 32-pixel placeholder).
+# Caption targets are cut at 20 words, then at 32 tokens (OFA cuts words only; 20 COCO words rarely pass 30 tokens).
 TASKS = {
-    'caption': Recipe(1e-5, 50_000, 0.06, 0.1, 0.0, 480, 80, 20),
-    'vqa': Recipe(5e-5, 40_000, 0.04, 0.1, 0.9999, 480, 80, 16),
-    'grounding': Recipe(3e-5, 20_000, 0.06, 0.1, 0.0, 512, 80, 5),
-    'snli_ve': Recipe(2e-5, 30_000, 0.06, 0.0, 0.0, 480, 80, 5),
-    'classification': Recipe(5e-5, 50_000, 0.06, 0.1, 0.0, 480, 80, 16),
-    'sst2': Recipe(5e-5, 20_000, 0.06, 0.0, 0.0, 32, 256, 4),
-    'mnli': Recipe(5e-5, 40_000, 0.06, 0.0, 0.0, 32, 256, 4),
-    'rte': Recipe(5e-5, 5_000, 0.06, 0.0, 0.0, 32, 256, 4),
-    'qqp': Recipe(5e-5, 40_000, 0.06, 0.0, 0.0, 32, 256, 4),
-    'summarization': Recipe(1e-4, 50_000, 0.06, 0.1, 0.0, 32, 256, 33),
+    'caption': Recipe(1e-5, 128, 5, 0, 0.06, 0, 0.1, 0.0, 0.1, True, 0.2, 6000, 480, 80, 32),
+    'vqa': Recipe(5e-5, 512, 15, 0, 0.04, 0, 0.1, 0.9999, 0.1, True, 0.0, 0, 480, 80, 16),
+    'grounding': Recipe(5e-5, 128, 10, 0, 0.06, 0, 0.1, 0.0, 0.1, False, 0.0, 0, 512, 80, 5),
+    'snli_ve': Recipe(5e-5, 256, 5, 0, 0.06, 0, 0.0, 0.0, 0.1, False, 0.0, 0, 480, 80, 5),
+    'classification': Recipe(5e-5, 512, 0, 50_000, 0.06, 0, 0.1, 0.0, 0.0, False, 0.0, 0, 480, 80, 16),
+    'sst2': Recipe(5e-5, 512, 0, 20_000, 0.06, 0, 0.0, 0.0, 0.0, False, 0.0, 0, 32, 256, 4),
+    'mnli': Recipe(5e-5, 512, 0, 40_000, 0.06, 0, 0.0, 0.0, 0.0, False, 0.0, 0, 32, 256, 4),
+    'rte': Recipe(5e-5, 512, 0, 5_000, 0.06, 0, 0.0, 0.0, 0.0, False, 0.0, 0, 32, 256, 4),
+    'qqp': Recipe(5e-5, 512, 0, 40_000, 0.06, 0, 0.0, 0.0, 0.0, False, 0.0, 0, 32, 256, 4),
+    'summarization': Recipe(1e-4, 512, 0, 50_000, 0.06, 0, 0.1, 0.0, 0.0, False, 0.0, 0, 32, 256, 33),
 }
+# Where OFA's large scripts (train_caption_stage1.sh, train_vqa_distributed.sh, train_refcoco.sh, train_snli_ve.sh)
+# differ; huge uses them too, tiny and medium the base recipes.
+LARGE = {
+    'caption': dict(epochs=2, drop_worst_after=2500),
+    'vqa': dict(epochs=0, total_steps=40_000, warmup=0.0, warmup_steps=1000, drop_path=0.2),
+    'grounding': dict(learning_rate=3e-5, drop_path=0.2),
+    'snli_ve': dict(learning_rate=2e-5, epochs=6, drop_path=0.2),
+}
+
+
+def recipe_of(task: str, size: str) -> Recipe:
+    recipe = TASKS[task]
+    return recipe._replace(**LARGE.get(task, {})) if size in ('large', 'huge') else recipe
 
 
 def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     task, _, size = arg.partition(',')
     if task not in TASKS:
         raise ValueError(f'configs/finetune.py:{arg}: the task must be one of {", ".join(TASKS)}')
-    recipe = TASKS[task]
+    size = size or 'base'
+    recipe = recipe_of(task, size)
     config = default_config('tasks')
-    config.model = size or 'base'
-    config.model_overrides = dict(dtype='bfloat16')
+    config.model = size
+    config.model_overrides = dict(
+        dtype='bfloat16', encoder_drop_path_rate=recipe.drop_path, decoder_drop_path_rate=recipe.drop_path
+    )
     config.data.update(
         image_size=recipe.image_size,
         max_source_length=recipe.max_source_length,
@@ -63,12 +91,14 @@ def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     )
     config.data.tasks = {task: finetune_task_config(task)}
 
-    config.batch_size = 512
-    config.total_steps = recipe.total_steps
+    config.batch_size = recipe.batch_size
+    config.epochs, config.total_steps = recipe.epochs, recipe.total_steps
     config.learning_rate = recipe.learning_rate
-    config.warmup_steps, config.warmup_ratio = 0, recipe.warmup
+    config.warmup_steps, config.warmup_ratio = recipe.warmup_steps, recipe.warmup
     config.label_smoothing = recipe.label_smoothing
     config.ema_decay = recipe.ema_decay
+    config.freeze_token_embedding = recipe.freeze_token_embedding
+    config.drop_worst_ratio, config.drop_worst_after = recipe.drop_worst_ratio, recipe.drop_worst_after
     config.clip_norm = 1.0
     config.log_every = 100
     config.checkpoint_every = 2000

@@ -10,6 +10,7 @@ TensorBoard events in tb/, config.json. Evaluation is its own command (`python -
 
 import functools
 import json
+import math
 import os
 import signal
 import time
@@ -112,7 +113,10 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return optax.chain(
+    """Clipping and AdamW; with `freeze_token_embedding` (OFA's --freeze-encoder-embedding and
+    --freeze-decoder-embedding) the shared token embedding, which is also the output projection, is neither updated
+    nor decayed nor counted in the clipped gradient norm, as a parameter without requires_grad is in OFA."""
+    optimizer = optax.chain(
         optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
         optax.adamw(
             learning_rate_schedule(config),
@@ -122,16 +126,35 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
             weight_decay=config.weight_decay,
         ),
     )
+    if not config.freeze_token_embedding:
+        return optimizer
+
+    def labels(params):
+        return flax.traverse_util.path_aware_map(
+            lambda path, _: 'frozen' if path[0] == 'embed_tokens' else 'trained', params
+        )
+
+    return optax.multi_transform({'trained': optimizer, 'frozen': optax.set_to_zero()}, labels)
+
+
+def drop_worst_tokens(losses: jax.Array, tokens: jax.Array, ratio: float) -> jax.Array:
+    """OFA's drop-worst (--drop-worst-ratio): of the n counted tokens, only the int(n * (1 - ratio)) of lowest loss
+    are kept. losses [B, T] float, tokens [B, T] bool -> kept [B, T] bool."""
+    flat = jnp.where(tokens, losses, jnp.inf).ravel()
+    rank = jnp.argsort(jnp.argsort(flat))  # ties broken by position, as any top-k does
+    keep = jnp.floor(tokens.sum() * (1.0 - ratio)).astype(jnp.int32)
+    return (rank < keep).reshape(tokens.shape) & tokens
 
 
 def token_losses(
     logits: jax.Array, targets: jax.Array, constraint_ranges: jax.Array, label_smoothing: float
 ) -> tuple[jax.Array, jax.Array]:
-    """OFA's label-smoothed cross entropy per token, with the vocabulary limited to each row's allowed range.
+    """OFA's label-smoothed cross entropy per token, with the vocabulary limited to each row's allowed range and,
+    as OFA's --constraint-range does, the four special ids (bos, pad, eos, unk).
 
     logits [B, T, V], targets [B, T], constraint_ranges [B, 2] -> (loss [B, T], correct [B, T])."""
     ids = jnp.arange(logits.shape[-1])
-    allowed = (ids >= constraint_ranges[:, None, :1]) & (ids < constraint_ranges[:, None, 1:]) | (ids == V.EOS)
+    allowed = (ids >= constraint_ranges[:, None, :1]) & (ids < constraint_ranges[:, None, 1:]) | (ids < V.NUM_SPECIALS)
     lprobs = jax.nn.log_softmax(jnp.where(allowed, logits, -1e9), axis=-1)
     nll = -jnp.take_along_axis(lprobs, targets[..., None], axis=-1)[..., 0]
     smooth = -jnp.sum(jnp.where(allowed, lprobs, 0.0), axis=-1)
@@ -175,6 +198,10 @@ def train_step(
             loss, correct = token_losses(logits, mb['target_tokens'], mb['constraint_ranges'], config.label_smoothing)
             tokens = (mb['target_tokens'] != V.PAD) & mb['example_mask'][:, None]
             weighted = jnp.where(tokens, loss * mb['loss_weights'][:, None], 0.0)
+            if config.drop_worst_ratio:  # after drop_worst_after updates, as OFA's update_num > drop_worst_after
+                kept = drop_worst_tokens(weighted, tokens, config.drop_worst_ratio)
+                tokens = jnp.where(state.step > config.drop_worst_after, kept, tokens)
+                weighted = jnp.where(tokens, weighted, 0.0)
             per_task = jax.nn.one_hot(mb['task_ids'], num_tasks)  # [B, tasks]
             stats = {
                 'loss_sum': weighted.sum(),
@@ -347,9 +374,22 @@ class Preemption:
         return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
 
 
+def steps_for_epochs(config: ml_collections.ConfigDict, tasks: list) -> int:
+    """The updates of `config.epochs` passes over the records of the config's one task (OFA's --max-epoch; a
+    mixture has no epoch: set total_steps)."""
+    if config.total_steps:
+        raise ValueError(f'set one of total_steps ({config.total_steps}) and epochs ({config.epochs}), the other to 0')
+    if len(tasks) != 1:
+        raise ValueError(f'epochs={config.epochs} needs one task; the config mixes {len(tasks)}: set total_steps')
+    return max(1, math.ceil(config.epochs * len(tasks[0].source) / config.batch_size))
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains until config.total_steps (or a preemption); returns the final state."""
     os.makedirs(workdir, exist_ok=True)
+    tasks, rates = mixtures.register_from_config(config.data)
+    if config.epochs:
+        config.total_steps = steps_for_epochs(config, tasks)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, 'config.json'), 'w') as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -361,7 +401,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     optimizer = make_optimizer(config)
 
     # Data: this process's shard of the mixture, in batches of batch_size / processes.
-    tasks, rates = mixtures.register_from_config(config.data)
     task_names = [t.name for t in tasks]
     spec = pipeline.BatchSpec(
         per_process_batch, config.data.image_size, config.data.max_source_length, config.data.max_target_length

@@ -83,6 +83,7 @@ def default_config(source: str = 'world') -> ml_collections.ConfigDict:
     config.batch_size = 256  # global, over all processes
     config.grad_accum_steps = 1
     config.total_steps = 10_000
+    config.epochs = 0.0  # or train for this many passes over the (one) task's records: OFA's --max-epoch
     config.learning_rate = 1e-4
     config.end_learning_rate = 0.0
     config.warmup_steps = 100
@@ -91,6 +92,9 @@ def default_config(source: str = 'world') -> ml_collections.ConfigDict:
     config.adam_b1, config.adam_b2, config.adam_eps = 0.9, 0.999, 1e-8
     config.clip_norm = 1.0
     config.label_smoothing = 0.0
+    config.drop_worst_ratio = 0.0  # OFA's --drop-worst-ratio: the loss skips this fraction of highest-loss tokens
+    config.drop_worst_after = 0  # ... once this many updates are done (--drop-worst-after)
+    config.freeze_token_embedding = False  # OFA's --freeze-{en,de}coder-embedding: the shared embedding stays fixed
     config.ema_decay = 0.0  # 0: no EMA of the parameters
     config.sample_patch_num = 0  # 0: every image patch; OFA pretraining samples 196
 

@@ -45,7 +45,8 @@ def assert_trainer_keys(config) -> None:
     assert set(config.data.keys()) == set(data_config(config.data.source).keys())
     # The model's embedding and output layer are as wide as the vocabulary.
     assert model_from_config(config).config.vocab_size == vocabulary_from_spec(config.data.vocab).size
-    assert train.warmup_steps(config) < config.total_steps and config.batch_size > 0
+    assert config.batch_size > 0 and (config.epochs > 0) != (config.total_steps > 0)
+    assert config.epochs or train.warmup_steps(config) < config.total_steps
 
 
 @pytest.mark.parametrize('name, arg', SHIPPED, ids=[f'{name}:{arg}' for name, arg in SHIPPED])
@@ -122,8 +123,8 @@ TEXT_RECORDS = {  # the text tasks have no TSV layout: a JSON line each
 LEARNING_RATES = {
     'caption': 1e-5,
     'vqa': 5e-5,
-    'grounding': 3e-5,
-    'snli_ve': 2e-5,
+    'grounding': 5e-5,
+    'snli_ve': 5e-5,
     'classification': 5e-5,
     'summarization': 1e-4,
 }

@@ -190,6 +190,7 @@ def test_convert_train_evaluate_predict(environment, task, fmt):
             config,
             f'--workdir={workdir}',
             f'--config.init_from={folder / "converted"}',
+            '--config.epochs=0',
             '--config.total_steps=2',
             '--config.batch_size=4',
             '--config.log_every=1',

@@ -29,17 +29,19 @@ def losses(workdir):
 
 
 def test_token_losses_smooth_over_the_allowed_tokens_only():
-    logits = jnp.log(jnp.array([[[0.1, 0.2, 0.3, 0.4]]]))
-    targets = jnp.array([[3]])
-    loss, correct = train.token_losses(logits, targets, jnp.array([[0, 4]]), 0.0)
-    np.testing.assert_allclose(loss, -np.log([[0.4]]), rtol=1e-6)
+    probabilities = np.array([0.05, 0.05, 0.1, 0.1, 0.2, 0.5])  # bos, pad, eos, unk, then ids 4 and 5
+    logits = jnp.log(jnp.array([[probabilities]]))
+    targets = jnp.array([[5]])
+    loss, correct = train.token_losses(logits, targets, jnp.array([[0, 6]]), 0.0)
+    np.testing.assert_allclose(loss, -np.log([[0.5]]), rtol=1e-6)
     assert bool(correct[0, 0])
-    # Only ids 3 (range [3, 4)) and eos (2) allowed: probabilities renormalize over them.
-    loss, _ = train.token_losses(logits, targets, jnp.array([[3, 4]]), 0.0)
-    np.testing.assert_allclose(loss, -np.log([[0.4 / 0.7]]), rtol=1e-6)
-    smoothed, _ = train.token_losses(logits, targets, jnp.array([[3, 4]]), 0.2)
-    lp = np.log(np.array([0.3, 0.4]) / 0.7)  # eos, target
-    expected = (1 - 0.2 - 0.2) * -lp[1] + 0.2 * -(lp.sum())  # eps_i = 0.2 / (2 - 1)
+    # Only id 5 (range [5, 6)) and the four special ids allowed, as OFA's constraint range: they renormalize.
+    allowed = probabilities[[0, 1, 2, 3, 5]]
+    loss, _ = train.token_losses(logits, targets, jnp.array([[5, 6]]), 0.0)
+    np.testing.assert_allclose(loss, -np.log([[0.5 / allowed.sum()]]), rtol=1e-6)
+    smoothed, _ = train.token_losses(logits, targets, jnp.array([[5, 6]]), 0.2)
+    lp = np.log(allowed / allowed.sum())
+    expected = (1 - 0.2 - 0.05) * -lp[-1] + 0.05 * -(lp.sum())  # eps_i = 0.2 / (5 - 1)
     np.testing.assert_allclose(smoothed, [[expected]], rtol=1e-6)
 
 
@@ -243,7 +245,7 @@ def test_text_to_image_demo_draws_the_captions_of_unseen_scenes(tmp_path):
 
 
 def test_a_warmup_ratio_follows_the_run_length():
-    config = load_config('finetune', 'caption,tiny')  # OFA's 6% warmup of its 50,000 updates
+    config = load_config('finetune', 'classification,tiny')  # 6% warmup of its 50,000 updates
     assert train.warmup_steps(config) == 3000
     config.total_steps = 6  # a short run keeps the recipe's shape: warmup, then decay, and it trains
     schedule = train.learning_rate_schedule(config)
