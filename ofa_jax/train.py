@@ -130,8 +130,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
         return optimizer
 
     def labels(params):
-        return flax.traverse_util.path_aware_map(
-            lambda path, _: 'frozen' if path[0] == 'embed_tokens' else 'trained', params
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: 'frozen' if path and getattr(path[0], 'key', None) == 'embed_tokens' else 'trained', params
         )
 
     return optax.multi_transform({'trained': optimizer, 'frozen': optax.set_to_zero()}, labels)
@@ -288,10 +288,15 @@ def state_shardings(
     boxed = abstract_variables(model.config)
     variables = sharding.variable_shardings(boxed, mesh, config.logical_axis_rules)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    # A moment's key path ends with its parameter's (adam's mu['encoder'][...]['kernel']); masked parameters, as a
+    # frozen embedding, have none.
+    by_path = {tuple(path): shard for path, shard in jax.tree_util.tree_leaves_with_path(variables['params'])}
+
+    def like_parameter(path, _):
+        return next((by_path[path[i:]] for i in range(len(path)) if path[i:] in by_path), replicated)
+
     opt_shapes = jax.eval_shape(optimizer.init, nn.meta.unbox(boxed['params']))
-    opt = optax.tree_map_params(
-        optimizer, lambda _, shard: shard, opt_shapes, variables['params'], transform_non_params=lambda _: replicated
-    )
+    opt = jax.tree_util.tree_map_with_path(like_parameter, opt_shapes)
     return TrainState(
         step=replicated,
         params=variables['params'],

@@ -5,12 +5,14 @@ import importlib.util
 import pathlib
 import string
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import load_config, small_config
 
-from ofa_jax import train
+from ofa_jax import sharding, train
+from ofa_jax.checkpoint import model_from_config
 from ofa_jax.data import mixtures
 from ofa_jax.data import vocab as V
 from ofa_jax.data.registry import Task
@@ -118,6 +120,16 @@ def test_a_frozen_token_embedding_is_neither_updated_nor_clipped():
         {'layer': grads['layer']}, alone.init({'layer': params['layer']}), {'layer': params['layer']}
     )
     np.testing.assert_allclose(updates['layer']['kernel'], want['layer']['kernel'], rtol=1e-6)
+
+
+def test_a_frozen_token_embedding_has_sharded_optimizer_state():
+    """The moments' shardings follow the parameters' logical axes, the frozen embedding having none."""
+    config = small_config(freeze_token_embedding=True)
+    model, optimizer = model_from_config(config), train.make_optimizer(config)
+    mesh = sharding.make_mesh(**config.mesh)
+    shardings = train.state_shardings(model, optimizer, config, mesh)
+    state = jax.eval_shape(lambda: train.initial_state(model, optimizer, config, config.data.image_size))
+    assert jax.tree_util.tree_structure(shardings.opt_state) == jax.tree_util.tree_structure(state.opt_state)
 
 
 def test_epochs_count_the_tasks_records():
