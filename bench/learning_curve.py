@@ -18,7 +18,7 @@ import matplotlib
 import ml_collections
 import orbax.checkpoint as ocp
 
-from ofa_jax import demo, evaluate
+from ofa_jax import demo, evaluate, train
 from ofa_jax.checkpoint import TRAINING_CHECKPOINTS
 
 matplotlib.use('Agg')
@@ -35,19 +35,6 @@ AIMS = {
     'text_infill_exact_match': 0.8,
     'image_infill_code_accuracy': 0.6,
 }
-
-
-def training_losses(workdir: str) -> dict[int, float]:
-    """The loss of each logged step, read from the trainer's metrics.jsonl."""
-    losses = {}
-    path = os.path.join(workdir, 'metrics.jsonl')
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                record = json.loads(line)
-                if 'loss' in record:
-                    losses[int(record['step'])] = float(record['loss'])
-    return losses
 
 
 def plot(curve: dict[str, dict[str, float]], path: str) -> None:
@@ -79,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(out) as f:
             curve = json.load(f)
     manager = ocp.CheckpointManager(os.path.join(args.workdir, TRAINING_CHECKPOINTS))
-    losses = training_losses(args.workdir)
+    losses = {r['step']: r['loss'] for r in train.read_metrics(args.workdir) if 'loss' in r}
     world = demo.unseen_world(config, args.examples)
     for step in sorted(manager.all_steps()):
         if str(step) in curve:

@@ -77,6 +77,25 @@ PRESETS: dict[str, OFAConfig] = {
         resnet_blocks=(1, 1, 1),
         resnet_width=16,
     ),
+    # Between nano and tiny, for model-size ablations that run on a CPU (ofa_jax.ablate).
+    'micro': OFAConfig(
+        d_model=96,
+        encoder_layers=2,
+        decoder_layers=2,
+        num_heads=4,
+        ffn_dim=384,
+        resnet_blocks=(1, 1, 1),
+        resnet_width=24,
+    ),
+    'mini': OFAConfig(
+        d_model=128,
+        encoder_layers=3,
+        decoder_layers=3,
+        num_heads=4,
+        ffn_dim=512,
+        resnet_blocks=(1, 2, 2),
+        resnet_width=32,
+    ),
     'tiny': OFAConfig(
         d_model=256, encoder_layers=4, decoder_layers=4, num_heads=4, ffn_dim=1024, resnet_blocks=(3, 4, 6)
     ),
@@ -96,7 +115,7 @@ PRESETS: dict[str, OFAConfig] = {
 
 
 def model_config(name: str, **overrides: Any) -> OFAConfig:
-    """The preset `name` (nano, tiny, medium, base, large, huge) with `overrides` applied."""
+    """The preset `name` (nano, micro, mini, tiny, medium, base, large, huge) with `overrides` applied."""
     if name not in PRESETS:
         raise ValueError(f'model_config: unknown size {name!r}; choose one of {sorted(PRESETS)}')
     fields = {f.name for f in dataclasses.fields(OFAConfig)}

@@ -363,6 +363,19 @@ class MetricWriter:
             self._tensorboard.close()
 
 
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """What MetricWriter wrote to metrics.jsonl, one record per step in step order; of a step logged twice (a resumed
+    run replays the steps after its last checkpoint) the last record."""
+    by_step = {}
+    path = os.path.join(workdir, 'metrics.jsonl')
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                by_step[int(record['step'])] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
 class Preemption:
     """Turns SIGTERM into a flag the loop checks between steps; all processes agree before acting."""
 
@@ -387,6 +400,30 @@ def steps_for_epochs(config: ml_collections.ConfigDict, tasks: list) -> int:
     if len(tasks) != 1:
         raise ValueError(f'epochs={config.epochs} needs one task; the config mixes {len(tasks)}: set total_steps')
     return max(1, math.ceil(config.epochs * len(tasks[0].source) / config.batch_size))
+
+
+def flops_of(stage: Any) -> float:
+    """The FLOPs XLA counts in a lowered or compiled step (0 where the backend gives no cost analysis)."""
+    cost = stage.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get('flops', 0.0))
+
+
+def train_step_flops(config: ml_collections.ConfigDict) -> float:
+    """The FLOPs of one train step of `config` on one process, read off the step lowered for its first batch
+    (nothing is compiled or allocated): what a FLOPs budget divides by."""
+    tasks, rates = mixtures.register_from_config(config.data)
+    mesh = sharding.make_mesh(**config.mesh)
+    model, optimizer = model_from_config(config), make_optimizer(config)
+    spec = pipeline.BatchSpec(
+        config.batch_size, config.data.image_size, config.data.max_source_length, config.data.max_target_length
+    )
+    batch = next(iter(pipeline.batches(tasks, rates, spec, seed=config.seed, workers=0)))
+    batch = {k: v for k, v in batch.items() if k != 'dropped'}
+    state = jax.eval_shape(functools.partial(initial_state, model, optimizer, config, config.data.image_size))
+    step = functools.partial(train_step, model, optimizer, config, len(tasks))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(config.logical_axis_rules):
+        return flops_of(jax.jit(step).lower(state, batch))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -494,9 +531,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             batch, dropped = device_batch(host_batch)
             if flops_per_step is None:  # compile once, ahead of time, and read the step's FLOPs off the program
                 step_fn = step_fn.lower(state, batch).compile()
-                cost = step_fn.cost_analysis()
-                cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-                flops_per_step = float((cost or {}).get('flops', 0.0))
+                flops_per_step = flops_of(step_fn)
                 window_start = time.perf_counter()  # compilation is not throughput
             state, metrics = step_fn(state, batch)
             if in_flight is not None:
@@ -523,6 +558,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     'examples_per_second': window_examples / (seconds * window_steps),
                     'tokens_per_second': window_tokens / (seconds * window_steps),
                     'mfu': flops_per_step / seconds / peak if flops_per_step else 0.0,
+                    'flops_per_step': flops_per_step,
                     'dropped': dict(dropped_total),
                 }
                 for i, name in enumerate(task_names):

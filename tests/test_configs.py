@@ -13,7 +13,7 @@ import pytest
 from conftest import load_config
 from PIL import Image
 
-from ofa_jax import evaluate, train
+from ofa_jax import ablate, evaluate, train
 from ofa_jax.checkpoint import model_from_config
 from ofa_jax.data import mixtures, tasks
 from ofa_jax.data.vocab import vocabulary_from_spec
@@ -24,6 +24,7 @@ ROOT = os.path.join(os.path.dirname(__file__), '..')
 SIZES = ('tiny', 'medium', 'base', 'large', 'huge')
 FINETUNE_KINDS = mixtures.FINETUNE_TASKS  # configs/finetune.py offers every finetuning task
 DEMO_VARIANTS = ('pretrain', 'text_to_image')
+ABLATION_VARIANTS = ('cpu', 'pod')
 SHIPPED = (
     [('pretrain', size) for size in SIZES]
     + [('finetune', kind) for kind in FINETUNE_KINDS]
@@ -60,7 +61,20 @@ def test_every_shipped_config_keeps_to_the_schema(name, arg):
     )
 
 
-@pytest.mark.parametrize('name, choices', [('pretrain', SIZES), ('finetune', FINETUNE_KINDS), ('demo', DEMO_VARIANTS)])
+@pytest.mark.parametrize('variant', ABLATION_VARIANTS)
+def test_each_size_of_a_shipped_ablation_is_a_training_config(variant):
+    config = load_config('ablate', variant)
+    assert config.ablation.budget in ablate.BUDGETS and config.ablation[config.ablation.budget] > 0
+    sizes = ablate.sizes_of(config, '')
+    assert len(sizes) >= 3
+    for size in sizes:
+        assert_trainer_keys(ablate.size_config(config, size, 100))
+
+
+@pytest.mark.parametrize(
+    'name, choices',
+    [('pretrain', SIZES), ('finetune', FINETUNE_KINDS), ('demo', DEMO_VARIANTS), ('ablate', ABLATION_VARIANTS)],
+)
 def test_configs_reject_unknown_arguments_naming_every_choice(name, choices):
     """The choices named are all the shipped ones: the lists above cover every config."""
     with pytest.raises(ValueError, match=f'one of {", ".join(choices)}$'):

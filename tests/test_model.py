@@ -233,4 +233,8 @@ def test_relative_buckets():
 
 
 def test_presets_are_complete():
-    assert set(PRESETS) == {'nano', 'tiny', 'medium', 'base', 'large', 'huge'}
+    assert set(PRESETS) == {'nano', 'micro', 'mini', 'tiny', 'medium', 'base', 'large', 'huge'}
+    # Ablation sizes grow in parameters, from nano through huge.
+    order = ['nano', 'micro', 'mini', 'tiny', 'medium', 'base', 'large', 'huge']
+    counts = [count_params(dataclasses.replace(PRESETS[name], vocab_size=9676)) for name in order[:4]]
+    assert counts == sorted(counts) and len(set(counts)) == 4

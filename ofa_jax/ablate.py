@@ -1,0 +1,354 @@
+"""Model-size ablations: the same training, like for like, at several sizes, then one table and two plots.
+
+    python -m ofa_jax.ablate --config configs/ablate.py --workdir DIR [--sizes nano,micro,mini] \
+        [--budget steps|tokens|flops] [--config.KEY=VALUE ...]
+    python -m ofa_jax.ablate --config configs/ablate.py:pod --workdir gs://... --emit slurm|tpu|local
+    python -m ofa_jax.ablate collect --config configs/ablate.py:pod --workdir DIR
+
+Each size trains in DIR/SIZE with the trainer's usual outputs (checkpoints, metrics.jsonl, TensorBoard) from one
+config that differs between sizes in `model` alone: the same data order, global batch, learning-rate schedule and
+evaluation. The budget (`ablation.budget`) fixes what every size spends: `steps`, `tokens` (source and target tokens,
+padding excluded; every size sees the same batches, so this sets one step count) or `flops` (XLA's count of one train
+step of that size, so a smaller model takes more steps). Sizes run one after another; a finished size (DIR/SIZE/
+result.json) is skipped and an interrupted one resumes from its checkpoint. `--emit` prints one training job per size
+for a launcher instead, and `collect` then evaluates what those jobs trained and writes the results.
+
+Results: DIR/results.csv, results.md and results.json (one row per size: parameters, FLOPs per step, steps, tokens
+seen, training seconds, final training loss, validation loss on unseen data, each task's metric), DIR/curves.png (the
+training loss against step and against FLOPs) and DIR/scaling.png (final losses and task metrics against parameters,
+log-log, each with its fitted power law).
+"""
+
+import csv
+import json
+import math
+import os
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from ofa_jax import console, demo, evaluate, train
+from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, is_training_workdir, load_checkpoint
+from ofa_jax.data import mixtures, pipeline
+from ofa_jax.data import vocab as V
+from ofa_jax.model import OFA, count_params
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+
+BUDGETS = ('steps', 'tokens', 'flops')
+RESULT_FILE = 'result.json'
+LAUNCHERS = {
+    'local': 'python -m ofa_jax.train --config {config} --workdir {workdir}',
+    'slurm': 'sbatch --nodes=1 launch/slurm.sh {config} {workdir}',
+    'tpu': 'bash launch/tpu_pod.sh "$TPU_NAME" "$ZONE" {config} {workdir}',
+}
+
+
+def size_config(config: ml_collections.ConfigDict, size: str, total_steps: int) -> ml_collections.ConfigDict:
+    """The training config of one size: the ablation's config without its `ablation` section, `model` and
+    `total_steps` set."""
+    values = config.to_dict()
+    values.pop('ablation')
+    sized = ml_collections.ConfigDict(values)
+    sized.model, sized.total_steps, sized.epochs = size, total_steps, 0.0
+    return sized
+
+
+def tokens_per_step(config: ml_collections.ConfigDict, batches: int = 8) -> float:
+    """Mean non-padding source and target tokens of a global batch, over the config's first `batches` batches (the
+    same for every size: the data order does not depend on the model)."""
+    tasks, rates = mixtures.register_from_config(config.data)
+    spec = pipeline.BatchSpec(
+        config.batch_size, config.data.image_size, config.data.max_source_length, config.data.max_target_length
+    )
+    counts = []
+    for _, batch in zip(range(batches), pipeline.batches(tasks, rates, spec, seed=config.seed)):
+        counts.append(int(np.sum(batch['src_tokens'] != V.PAD) + np.sum(batch['target_tokens'] != V.PAD)))
+    return float(np.mean(counts))
+
+
+def steps_of_budget(config: ml_collections.ConfigDict, size: str) -> int:
+    """The train steps that `config.ablation`'s budget gives `size`."""
+    ablation = config.ablation
+    if ablation.budget not in BUDGETS:
+        raise ValueError(f'ablation.budget is {ablation.budget!r}; it must be one of {", ".join(BUDGETS)}')
+    amount = ablation[ablation.budget]
+    if amount <= 0:
+        raise ValueError(f'ablation.budget is {ablation.budget!r}, so ablation.{ablation.budget} must be positive')
+    if ablation.budget == 'steps':
+        return int(amount)
+    if ablation.budget == 'tokens':
+        return max(1, math.ceil(amount / tokens_per_step(size_config(config, size, 1))))
+    return max(1, math.ceil(amount / train.train_step_flops(size_config(config, size, 1))))
+
+
+def validation_loss(config: ml_collections.ConfigDict, workdir: str, batches: int) -> float:
+    """The training loss of the workdir's latest model (evaluation mode: no dropout, running BatchNorm statistics)
+    over `batches` batches of unseen data: the world of another seed, else the config's own data."""
+    world = demo.unseen_world(config, config.batch_size * batches) if config.data.source == 'world' else None
+    tasks, rates = mixtures.register_from_config(config.data, world)
+    spec = pipeline.BatchSpec(
+        config.batch_size, config.data.image_size, config.data.max_source_length, config.data.max_target_length
+    )
+    checkpoint = load_checkpoint(workdir)
+    model = OFA(checkpoint.config)
+
+    @jax.jit
+    def loss_sums(batch):
+        logits = model.apply(
+            checkpoint.variables,
+            batch['src_tokens'],
+            batch['patch_images'],
+            batch['patch_masks'],
+            batch['prev_output_tokens'],
+            batch['code_masks'],
+        )
+        loss, _ = train.token_losses(logits, batch['target_tokens'], batch['constraint_ranges'], config.label_smoothing)
+        tokens = (batch['target_tokens'] != V.PAD) & batch['example_mask'][:, None]
+        return jnp.where(tokens, loss * batch['loss_weights'][:, None], 0.0).sum(), tokens.sum()
+
+    total, count = 0.0, 0
+    stream = pipeline.batches(tasks, rates, spec, seed=config.seed + 1)
+    for _, batch in zip(range(batches), stream):
+        loss, tokens = loss_sums({k: v for k, v in batch.items() if k != 'dropped'})
+        total, count = total + float(loss), count + int(tokens)
+    return total / max(count, 1)
+
+
+def task_scores(config: ml_collections.ConfigDict, workdir: str, examples: int) -> dict[str, float]:
+    """Each task's metrics on unseen data, as the demo (a world config) or evaluate scores them; counts left out."""
+    if config.data.source == 'world':
+        scores = demo.run(config, workdir, examples, draw=False)
+    else:
+        scores, _ = evaluate.evaluate(config, workdir, os.path.join(workdir, 'evaluation'), examples)
+    return {k: v for k, v in scores.items() if not k.endswith(('_examples', '_dropped'))}
+
+
+def result_of(config: ml_collections.ConfigDict, size: str, workdir: str) -> dict[str, Any]:
+    """One size's row: what its training logged, then its validation loss and task scores (computed here)."""
+    log = [r for r in train.read_metrics(workdir) if 'loss' in r]
+    if not log:
+        raise ValueError(f'{workdir}: no training step was logged (metrics.jsonl)')
+    last = log[-1]
+    tokens = float(np.mean([r['tokens_per_second'] * r['step_seconds'] for r in log]))
+    sized = size_config(config, size, last['step'])
+    return {
+        'size': size,
+        'parameters': count_params(train.model_from_config(sized).config),
+        'flops_per_step': last.get('flops_per_step', 0.0),
+        'steps': last['step'],
+        'tokens_seen': round(tokens * last['step']),
+        'train_seconds': sum(r['step_seconds'] * (r['step'] - p['step']) for p, r in zip([{'step': 0}] + log, log)),
+        'train_loss': last['loss'],
+        'validation_loss': validation_loss(sized, workdir, config.ablation.validation_batches),
+        **task_scores(sized, workdir, config.ablation.eval_examples),
+    }
+
+
+def run_size(config: ml_collections.ConfigDict, size: str, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) one size to its budget, then scores it; result.json marks it finished."""
+    path = os.path.join(workdir, RESULT_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    steps = steps_of_budget(config, size)
+    print(f'ablation: {size}, {steps} steps, in {workdir}')
+    train.train(size_config(config, size, steps), workdir)
+    result = result_of(config, size, workdir)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + '.tmp', path)  # whole or absent: a size is finished only once its row is complete
+    return result
+
+
+def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float] | None:
+    """(a, b) of y = a * x**b fitted in log-log space over the positive points; None with fewer than two."""
+    points = [(a, b) for a, b in zip(x, y) if a > 0 and b > 0]
+    if len(points) < 2 or len({a for a, _ in points}) < 2:
+        return None
+    exponent, log_a = np.polyfit(np.log([a for a, _ in points]), np.log([b for _, b in points]), 1)
+    return float(np.exp(log_a)), float(exponent)
+
+
+def write_results(workdir: str, results: list[dict[str, Any]], logs: dict[str, list[dict]]) -> dict[str, Any]:
+    """results.csv, results.md, results.json, curves.png and scaling.png; returns the fitted exponents."""
+    columns = list(dict.fromkeys(k for r in results for k in r))
+    with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(results)
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f'{value:.4g}'
+        return f'{value:,}' if isinstance(value, int) else str(value)
+
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    lines += ['| ' + ' | '.join(cell(r.get(c, '')) for c in columns) + ' |' for r in results]
+    with open(os.path.join(workdir, 'results.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+    figure, (by_step, by_flops) = plt.subplots(1, 2, figsize=(11, 4))
+    for size, log in logs.items():
+        steps = np.array([r['step'] for r in log if 'loss' in r])
+        losses = [r['loss'] for r in log if 'loss' in r]
+        flops = next((r.get('flops_per_step', 0.0) for r in log if r.get('flops_per_step')), 0.0)
+        by_step.plot(steps, losses, label=size)
+        if flops:
+            by_flops.plot(steps * flops, losses, label=size)
+    for axes, label in ((by_step, 'step'), (by_flops, 'FLOPs (XLA count of the train step)')):
+        axes.set(xlabel=label, ylabel='training loss', yscale='log')
+        axes.legend()
+    by_flops.set_xscale('log')
+    figure.tight_layout()
+    figure.savefig(os.path.join(workdir, 'curves.png'), dpi=100)
+    plt.close(figure)
+
+    metrics = [
+        c for c in columns if c not in FIXED_COLUMNS and all(isinstance(r.get(c), (int, float)) for r in results)
+    ]
+    params = [r['parameters'] for r in results]
+    exponents = {}
+    cols = min(len(metrics), 4)
+    figure, axes = plt.subplots(
+        math.ceil(len(metrics) / cols), cols, figsize=(3.6 * cols, 3.2 * math.ceil(len(metrics) / cols)), squeeze=False
+    )
+    for axis, metric in zip(axes.ravel(), metrics):
+        values = [r[metric] for r in results]
+        axis.plot(params, values, 'o')
+        fit = fit_power_law(params, values)
+        if fit:
+            a, b = fit
+            exponents[metric] = b
+            grid = np.geomspace(min(params), max(params), 50)
+            axis.plot(grid, a * grid**b, '--', label=f'∝ N^{b:.3f}')
+            axis.legend(fontsize=8)
+        axis.set(xscale='log', yscale='log' if any(v > 0 for v in values) else 'linear', xlabel='parameters')
+        axis.set_title(metric, fontsize=9)
+        axis.set_xticks(params, [f'{p / 1e6:.3g}M' for p in params])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%.3g'))
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for axis in axes.ravel()[len(metrics) :]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(os.path.join(workdir, 'scaling.png'), dpi=100)
+    plt.close(figure)
+
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+        json.dump({'results': results, 'power_law_exponents': exponents}, f, indent=2)
+    return exponents
+
+
+FIXED_COLUMNS = ('size', 'parameters', 'flops_per_step', 'steps', 'tokens_seen', 'train_seconds')
+
+
+def sizes_of(config: ml_collections.ConfigDict, sizes: str) -> list[str]:
+    names = [s for s in (sizes or config.ablation.sizes).split(',') if s]
+    if not names:
+        raise ValueError('no sizes to ablate: set --sizes or ablation.sizes')
+    for name in names:
+        train.model_from_config(size_config(config, name, 1))  # an unknown size fails here, before any training
+    return names
+
+
+def report(config: ml_collections.ConfigDict, workdir: str, results: list[dict[str, Any]]) -> None:
+    logs = {r['size']: train.read_metrics(os.path.join(workdir, r['size'])) for r in results}
+    exponents = write_results(workdir, results, logs)
+    with open(os.path.join(workdir, 'results.md')) as f:
+        print(f.read())
+    for metric, exponent in exponents.items():
+        print(f'{metric} ∝ parameters^{exponent:.3f}')
+    print(f'results, curves.png and scaling.png in {workdir}')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, sizes: str = '') -> list[dict[str, Any]]:
+    """Trains and scores every size in turn, then writes the results."""
+    os.makedirs(workdir, exist_ok=True)
+    results = [run_size(config, size, os.path.join(workdir, size)) for size in sizes_of(config, sizes)]
+    report(config, workdir, results)
+    return results
+
+
+def collect(config: ml_collections.ConfigDict, workdir: str, sizes: str = '') -> list[dict[str, Any]]:
+    """Scores the sizes that jobs trained in workdir (those with checkpoints) and writes the results."""
+    results = []
+    for size in sizes_of(config, sizes):
+        directory = os.path.join(workdir, size)
+        path = os.path.join(directory, RESULT_FILE)
+        if not os.path.exists(path) and not is_training_workdir(directory):
+            print(f'ablation: {size} has no {TRAINING_CHECKPOINTS}/ in {directory}; left out')
+            continue
+        if not os.path.exists(path):
+            with open(path, 'w') as f:
+                json.dump(result_of(config, size, directory), f, indent=2)
+        with open(path) as f:
+            results.append(json.load(f))
+    if not results:
+        raise ValueError(f'nothing to collect in {workdir}')
+    report(config, workdir, results)
+    return results
+
+
+def emit(
+    config: ml_collections.ConfigDict,
+    config_arg: str,
+    overrides: Sequence[str],
+    workdir: str,
+    launcher: str,
+    sizes: str = '',
+) -> list[str]:
+    """One training command per size, through `launcher` (local, slurm or tpu)."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f'--emit is {launcher!r}; it must be one of {", ".join(LAUNCHERS)}')
+    commands = []
+    for size in sizes_of(config, sizes):
+        command = LAUNCHERS[launcher].format(
+            config=shlex.quote(config_arg), workdir=shlex.quote(os.path.join(workdir, size))
+        )
+        extra = [f'--config.model={size}', f'--config.total_steps={steps_of_budget(config, size)}', *overrides]
+        commands.append(command + ''.join(f' {shlex.quote(a)}' for a in extra))
+    return commands
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 2 or (len(argv) == 2 and argv[1] != 'collect'):
+        raise ValueError(f'unexpected arguments {list(argv[1:])}; the one command word is collect')
+    config, workdir, sizes = flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.sizes
+    config.unlock()
+    if flags.FLAGS.budget:
+        config.ablation.budget = flags.FLAGS.budget
+    if len(argv) == 2:
+        collect(config, workdir, sizes)
+    elif flags.FLAGS.emit:
+        given = flags.FLAGS['config'].override_values  # the command line's --config.KEY=VALUE, passed on
+        overrides = [
+            f'--config.{k}={v}'
+            for k, v in given.items()
+            if k not in ('model', 'total_steps') and not k.startswith('ablation.')
+        ]
+        config_arg = flags.FLAGS['config'].config_filename
+        for command in emit(config, config_arg, overrides, workdir, flags.FLAGS.emit, sizes):
+            print(command)
+    else:
+        run(config, workdir, sizes)
+
+
+if __name__ == '__main__':
+    config_flags.DEFINE_config_file('config', None, 'The ablation config (configs/ablate.py).', lock_config=True)
+    flags.DEFINE_string('workdir', None, 'Each size trains in WORKDIR/SIZE; the results go here.')
+    flags.DEFINE_string('sizes', '', 'Comma-separated model sizes (default: ablation.sizes of the config).')
+    flags.DEFINE_enum('budget', None, BUDGETS, 'What every size spends (default: ablation.budget of the config).')
+    flags.DEFINE_enum('emit', None, tuple(LAUNCHERS), 'Print one training job per size for this launcher instead.')
+    flags.mark_flags_as_required(['config', 'workdir'])
+    console.run(main)
