@@ -231,14 +231,24 @@ def train_step(
         (grads, batch_stats, totals), _ = jax.lax.scan(micro_step, init, (jnp.arange(accum), micro))
     tokens = jnp.maximum(totals['tokens'], 1)
     grads = jax.tree_util.tree_map(lambda g: g / tokens, grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
     if ema is not None:
         ema = jax.tree_util.tree_map(lambda e, p: config.ema_decay * e + (1 - config.ema_decay) * p, ema, params)
+    # A NaN or Inf in the loss or any gradient (the norm carries it) skips the update: the model, its statistics and
+    # the optimizer (its schedule's count too, as fairseq does not count a skipped update) stay as they were; the
+    # step counts on, so the data moves past the batch.
+    finite = jnp.isfinite(totals['loss_sum']) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    batch_stats = keep(batch_stats, state.batch_stats)
+    ema = keep(ema, state.ema_params) if ema is not None else None
     metrics = {
         'loss': totals['loss_sum'] / tokens,
-        'grad_norm': optax.tree.norm(grads),
+        'skipped': ~finite,
+        'grad_norm': grad_norm,
         'learning_rate': learning_rate_schedule(config)(state.step),
         'target_tokens': totals['tokens'],
         'task_loss': totals['task_loss_sum'] / jnp.maximum(totals['task_tokens'], 1),
@@ -428,6 +438,8 @@ def train_step_flops(config: ml_collections.ConfigDict) -> float:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains until config.total_steps (or a preemption); returns the final state."""
+    if config.nonfinite not in ('skip', 'stop'):
+        raise ValueError(f"nonfinite is {config.nonfinite!r}; it must be 'skip' or 'stop'")
     os.makedirs(workdir, exist_ok=True)
     tasks, rates = mixtures.register_from_config(config.data)
     if config.epochs:
@@ -524,7 +536,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     progress = tqdm.tqdm(
         total=config.total_steps, initial=start_step, disable=jax.process_index() != 0, dynamic_ncols=True
     )
-    in_flight = None  # the previous step's loss: waiting on it keeps one step queued and the bar at the real rate
+    # The last step whose skip flag is unread, (step, flag): reading it one step late keeps one step queued and the
+    # bar at the real rate.
+    pending, skipped_steps, failed = None, 0, None
+
+    def settle() -> int | None:
+        """Reads the pending step's flag, counting it; returns that step when its update was skipped."""
+        nonlocal pending, skipped_steps
+        if pending is None:
+            return None
+        (number, flag), pending = pending, None
+        skipped_steps += bool(flag)
+        return number if bool(flag) else None
+
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.logical_axis_rules):
         for step in range(start_step, config.total_steps):
             host_batch = next(data_iter)
@@ -534,9 +558,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 flops_per_step = flops_of(step_fn)
                 window_start = time.perf_counter()  # compilation is not throughput
             state, metrics = step_fn(state, batch)
-            if in_flight is not None:
-                jax.block_until_ready(in_flight)
-            in_flight = metrics['loss']
+            failed = settle()
+            pending = (step + 1, metrics['skipped'])
+            if failed and config.nonfinite == 'stop':
+                break
             for reason, count in dropped.items():
                 dropped_total[reason] = dropped_total.get(reason, 0) + count
             window_steps += 1
@@ -548,6 +573,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             done = step + 1
             if done % config.log_every == 0 or done == config.total_steps:
                 metrics = jax.device_get(metrics)
+                failed = settle()
                 seconds = (time.perf_counter() - window_start) / window_steps
                 logged = {
                     'loss': float(metrics['loss']),
@@ -559,6 +585,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     'tokens_per_second': window_tokens / (seconds * window_steps),
                     'mfu': flops_per_step / seconds / peak if flops_per_step else 0.0,
                     'flops_per_step': flops_per_step,
+                    'skipped_steps': skipped_steps,
                     'dropped': dict(dropped_total),
                 }
                 for i, name in enumerate(task_names):
@@ -577,18 +604,28 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                         f'{logged["examples_per_second"]:.1f} examples/s, {logged["tokens_per_second"]:.0f} tokens/s, '
                         f'MFU {logged["mfu"]:.1%}'
                         + (f', dropped {sum(dropped_total.values())}' if dropped_total else '')
+                        + (f', skipped {skipped_steps} non-finite steps' if skipped_steps else '')
                     )
                 window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
+                if failed and config.nonfinite == 'stop':
+                    break
             stop = preemption.agreed()
             if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
                 save(done)
             if stop:
                 logging.warning('SIGTERM: saved step %d, exiting', done)
                 break
+        failed = failed or settle()
     manager.wait_until_finished()
+    latest = manager.latest_step()
     manager.close()
     progress.close()
     writer.close()
+    if failed and config.nonfinite == 'stop':
+        raise ValueError(
+            f'step {failed}: non-finite loss or gradients, its update not applied; stopped (nonfinite=stop) '
+            + (f'with the last checkpoint at step {latest} of {workdir}' if latest else 'with no checkpoint saved')
+        )
     return state
 
 

@@ -96,6 +96,7 @@ def default_config(source: str = 'world') -> ml_collections.ConfigDict:
     config.drop_worst_after = 0  # ... once this many updates are done (--drop-worst-after)
     config.freeze_token_embedding = False  # OFA's --freeze-{en,de}coder-embedding: the shared embedding stays fixed
     config.ema_decay = 0.0  # 0: no EMA of the parameters
+    config.nonfinite = 'skip'  # a step with a NaN or Inf loss or gradient: 'skip' its update (counted), or 'stop'
     config.sample_patch_num = 0  # 0: every image patch; OFA pretraining samples 196
 
     config.mesh = dict(replica=1, data=-1, fsdp=1, tensor=1)

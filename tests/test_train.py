@@ -2,6 +2,7 @@
 (meshes agree, a checkpoint resumes on another mesh, accumulation equals the large batch, resume is exact, SIGTERM
 saves, the demo learns)."""
 
+import functools
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from conftest import ROOT, load_config, small_config
 
 from ofa_jax import demo, evaluate, train
 from ofa_jax.checkpoint import model_from_config, save_model
+from ofa_jax.data import mixtures, pipeline
 from ofa_jax.model import init_variables
 from ofa_jax.sharding import make_mesh
 
@@ -273,3 +275,35 @@ def test_finetuning_with_ema_starts_from_a_saved_model(tmp_path):
     ema, trained = state.ema_params['embed_tokens']['embedding'], state.params['embed_tokens']['embedding']
     # EMA 0.5 of the loaded start: (start + p1) / 4 + p2 / 2, between the start and the trained parameters.
     assert not np.array_equal(np.asarray(ema), np.asarray(trained)) and not np.array_equal(np.asarray(ema), start)
+
+
+def test_a_non_finite_step_is_skipped_and_counted():
+    config = small_config(warmup_steps=0)  # the optimizer's schedule does not count a skipped update
+    tasks, rates = mixtures.register_from_config(config.data)
+    spec = pipeline.BatchSpec(8, config.data.image_size, config.data.max_source_length, config.data.max_target_length)
+    batch = {k: v for k, v in next(iter(pipeline.batches(tasks, rates, spec, seed=0))).items() if k != 'dropped'}
+    model, optimizer = model_from_config(config), train.make_optimizer(config)
+    state = train.initial_state(model, optimizer, config, config.data.image_size)
+    step = jax.jit(functools.partial(train.train_step, model, optimizer, config, len(tasks)))
+    poisoned = dict(batch, loss_weights=np.where(np.arange(8) == 3, np.nan, batch['loss_weights']).astype(np.float32))
+    skipped, metrics = step(state, poisoned)
+    assert bool(metrics['skipped']) and not np.isfinite(metrics['loss']) and int(skipped.step) == 1
+    for kept, before in ((skipped.params, state.params), (skipped.opt_state, state.opt_state)):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, kept, before)
+    stepped, metrics = step(skipped, batch)
+    assert not bool(metrics['skipped']) and int(stepped.step) == 2
+    moved = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), stepped.params, state.params)
+    assert np.mean(jax.tree_util.tree_leaves(moved)) > 0.5  # most parameters have a gradient on this batch
+
+
+@pytest.mark.slow
+def test_non_finite_steps_are_counted_or_stop_the_run(tmp_path):
+    # A NaN learning rate makes the first update NaN (its own loss and gradients were finite): every later step's
+    # loss is NaN.
+    train.train(small_config(learning_rate=float('nan')), str(tmp_path / 'skip'))
+    logged = train.read_metrics(str(tmp_path / 'skip'))
+    assert [r['skipped_steps'] for r in logged] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match='step 2: non-finite loss or gradients.*no checkpoint'):
+        train.train(small_config(learning_rate=float('nan'), nonfinite='stop'), str(tmp_path / 'stop'))
+    with pytest.raises(ValueError, match="nonfinite is 'ignore'"):
+        train.train(small_config(nonfinite='ignore'), str(tmp_path / 'bad'))
