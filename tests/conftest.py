@@ -5,12 +5,20 @@ and `multihost` (several processes). The quick loop is `bash tests/run.sh -m "no
 """
 
 import importlib.util
+import os
 import pathlib
+import tempfile
 from typing import Any
 
 import ml_collections
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# One persistent compilation cache for the test processes and every process they start (set before jax is imported):
+# the many runs of the same small train step compile once. Its keys hold the program and the library versions.
+os.environ.setdefault(
+    'JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), f'ofa-jax-tests-{os.getuid()}', 'compilation')
+)
 
 
 def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -142,13 +142,13 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope='module')
 def environment(tmp_path_factory):
-    """Subprocess environment (one shared compilation cache) and OFA-Tiny converted from a PyTorch checkpoint."""
+    """Subprocess environment (the tests' compilation cache, every program cached) and OFA-Tiny converted from a
+    PyTorch checkpoint."""
     from reference import tiny_reference, torch  # noqa: PLC0415 - the PyTorch reference loads only here
 
     folder = tmp_path_factory.mktemp('finetune')
     env = {
         **os.environ,
-        'JAX_COMPILATION_CACHE_DIR': str(folder / 'compilation_cache'),
         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
         'JAX_PLATFORMS': 'cpu',
     }
