@@ -46,7 +46,7 @@ def get_config(variant: str = 'cpu') -> ml_collections.ConfigDict:
         config = sibling_config('demo', 'pretrain')
         config.checkpoint_every = 100
         ablation.sizes = 'nano,micro,mini'
-        ablation.steps = 300
+        ablation.steps = 400
         ablation.eval_examples = 128
     else:
         config = sibling_config('pretrain', 'base')

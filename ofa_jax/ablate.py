@@ -237,8 +237,11 @@ def write_results(workdir: str, results: list[dict[str, Any]], logs: dict[str, l
         axis.set_title(metric, fontsize=9)
         axis.set_xticks(params, [f'{p / 1e6:.3g}M' for p in params])
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        axis.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%.3g'))
-        axis.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        positive = sorted({v for v in values if v > 0})
+        if positive:  # a few percent of range on a log axis has no decade tick: label the extremes instead
+            ends = [positive[0], positive[-1]] if len(positive) > 1 else positive
+            axis.set_yticks(ends, [f'{v:.3g}' for v in ends])
+            axis.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for axis in axes.ravel()[len(metrics) :]:
         axis.set_visible(False)
     figure.tight_layout()
