@@ -3,7 +3,7 @@
     python -m ofa_jax.ablate --config configs/ablate.py --workdir DIR [--sizes nano,micro,mini] \
         [--budget steps|tokens|flops] [--config.KEY=VALUE ...]
     python -m ofa_jax.ablate --config configs/ablate.py:pod --workdir gs://... --emit slurm|tpu|local
-    python -m ofa_jax.ablate collect --config configs/ablate.py:pod --workdir DIR
+    python -m ofa_jax.ablate collect DIR [--sizes tiny,base] [--config configs/ablate.py:pod]
 
 Each size trains in DIR/SIZE with the trainer's usual outputs (checkpoints, metrics.jsonl, TensorBoard) from one
 config that differs between sizes in `model` alone: the same data order, global batch, learning-rate schedule and
@@ -11,7 +11,8 @@ evaluation. The budget (`ablation.budget`) fixes what every size spends: `steps`
 padding excluded; every size sees the same batches, so this sets one step count) or `flops` (XLA's count of one train
 step of that size, so a smaller model takes more steps). Sizes run one after another; a finished size (DIR/SIZE/
 result.json) is skipped and an interrupted one resumes from its checkpoint. `--emit` prints one training job per size
-for a launcher instead, and `collect` then evaluates what those jobs trained and writes the results.
+for a launcher instead, and `collect` then scores what those jobs trained (by the config each saved, or by --config)
+and writes the results.
 
 Results: DIR/results.csv, results.md and results.json (one row per size: parameters, FLOPs per step, steps, tokens
 seen, training seconds, final training loss, validation loss on unseen data, each task's metric), DIR/curves.png (the
@@ -54,12 +55,31 @@ LAUNCHERS = {
 }
 
 
+def ablation_section(**values: Any) -> ml_collections.ConfigDict:
+    """An ablation config's `ablation` section: its defaults, updated with `values`."""
+    section = ml_collections.ConfigDict()
+    section.sizes = 'nano,micro,mini'  # comma-separated presets of ofa_jax.model.PRESETS
+    section.budget = 'steps'  # steps | tokens | flops: what every size spends
+    section.steps, section.tokens, section.flops = 0, 0.0, 0.0  # the amount of the chosen budget
+    section.validation_batches = 4  # batches of unseen data for the validation loss
+    section.eval_examples = 256  # unseen examples per task for the task metrics
+    section.update(values)
+    return section
+
+
+def saved_config(directory: str) -> ml_collections.ConfigDict:
+    """The config a size's job trained with (its config.json), with the default ablation section where the job's
+    config had none: what `collect` scores it by when no config is given."""
+    with open(os.path.join(directory, 'config.json')) as f:
+        values = json.load(f)
+    values.setdefault('ablation', ablation_section().to_dict())
+    return ml_collections.ConfigDict(values)
+
+
 def size_config(config: ml_collections.ConfigDict, size: str, total_steps: int) -> ml_collections.ConfigDict:
-    """The training config of one size: the ablation's config without its `ablation` section, `model` and
-    `total_steps` set."""
-    values = config.to_dict()
-    values.pop('ablation')
-    sized = ml_collections.ConfigDict(values)
+    """The training config of one size: the ablation's config with `model` and `total_steps` set. Its `ablation`
+    section, which the trainer ignores, is saved with the run, so `collect` can score it as the sweep would."""
+    sized = ml_collections.ConfigDict(config.to_dict())
     sized.model, sized.total_steps, sized.epochs = size, total_steps, 0.0
     return sized
 
@@ -208,7 +228,8 @@ def write_results(workdir: str, results: list[dict[str, Any]], logs: dict[str, l
             by_flops.plot(steps * flops, losses, label=size)
     for axes, label in ((by_step, 'step'), (by_flops, 'FLOPs (XLA count of the train step)')):
         axes.set(xlabel=label, ylabel='training loss', yscale='log')
-        axes.legend()
+        if axes.lines:
+            axes.legend()
     by_flops.set_xscale('log')
     figure.tight_layout()
     figure.savefig(os.path.join(workdir, 'curves.png'), dpi=100)
@@ -265,7 +286,7 @@ def sizes_of(config: ml_collections.ConfigDict, sizes: str) -> list[str]:
     return names
 
 
-def report(config: ml_collections.ConfigDict, workdir: str, results: list[dict[str, Any]]) -> None:
+def report(workdir: str, results: list[dict[str, Any]]) -> None:
     logs = {r['size']: train.read_metrics(os.path.join(workdir, r['size'])) for r in results}
     exponents = write_results(workdir, results, logs)
     with open(os.path.join(workdir, 'results.md')) as f:
@@ -279,27 +300,34 @@ def run(config: ml_collections.ConfigDict, workdir: str, sizes: str = '') -> lis
     """Trains and scores every size in turn, then writes the results."""
     os.makedirs(workdir, exist_ok=True)
     results = [run_size(config, size, os.path.join(workdir, size)) for size in sizes_of(config, sizes)]
-    report(config, workdir, results)
+    report(workdir, results)
     return results
 
 
-def collect(config: ml_collections.ConfigDict, workdir: str, sizes: str = '') -> list[dict[str, Any]]:
-    """Scores the sizes that jobs trained in workdir (those with checkpoints) and writes the results."""
+def collect(workdir: str, config: ml_collections.ConfigDict | None = None, sizes: str = '') -> list[dict[str, Any]]:
+    """Scores the sizes that jobs trained in workdir (by `config`, else by the config each job saved) and writes the
+    results. sizes: comma-separated, else every size directory there."""
+    if sizes:
+        names = sizes.split(',')
+    else:
+        names = sorted(d for d in os.listdir(workdir) if os.path.isdir(os.path.join(workdir, d)))
     results = []
-    for size in sizes_of(config, sizes):
+    for size in names:
         directory = os.path.join(workdir, size)
         path = os.path.join(directory, RESULT_FILE)
         if not os.path.exists(path) and not is_training_workdir(directory):
             print(f'ablation: {size} has no {TRAINING_CHECKPOINTS}/ in {directory}; left out')
             continue
         if not os.path.exists(path):
+            result = result_of(config or saved_config(directory), size, directory)
             with open(path, 'w') as f:
-                json.dump(result_of(config, size, directory), f, indent=2)
+                json.dump(result, f, indent=2)
         with open(path) as f:
             results.append(json.load(f))
     if not results:
-        raise ValueError(f'nothing to collect in {workdir}')
-    report(config, workdir, results)
+        raise ValueError(f'nothing to collect in {workdir}: no size directory holds a training run')
+    results.sort(key=lambda r: r['parameters'])
+    report(workdir, results)
     return results
 
 
@@ -325,15 +353,20 @@ def emit(
 
 
 def main(argv: Sequence[str]) -> None:
-    if len(argv) > 2 or (len(argv) == 2 and argv[1] != 'collect'):
+    if len(argv) > 1 and argv[1] == 'collect':
+        if len(argv) > 3 or (len(argv) == 2 and not flags.FLAGS.workdir):
+            raise ValueError('usage: python -m ofa_jax.ablate collect DIR (or collect --workdir DIR)')
+        collect(argv[2] if len(argv) == 3 else flags.FLAGS.workdir, flags.FLAGS.config, flags.FLAGS.sizes)
+        return
+    if len(argv) > 1:
         raise ValueError(f'unexpected arguments {list(argv[1:])}; the one command word is collect')
     config, workdir, sizes = flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.sizes
+    if config is None or not workdir:
+        raise ValueError('--config and --workdir are required (or: python -m ofa_jax.ablate collect DIR)')
     config.unlock()
     if flags.FLAGS.budget:
         config.ablation.budget = flags.FLAGS.budget
-    if len(argv) == 2:
-        collect(config, workdir, sizes)
-    elif flags.FLAGS.emit:
+    if flags.FLAGS.emit:
         given = flags.FLAGS['config'].override_values  # the command line's --config.KEY=VALUE, passed on
         overrides = [
             f'--config.{k}={v}'
@@ -353,5 +386,4 @@ if __name__ == '__main__':
     flags.DEFINE_string('sizes', '', 'Comma-separated model sizes (default: ablation.sizes of the config).')
     flags.DEFINE_enum('budget', None, BUDGETS, 'What every size spends (default: ablation.budget of the config).')
     flags.DEFINE_enum('emit', None, tuple(LAUNCHERS), 'Print one training job per size for this launcher instead.')
-    flags.mark_flags_as_required(['config', 'workdir'])
     console.run(main)

@@ -40,7 +40,7 @@ def small_ablation():
 def test_sizes_differ_in_the_model_alone():
     config = small_ablation()
     nano, micro = ablate.size_config(config, 'nano', 7), ablate.size_config(config, 'micro', 7)
-    assert 'ablation' not in nano and nano.total_steps == 7 and nano.model == 'nano' and micro.model == 'micro'
+    assert nano.total_steps == 7 and nano.model == 'nano' and micro.model == 'micro'
     micro.model = 'nano'
     assert micro.to_dict() == nano.to_dict()
 
@@ -97,6 +97,19 @@ def test_results_table_and_plots(tmp_path):
         assert (tmp_path / plot).read_bytes()[:4] == b'\x89PNG' and (tmp_path / plot).stat().st_size > 10_000
 
 
+def test_collect_gathers_every_size_directory(tmp_path):
+    for size, params in (('mini', 4_500_000), ('nano', 1_500_000)):
+        (tmp_path / size).mkdir()
+        row = {'size': size, 'parameters': params, 'steps': 3, 'train_loss': 2.0, 'vqa_accuracy': 0.5}
+        (tmp_path / size / ablate.RESULT_FILE).write_text(json.dumps(row))
+        (tmp_path / size / 'metrics.jsonl').write_text(json.dumps({'step': 3, 'loss': 2.0}) + '\n')
+    (tmp_path / 'unrelated').mkdir()
+    assert [r['size'] for r in ablate.collect(str(tmp_path))] == ['nano', 'mini']  # by parameters
+    assert [r['size'] for r in json.loads((tmp_path / 'results.json').read_text())['results']] == ['nano', 'mini']
+    with pytest.raises(ValueError, match='nothing to collect'):
+        ablate.collect(str(tmp_path / 'unrelated'))
+
+
 def test_emit_prints_one_job_per_size():
     config = small_ablation()
     commands = ablate.emit(config, 'configs/ablate.py', ['--config.batch_size=8'], 'gs://bucket/ablate', 'slurm')
@@ -141,3 +154,9 @@ def test_a_killed_sweep_resumes_without_retraining_finished_sizes(tmp_path):
     assert all(r['steps'] == 4 and r['validation_loss'] > 0 and 'vqa_accuracy' in r for r in results)
     for plot in ('curves.png', 'scaling.png'):
         assert (tmp_path / plot).stat().st_size > 10_000
+
+    # collect DIR scores a size from what its run saved, as the sweep scored it.
+    (tmp_path / 'micro' / ablate.RESULT_FILE).unlink()
+    (tmp_path / 'results.json').unlink()
+    assert ablate.collect(str(tmp_path)) == results
+    assert json.loads((tmp_path / 'results.json').read_text())['results'] == results

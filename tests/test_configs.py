@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from conftest import load_config
@@ -68,7 +69,9 @@ def test_each_size_of_a_shipped_ablation_is_a_training_config(variant):
     sizes = ablate.sizes_of(config, '')
     assert len(sizes) >= 3
     for size in sizes:
-        assert_trainer_keys(ablate.size_config(config, size, 100))
+        sized = ablate.size_config(config, size, 100).to_dict()
+        assert sized.pop('ablation') == config.ablation.to_dict()  # saved with the run, ignored by the trainer
+        assert_trainer_keys(ml_collections.ConfigDict(sized))
 
 
 @pytest.mark.parametrize(
