@@ -5,7 +5,7 @@ image folder.
     python -m ofa_jax.convert ofa_tiny.pt converted/        (modelscope's OFA-Tiny, random weights)
     python -m ofa_jax.train --config configs/finetune.py:TASK,tiny --config.init_from=converted ...
     python -m ofa_jax.evaluate --config configs/finetune.py:TASK,tiny --checkpoint WORKDIR ...
-    python -m ofa_jax.predict --checkpoint WORKDIR --task TASK ...
+    python -m ofa_jax.predict --checkpoint WORKDIR --task TASK ...      (once per task: it reads no data file)
 
 The records come from the synthetic world, so every answer is a real one. Every process shares one persistent
 compilation cache: the second file format of a task compiles nothing new.
@@ -225,6 +225,9 @@ def test_convert_train_evaluate_predict(environment, task, fmt):
         assert 0.0 <= scores[METRIC[task]] <= 10.0
         assert (scores[f'{task}_examples'], scores[f'{task}_dropped']) == (ROWS, CORRUPT)
         assert len(predictions) == ROWS and {p['task'] for p in predictions} == {task}
+
+    if fmt == 'jsonl' and task in IMAGE_TASKS:
+        return  # predict reads no data file: the task's TSV case runs it
 
     image = folder / f'{task}_{fmt}' / 'scene.png'
     image.write_bytes(png_bytes(WORLD[0]['image']))
