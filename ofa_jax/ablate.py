@@ -37,7 +37,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from ofa_jax import console, demo, evaluate, train
-from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, is_training_workdir, load_checkpoint
+from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, is_training_workdir, load_checkpoint, model_from_config
 from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
 from ofa_jax.model import OFA, count_params
@@ -164,7 +164,7 @@ def result_of(config: ml_collections.ConfigDict, size: str, workdir: str) -> dic
     sized = size_config(config, size, last['step'])
     return {
         'size': size,
-        'parameters': count_params(train.model_from_config(sized).config),
+        'parameters': count_params(model_from_config(sized).config),
         'flops_per_step': last.get('flops_per_step', 0.0),
         'steps': last['step'],
         'tokens_seen': round(tokens * last['step']),
@@ -282,7 +282,7 @@ def sizes_of(config: ml_collections.ConfigDict, sizes: str) -> list[str]:
     if not names:
         raise ValueError('no sizes to ablate: set --sizes or ablation.sizes')
     for name in names:
-        train.model_from_config(size_config(config, name, 1))  # an unknown size fails here, before any training
+        model_from_config(size_config(config, name, 1))  # an unknown size fails here, before any training
     return names
 
 
