@@ -412,6 +412,21 @@ def steps_for_epochs(config: ml_collections.ConfigDict, tasks: list) -> int:
     return max(1, math.ceil(config.epochs * len(tasks[0].source) / config.batch_size))
 
 
+def check_writable(workdir: str, probe_bytes: int = 1 << 20) -> None:
+    """Creates the workdir and writes (then removes) a probe file of probe_bytes in it, so that an unwritable or full
+    workdir fails before training, with one line, rather than at the first checkpoint."""
+    probe = os.path.join(workdir, f'.write_probe_{jax.process_index()}')
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, 'wb') as f:
+            f.write(bytes(probe_bytes))
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f'workdir {workdir} cannot be written: {error.strerror or error}') from error
+
+
 def flops_of(stage: Any) -> float:
     """The FLOPs XLA counts in a lowered or compiled step (0 where the backend gives no cost analysis)."""
     cost = stage.cost_analysis()
@@ -440,7 +455,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains until config.total_steps (or a preemption); returns the final state."""
     if config.nonfinite not in ('skip', 'stop'):
         raise ValueError(f"nonfinite is {config.nonfinite!r}; it must be 'skip' or 'stop'")
-    os.makedirs(workdir, exist_ok=True)
+    check_writable(workdir)
     tasks, rates = mixtures.register_from_config(config.data)
     if config.epochs:
         config.total_steps = steps_for_epochs(config, tasks)

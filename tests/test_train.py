@@ -307,3 +307,23 @@ def test_non_finite_steps_are_counted_or_stop_the_run(tmp_path):
         train.train(small_config(learning_rate=float('nan'), nonfinite='stop'), str(tmp_path / 'stop'))
     with pytest.raises(ValueError, match="nonfinite is 'ignore'"):
         train.train(small_config(nonfinite='ignore'), str(tmp_path / 'bad'))
+
+
+def test_an_unwritable_workdir_fails_before_training(tmp_path):
+    (tmp_path / 'file').write_text('not a directory')
+    with pytest.raises(ValueError, match=r'workdir .*file/run cannot be written: Not a directory'):
+        train.train(small_config(), str(tmp_path / 'file' / 'run'))
+    train.check_writable(str(tmp_path / 'run'))
+    assert os.listdir(tmp_path / 'run') == []  # the probe is gone
+
+
+def test_a_full_workdir_fails_before_training(tmp_path):
+    small = tmp_path / 'small'
+    small.mkdir()
+    if os.getuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', str(small)]).returncode:
+        pytest.skip('a small file system to fill needs root and mount')
+    try:
+        with pytest.raises(ValueError, match='cannot be written: No space left on device'):
+            train.check_writable(str(small / 'run'))
+    finally:
+        subprocess.run(['umount', str(small)], check=True)
