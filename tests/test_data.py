@@ -3,6 +3,8 @@
 import base64
 import collections
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -281,6 +283,28 @@ def test_bad_records_are_counted_by_reason_or_fail_strictly(vocab):
     assert batch['example_mask'].sum() == 16
     with pytest.raises(ValueError, match=r'bad_grounding.*BadRecords\(\).*record 0.*undecodable_image'):
         next(iter(pipeline.batches([task], [1.0], spec, seed=0, repeat=False, strict=True)))
+
+
+def declared_png(width: int, height: int, rows: int = 1) -> bytes:
+    """A PNG whose header declares width x height black RGB pixels and whose data holds `rows` rows of them."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+    header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress((b'\0' + bytes(3 * width)) * rows)
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', pixels) + chunk(b'IEND', b'')
+
+
+@pytest.mark.parametrize('width, height', [(8000, 5001), (20_000, 20_000)])  # past the limit; past PIL's own check
+def test_an_image_bomb_is_dropped_unread(width, height):
+    bomb = declared_png(width, height)
+    assert len(bomb) < 100_000
+    with pytest.raises(DropExample) as dropped:
+        tasks.decode_image({'image': bomb}, np.random.default_rng(0))
+    assert dropped.value.reason == 'image_too_large'
+    small = tasks.decode_image({'image': declared_png(4, 3, rows=3)}, np.random.default_rng(0))['image']
+    assert small.shape == (3, 4, 3)
 
 
 def test_finite_pipeline_pads_its_last_batch(vocab):

@@ -500,6 +500,10 @@ def resize_transform(size: int) -> ImageTransform:
 
 # ---- generic preprocessors -------------------------------------------------------------------------------------
 
+# An encoded image declaring more pixels is dropped unread: a small file can declare a huge image (a decompression
+# bomb), and each worker decodes one image at a time, so this bounds its memory (3 bytes a pixel, 120 MB).
+MAX_IMAGE_PIXELS = 40_000_000
+
 
 def decode_image(example: dict, rng: np.random.Generator) -> dict:
     """'image' as stored (encoded bytes or an array) -> uint8 [H, W, 3]."""
@@ -507,9 +511,18 @@ def decode_image(example: dict, rng: np.random.Generator) -> dict:
     if image is None:
         raise DropExample('missing_image')
     if isinstance(image, (bytes, bytearray)):
-        try:
-            image = np.asarray(Image.open(io.BytesIO(image)).convert('RGB'))
+        try:  # the header alone: a declared size is checked before any pixel is decoded
+            opened = Image.open(io.BytesIO(image))
+            width, height = opened.size
+        except Image.DecompressionBombError as error:
+            raise DropExample('image_too_large', str(error)) from None
         except Exception as error:  # noqa: BLE001 - PIL raises many kinds for corrupt files
+            raise DropExample('undecodable_image', str(error)) from None
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DropExample('image_too_large', f'{width}x{height} pixels declared')
+        try:
+            image = np.asarray(opened.convert('RGB'))
+        except Exception as error:  # noqa: BLE001
             raise DropExample('undecodable_image', str(error)) from None
     image = np.asarray(image)
     if image.ndim == 2:
