@@ -48,6 +48,7 @@ import matplotlib.ticker  # noqa: E402
 
 BUDGETS = ('steps', 'tokens', 'flops')
 RESULT_FILE = 'result.json'
+VALIDATION_ROWS = 32  # examples per model call of the validation loss
 LAUNCHERS = {
     'local': 'python -m ofa_jax.train --config {config} --workdir {workdir}',
     'slurm': 'sbatch --nodes=1 launch/slurm.sh {config} {workdir}',
@@ -114,12 +115,15 @@ def steps_of_budget(config: ml_collections.ConfigDict, size: str) -> int:
 
 def validation_loss(config: ml_collections.ConfigDict, workdir: str, batches: int) -> float:
     """The training loss of the workdir's latest model (evaluation mode: no dropout, running BatchNorm statistics)
-    over `batches` batches of unseen data: the world of another seed, else the config's own data."""
+    over `batches` global batches of unseen data: the world of another seed; for other sources, the config's own
+    data in another order (point its data at a held-out split to make it unseen)."""
     world = demo.unseen_world(config, config.batch_size * batches) if config.data.source == 'world' else None
     tasks, rates = mixtures.register_from_config(config.data, world)
+    rows = min(config.batch_size, VALIDATION_ROWS)  # one device scores it: a pod's global batch would not fit
     spec = pipeline.BatchSpec(
-        config.batch_size, config.data.image_size, config.data.max_source_length, config.data.max_target_length
+        rows, config.data.image_size, config.data.max_source_length, config.data.max_target_length
     )
+    batches = batches * config.batch_size // rows
     checkpoint = load_checkpoint(workdir)
     model = OFA(checkpoint.config)
 
@@ -175,19 +179,26 @@ def result_of(config: ml_collections.ConfigDict, size: str, workdir: str) -> dic
     }
 
 
-def run_size(config: ml_collections.ConfigDict, size: str, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) one size to its budget, then scores it; result.json marks it finished."""
+def write_result(path: str, result: dict[str, Any]) -> None:
+    """result.json whole or absent: a size is finished only once its row is complete."""
+    with open(path + '.tmp', 'w') as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + '.tmp', path)
+
+
+def run_size(config: ml_collections.ConfigDict, size: str, workdir: str) -> dict[str, Any] | None:
+    """Trains (or resumes) one size to its budget, then scores it; result.json marks it finished. None when the
+    training stopped early (SIGTERM: it saved, and a re-run resumes it)."""
     path = os.path.join(workdir, RESULT_FILE)
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
     steps = steps_of_budget(config, size)
     print(f'ablation: {size}, {steps} steps, in {workdir}')
-    train.train(size_config(config, size, steps), workdir)
+    if int(train.train(size_config(config, size, steps), workdir).step) < steps:
+        return None
     result = result_of(config, size, workdir)
-    with open(path + '.tmp', 'w') as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + '.tmp', path)  # whole or absent: a size is finished only once its row is complete
+    write_result(path, result)
     return result
 
 
@@ -299,7 +310,13 @@ def report(workdir: str, results: list[dict[str, Any]]) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str, sizes: str = '') -> list[dict[str, Any]]:
     """Trains and scores every size in turn, then writes the results."""
     os.makedirs(workdir, exist_ok=True)
-    results = [run_size(config, size, os.path.join(workdir, size)) for size in sizes_of(config, sizes)]
+    results = []
+    for size in sizes_of(config, sizes):
+        result = run_size(config, size, os.path.join(workdir, size))
+        if result is None:
+            print(f'ablation: {size} stopped before its budget; run the same command again to resume')
+            return results
+        results.append(result)
     report(workdir, results)
     return results
 
@@ -319,9 +336,13 @@ def collect(workdir: str, config: ml_collections.ConfigDict | None = None, sizes
             print(f'ablation: {size} has no {TRAINING_CHECKPOINTS}/ in {directory}; left out')
             continue
         if not os.path.exists(path):
-            result = result_of(config or saved_config(directory), size, directory)
-            with open(path, 'w') as f:
-                json.dump(result, f, indent=2)
+            sized = config or saved_config(directory)
+            logged = [r['step'] for r in train.read_metrics(directory)]
+            planned = saved_config(directory).total_steps
+            if not logged or logged[-1] < planned:
+                print(f'ablation: {size} is at step {logged[-1] if logged else 0} of {planned}; left out')
+                continue
+            write_result(path, result_of(sized, size, directory))
         with open(path) as f:
             results.append(json.load(f))
     if not results:
@@ -347,7 +368,8 @@ def emit(
         command = LAUNCHERS[launcher].format(
             config=shlex.quote(config_arg), workdir=shlex.quote(os.path.join(workdir, size))
         )
-        extra = [f'--config.model={size}', f'--config.total_steps={steps_of_budget(config, size)}', *overrides]
+        steps = steps_of_budget(config, size)
+        extra = [f'--config.model={size}', f'--config.total_steps={steps}', '--config.epochs=0', *overrides]
         commands.append(command + ''.join(f' {shlex.quote(a)}' for a in extra))
     return commands
 
@@ -368,11 +390,7 @@ def main(argv: Sequence[str]) -> None:
         config.ablation.budget = flags.FLAGS.budget
     if flags.FLAGS.emit:
         given = flags.FLAGS['config'].override_values  # the command line's --config.KEY=VALUE, passed on
-        overrides = [
-            f'--config.{k}={v}'
-            for k, v in given.items()
-            if k not in ('model', 'total_steps') and not k.startswith('ablation.')
-        ]
+        overrides = [f'--config.{k}={v}' for k, v in given.items() if k not in ('model', 'total_steps', 'epochs')]
         config_arg = flags.FLAGS['config'].config_filename
         for command in emit(config, config_arg, overrides, workdir, flags.FLAGS.emit, sizes):
             print(command)

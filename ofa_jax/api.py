@@ -62,11 +62,10 @@ def read_image(image: ImageInput) -> np.ndarray:
     try:
         return task_declarations.decode_image({'image': image}, np.random.default_rng(0))['image']
     except DropExample as error:
-        what = (
-            'is not a readable image file'
-            if error.reason == 'undecodable_image'
-            else 'must be uint8 [H, W, 3] or [H, W]'
-        )
+        what = {
+            'undecodable_image': 'is not a readable image file',
+            'image_too_large': f'is too large: at most {task_declarations.MAX_IMAGE_PIXELS:,} pixels',
+        }.get(error.reason, 'must be uint8 [H, W, 3] or [H, W]')
         raise ValueError(f'image {what} ({error.detail})') from None
 
 

@@ -422,9 +422,11 @@ def check_writable(workdir: str, probe_bytes: int = 1 << 20) -> None:
             f.write(bytes(probe_bytes))
             f.flush()
             os.fsync(f.fileno())
-        os.remove(probe)
     except OSError as error:
         raise ValueError(f'workdir {workdir} cannot be written: {error.strerror or error}') from error
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
 
 
 def flops_of(stage: Any) -> float:
@@ -435,8 +437,8 @@ def flops_of(stage: Any) -> float:
 
 
 def train_step_flops(config: ml_collections.ConfigDict) -> float:
-    """The FLOPs of one train step of `config` on one process, read off the step lowered for its first batch
-    (nothing is compiled or allocated): what a FLOPs budget divides by."""
+    """The FLOPs of one train step of `config` (the model's, over the global batch), read off the step lowered for
+    its first batch, as the trainer logs them (nothing is compiled or allocated): what a FLOPs budget divides by."""
     tasks, rates = mixtures.register_from_config(config.data)
     mesh = sharding.make_mesh(**config.mesh)
     model, optimizer = model_from_config(config), make_optimizer(config)
@@ -568,9 +570,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         for step in range(start_step, config.total_steps):
             host_batch = next(data_iter)
             batch, dropped = device_batch(host_batch)
-            if flops_per_step is None:  # compile once, ahead of time, and read the step's FLOPs off the program
-                step_fn = step_fn.lower(state, batch).compile()
-                flops_per_step = flops_of(step_fn)
+            if flops_per_step is None:  # compile once, ahead of time
+                lowered = step_fn.lower(state, batch)
+                # The model's FLOPs, as written, over the whole batch: not what XLA's optimized, partitioned program
+                # executes (per device, rematerialized layers counted twice).
+                flops_per_step = flops_of(lowered)
+                step_fn = lowered.compile()
                 window_start = time.perf_counter()  # compilation is not throughput
             state, metrics = step_fn(state, batch)
             failed = settle()
@@ -598,7 +603,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     'step_seconds': seconds,
                     'examples_per_second': window_examples / (seconds * window_steps),
                     'tokens_per_second': window_tokens / (seconds * window_steps),
-                    'mfu': flops_per_step / seconds / peak if flops_per_step else 0.0,
+                    'mfu': flops_per_step / jax.device_count() / seconds / peak if flops_per_step else 0.0,
                     'flops_per_step': flops_per_step,
                     'skipped_steps': skipped_steps,
                     'dropped': dict(dropped_total),

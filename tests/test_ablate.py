@@ -116,7 +116,7 @@ def test_emit_prints_one_job_per_size():
     assert len(commands) == 3
     assert commands[1] == (
         'sbatch --nodes=1 launch/slurm.sh configs/ablate.py gs://bucket/ablate/micro --config.model=micro '
-        '--config.total_steps=4 --config.batch_size=8'
+        '--config.total_steps=4 --config.epochs=0 --config.batch_size=8'
     )
     with pytest.raises(ValueError, match='--emit'):
         ablate.emit(config, 'configs/ablate.py', [], 'dir', 'kubernetes')
