@@ -89,9 +89,7 @@ def tokens_per_step(config: ml_collections.ConfigDict, batches: int = 8) -> floa
     """Mean non-padding source and target tokens of a global batch, over the config's first `batches` batches (the
     same for every size: the data order does not depend on the model)."""
     tasks, rates = mixtures.register_from_config(config.data)
-    spec = pipeline.BatchSpec(
-        config.batch_size, config.data.image_size, config.data.max_source_length, config.data.max_target_length
-    )
+    spec = train.batch_spec(config, config.batch_size)
     counts = []
     for _, batch in zip(range(batches), pipeline.batches(tasks, rates, spec, seed=config.seed)):
         counts.append(int(np.sum(batch['src_tokens'] != V.PAD) + np.sum(batch['target_tokens'] != V.PAD)))
@@ -120,9 +118,7 @@ def validation_loss(config: ml_collections.ConfigDict, workdir: str, batches: in
     world = demo.unseen_world(config, config.batch_size * batches) if config.data.source == 'world' else None
     tasks, rates = mixtures.register_from_config(config.data, world)
     rows = min(config.batch_size, VALIDATION_ROWS)  # one device scores it: a pod's global batch would not fit
-    spec = pipeline.BatchSpec(
-        rows, config.data.image_size, config.data.max_source_length, config.data.max_target_length
-    )
+    spec = train.batch_spec(config, rows)
     batches = batches * config.batch_size // rows
     checkpoint = load_checkpoint(workdir)
     model = OFA(checkpoint.config)

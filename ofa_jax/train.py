@@ -412,6 +412,13 @@ def steps_for_epochs(config: ml_collections.ConfigDict, tasks: list) -> int:
     return max(1, math.ceil(config.epochs * len(tasks[0].source) / config.batch_size))
 
 
+def batch_spec(config: ml_collections.ConfigDict, rows: int) -> pipeline.BatchSpec:
+    """The shapes of a batch of `rows` examples under the config's data section."""
+    return pipeline.BatchSpec(
+        rows, config.data.image_size, config.data.max_source_length, config.data.max_target_length
+    )
+
+
 def check_writable(workdir: str, probe_bytes: int = 1 << 20) -> None:
     """Creates the workdir and writes (then removes) a probe file of probe_bytes in it, so that an unwritable or full
     workdir fails before training, with one line, rather than at the first checkpoint."""
@@ -442,10 +449,7 @@ def train_step_flops(config: ml_collections.ConfigDict) -> float:
     tasks, rates = mixtures.register_from_config(config.data)
     mesh = sharding.make_mesh(**config.mesh)
     model, optimizer = model_from_config(config), make_optimizer(config)
-    spec = pipeline.BatchSpec(
-        config.batch_size, config.data.image_size, config.data.max_source_length, config.data.max_target_length
-    )
-    batch = next(iter(pipeline.batches(tasks, rates, spec, seed=config.seed, workers=0)))
+    batch = next(iter(pipeline.batches(tasks, rates, batch_spec(config, config.batch_size), seed=config.seed)))
     batch = {k: v for k, v in batch.items() if k != 'dropped'}
     state = jax.eval_shape(functools.partial(initial_state, model, optimizer, config, config.data.image_size))
     step = functools.partial(train_step, model, optimizer, config, len(tasks))
@@ -473,9 +477,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
     # Data: this process's shard of the mixture, in batches of batch_size / processes.
     task_names = [t.name for t in tasks]
-    spec = pipeline.BatchSpec(
-        per_process_batch, config.data.image_size, config.data.max_source_length, config.data.max_target_length
-    )
+    spec = batch_spec(config, per_process_batch)
     dataset = pipeline.batches(
         tasks,
         rates,
