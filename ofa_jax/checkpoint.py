@@ -61,6 +61,21 @@ def model_from_config(config: ml_collections.ConfigDict) -> OFA:
     return OFA(model_config(config.model, **overrides))
 
 
+def restore_fitting(manager: ocp.CheckpointManager, step: int, args: Any, config: ml_collections.ConfigDict) -> Any:
+    """manager.restore(step, args=args), with one clear error when the saved arrays do not fit the model `config`
+    describes: a workdir written when its vocabulary (data.vocab) had another size, or by another preset."""
+    try:
+        return manager.restore(step, args=args)
+    except ValueError as error:
+        if 'not compatible with the stored shape' not in str(error):
+            raise
+        raise ValueError(
+            f'{manager.directory} step {step} does not fit the model its config describes ({config.model}, '
+            f'vocabulary {config.data.vocab!r} of {vocabulary_from_spec(config.data.vocab).size} ids): '
+            f'{str(error).split(". ")[0]}'
+        ) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
     """What a checkpoint holds for inference. `train_config` (with `step`) only when it came from a training workdir:
@@ -109,13 +124,15 @@ def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
         wanted['ema_params'] = abstract['params']
     # Only the model's leaves of the saved TrainState are read; their placement comes from the target, so restoring
     # needs no knowledge of the training mesh.
-    restored = manager.restore(
+    restored = restore_fitting(
+        manager,
         step,
-        args=ocp.args.Composite(
+        ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
                 item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True
             )
         ),
+        train_config,
     ).state
     manager.close()
     params = restored.get('ema_params', restored['params'])

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
 from ofa_jax import console, sharding
-from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, load_model, model_from_config
+from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, load_model, model_from_config, restore_fitting
 from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
 from ofa_jax.model import OFA, abstract_variables, init_variables
@@ -507,11 +507,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         target = jax.tree_util.tree_map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
         )
-        restored = manager.restore(
+        restored = restore_fitting(
+            manager,
             manager.latest_step(),
-            args=ocp.args.Composite(
+            ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iter)
             ),
+            config,
         )
         state = restored.state
         if jax.process_index() == 0:

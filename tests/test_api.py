@@ -132,6 +132,21 @@ def test_loads_the_step_asked_for(workdir, tmp_path):
         load_checkpoint(tmp_path, step=3)
 
 
+def test_a_checkpoint_that_does_not_fit_its_config_says_so(workdir, tmp_path):
+    _, state = workdir  # trained with the world's vocabulary
+    config = small_config()
+    config.data.vocab = 'ofa'  # as a workdir of a vocabulary that has since changed size reads
+    manager = ocp.CheckpointManager(str(tmp_path / 'checkpoints'), item_names=('state', 'config'))
+    manager.save(
+        2, args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
+    )
+    manager.wait_until_finished()
+    with pytest.raises(
+        ValueError, match=r"step 2 does not fit the model its config describes \(nano, vocabulary 'ofa' of 59457 ids\)"
+    ):
+        load_checkpoint(tmp_path)
+
+
 def test_grounding_maps_boxes_back_through_the_resize(predictor):
     images = [rgb(48, 80), rgb(32, 32, 1)]  # the first is resized to 32 x 32: x shrinks by 2.5, y by 1.5
     results = predictor.grounding(images, ['the red circle', 'the blue square'])
