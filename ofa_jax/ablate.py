@@ -125,14 +125,7 @@ def validation_loss(config: ml_collections.ConfigDict, workdir: str, batches: in
 
     @jax.jit
     def loss_sums(batch):
-        logits = model.apply(
-            checkpoint.variables,
-            batch['src_tokens'],
-            batch['patch_images'],
-            batch['patch_masks'],
-            batch['prev_output_tokens'],
-            batch['code_masks'],
-        )
+        logits = train.batch_logits(model, checkpoint.variables, batch)
         loss, _ = train.token_losses(logits, batch['target_tokens'], batch['constraint_ranges'], config.label_smoothing)
         tokens = (batch['target_tokens'] != V.PAD) & batch['example_mask'][:, None]
         return jnp.where(tokens, loss * batch['loss_weights'][:, None], 0.0).sum(), tokens.sum()

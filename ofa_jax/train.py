@@ -163,6 +163,20 @@ def token_losses(
     return loss, jnp.argmax(lprobs, axis=-1) == targets
 
 
+def batch_logits(model: OFA, variables: dict[str, Any], batch: dict[str, Any], **apply_kwargs: Any) -> Any:
+    """The model's teacher-forced float32 logits [B, T, vocab] on a pipeline batch (`apply_kwargs` go to
+    `model.apply`: train, rngs, mutable, ...)."""
+    return model.apply(
+        variables,
+        batch['src_tokens'],
+        batch['patch_images'],
+        batch['patch_masks'],
+        batch['prev_output_tokens'],
+        batch['code_masks'],
+        **apply_kwargs,
+    )
+
+
 def train_step(
     model: OFA,
     optimizer: optax.GradientTransformation,
@@ -183,13 +197,10 @@ def train_step(
         index, mb = inputs
 
         def loss_fn(params):
-            logits, updates = model.apply(
+            logits, updates = batch_logits(
+                model,
                 {'params': params, 'batch_stats': batch_stats},
-                mb['src_tokens'],
-                mb['patch_images'],
-                mb['patch_masks'],
-                mb['prev_output_tokens'],
-                mb['code_masks'],
+                mb,
                 train=True,
                 sample_patch_num=config.sample_patch_num or None,
                 rngs={'dropout': jax.random.fold_in(rng, index)},
