@@ -86,7 +86,7 @@ def test_configs_reject_unknown_arguments_naming_every_choice(name, choices):
 
 def test_the_vocabulary_sets_the_model_width():
     config = load_config('demo')
-    assert config.data.vocab == 'world' and model_from_config(config).config.vocab_size == 9676
+    assert config.data.vocab == 'world' and model_from_config(config).config.vocab_size == 1740
     config.data.vocab = 'ofa'
     assert model_from_config(config).config.vocab_size == 59457
     config.model_overrides.vocab_size = 9676

@@ -305,7 +305,12 @@ def world_texts() -> list[str]:
 
 def test_world_vocabulary_reads_the_world_word_by_word(world_texts):
     v = V.vocabulary_from_spec('world')
-    assert v.size == 9676
+    assert v.size == 4 + 479 + 1 + V.WORLD_NUM_CODES + V.NUM_BINS == 1740
+    # Its codes are the 256 of the world's patch codebook; the bins follow them.
+    assert v.num_codes == 256 and v.code_range() == v.constraint_range('codes') == (484, 740)
+    assert v.bin_id(0) == 740 and v.is_code(739) and not v.is_code(740)
+    with pytest.raises(ValueError, match=r'code index 256 is outside \[0, 256\)'):
+        v.code_id(256)
     for text in set(world_texts):
         assert v.decode(v.encode(text)) == text
     words = {w.strip(',.?":') for text in world_texts for w in text.split()} - {''}

@@ -40,7 +40,7 @@ from ofa_jax.data.tasks import (
     transform_image,
     vqa,
 )
-from ofa_jax.data.vocab import Vocabulary, default_vocabulary, vocabulary_from_spec
+from ofa_jax.data.vocab import WORLD_NUM_CODES, Vocabulary, default_vocabulary, vocabulary_from_spec
 from ofa_jax.data.world import COLORS, SHAPES, World, WorldText
 
 WORLD_PREFIX = 'world'
@@ -262,7 +262,7 @@ def finetune_task(
 CODEBOOK_SCENES = 64
 
 
-def world_codebook(world: Any, num_codes: int = 256, num_images: int = CODEBOOK_SCENES) -> PatchCodebook:
+def world_codebook(world: Any, num_codes: int = WORLD_NUM_CODES, num_images: int = CODEBOOK_SCENES) -> PatchCodebook:
     """The world's image tokenizer, fitted on its first scenes (deterministic)."""
     return PatchCodebook.fit(
         np.stack([world[i]['image'] for i in range(min(num_images, len(world)))]), num_codes=num_codes

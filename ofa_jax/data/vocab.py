@@ -1,4 +1,5 @@
-"""Text vocabularies in OFA's id layout: four specials, the text pieces, `<mask>`, 8192 image codes, 1000 box bins.
+"""Text vocabularies in OFA's id layout: four specials, the text pieces, `<mask>`, 8192 image codes, 1000 box bins
+(a vocabulary of a smaller image tokenizer, as the synthetic world's, may hold fewer codes).
 
 | ids | tokens |
 |---|---|
@@ -44,10 +45,13 @@ class Vocabulary(abc.ABC):
     and decodes each run of text ids between them the way the text of one `encode` call decodes.
     """
 
-    def __init__(self, num_text_pieces: int):
+    def __init__(self, num_text_pieces: int, num_codes: int = NUM_CODES):
+        if not 0 < num_codes <= NUM_CODES:
+            raise ValueError(f'num_codes {num_codes} is outside [1, {NUM_CODES}]')
+        self._num_codes = num_codes
         self._mask_id = NUM_SPECIALS + num_text_pieces
         self._code_offset = self._mask_id + 1
-        self._bin_offset = self._code_offset + NUM_CODES
+        self._bin_offset = self._code_offset + num_codes
         self._size = self._bin_offset + NUM_BINS
 
     @abc.abstractmethod
@@ -93,22 +97,23 @@ class Vocabulary(abc.ABC):
 
     @property
     def num_codes(self) -> int:
-        return NUM_CODES
+        return self._num_codes
 
     @property
     def num_bins(self) -> int:
         return NUM_BINS
 
     def code_id(self, i: int) -> int:
-        """Token id of image code `i` (0 <= i < 8192)."""
-        if not 0 <= i < NUM_CODES:
-            raise ValueError(f'code index {i} is outside [0, {NUM_CODES})')
+        """Token id of image code `i` (0 <= i < num_codes)."""
+        if not 0 <= i < self._num_codes:
+            raise ValueError(f'code index {i} is outside [0, {self._num_codes})')
         return self._code_offset + int(i)
 
-    def code_range(self, num_codes: int = NUM_CODES) -> tuple[int, int]:
-        """Token ids [lo, hi) of image codes 0 .. num_codes - 1 (a tokenizer may use fewer than 8192 codes)."""
-        if not 0 < num_codes <= NUM_CODES:
-            raise ValueError(f'num_codes {num_codes} is outside [1, {NUM_CODES}]')
+    def code_range(self, num_codes: int | None = None) -> tuple[int, int]:
+        """Token ids [lo, hi) of image codes 0 .. num_codes - 1 (default all; a tokenizer may use fewer)."""
+        num_codes = self._num_codes if num_codes is None else num_codes
+        if not 0 < num_codes <= self._num_codes:
+            raise ValueError(f'num_codes {num_codes} is outside [1, {self._num_codes}]')
         return self._code_offset, self._code_offset + num_codes
 
     def bin_range(self) -> tuple[int, int]:
@@ -116,7 +121,7 @@ class Vocabulary(abc.ABC):
         return self._bin_offset, self._size
 
     def constraint_range(self, constraint: str) -> tuple[int, int]:
-        """Token ids [lo, hi) a target constrained to `constraint` ('bins' or 'codes', all 8192) may take besides
+        """Token ids [lo, hi) a target constrained to `constraint` ('bins' or 'codes', all of them) may take besides
         eos; an unconstrained target is `ofa_jax.data.pipeline.UNCONSTRAINED`."""
         ranges = {'bins': self.bin_range(), 'codes': self.code_range()}
         if constraint not in ranges:
@@ -289,9 +294,10 @@ class OFAVocabulary(Vocabulary):
 
 # OFA's BPE files ship with the package, so its exact vocabulary needs no download.
 OFA_BPE_DIR = os.path.join(os.path.dirname(__file__), 'assets', 'ofa_bpe')
-# The synthetic world's few hundred words: a SentencePiece model of its texts (see assets/README.md), so a model of the
-# world needs a 9,676-wide output layer, not OFA's 59,457 (which is 70% of the nano demo's step).
+# The synthetic world's few hundred words: a SentencePiece model of its texts (see assets/README.md), and the 256 codes
+# of its patch codebook, so a model of the world needs a 1,740-wide output layer, not OFA's 59,457.
 WORLD_SPM_MODEL = os.path.join(os.path.dirname(__file__), 'assets', 'world_spm.model')
+WORLD_NUM_CODES = 256
 
 
 def default_vocabulary() -> 'OFAVocabulary':
@@ -308,7 +314,7 @@ def vocabulary_from_spec(spec: str) -> Vocabulary:
     if spec == 'ofa':
         return default_vocabulary()
     if spec == 'world':
-        return SentencePieceVocabulary(WORLD_SPM_MODEL)
+        return SentencePieceVocabulary(WORLD_SPM_MODEL, WORLD_NUM_CODES)
     if kind == 'bpe' and path:
         return OFAVocabulary(path)
     if kind == 'spm' and path:
@@ -324,7 +330,7 @@ class SentencePieceVocabulary(Vocabulary):
     byte fallback). Every other piece (normal, byte, user-defined, unused), in the model's order, takes ids from 4.
     """
 
-    def __init__(self, model_file: str | os.PathLike):
+    def __init__(self, model_file: str | os.PathLike, num_codes: int = NUM_CODES):
         model_file = os.fspath(model_file)
         if not os.path.isfile(model_file):
             raise ValueError(f'{model_file}: file not found')
@@ -335,7 +341,7 @@ class SentencePieceVocabulary(Vocabulary):
             raise ValueError(f'{model_file}: not a SentencePiece model ({e})') from e
         n = self._sp.GetPieceSize()
         kept = [i for i in range(n) if not (self._sp.IsControl(i) or self._sp.IsUnknown(i))]
-        super().__init__(len(kept))
+        super().__init__(len(kept), num_codes)
         self._sp_to_ofa = np.full(n, UNK, np.int64)
         self._sp_to_ofa[kept] = np.arange(NUM_SPECIALS, NUM_SPECIALS + len(kept))
         self._ofa_to_sp = np.full(self.mask_id, -1, np.int64)
