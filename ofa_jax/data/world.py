@@ -101,7 +101,8 @@ def question(shapes: list[Shape], index: int) -> tuple[str, str]:
 
 def passage(shapes: list[Shape], image_size: int) -> str:
     parts = [f'the {s.label} is at the {_where(s, image_size)}' for s in shapes]
-    return f'there {"is" if len(shapes) == 1 else "are"} {NUMBERS[len(shapes)]} shapes . ' + ' , '.join(parts) + ' .'
+    count = 'is one shape' if len(shapes) == 1 else f'are {NUMBERS[len(shapes)]} shapes'
+    return f'there {count} . ' + ' , '.join(parts) + ' .'
 
 
 @dataclasses.dataclass(frozen=True)
