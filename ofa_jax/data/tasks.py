@@ -794,6 +794,20 @@ def text_to_image(vocab: Vocabulary, tokenizer: ImageTokenizer) -> Preprocessor:
     return preprocess
 
 
+def span_mask(
+    num_words: int, rng: np.random.Generator, mask_ratio: float = 0.3, poisson_lambda: float = 3.0
+) -> np.ndarray:
+    """BART's span masking: bool [num_words], True for the round(num_words * mask_ratio) words that spans of
+    Poisson(poisson_lambda) words (at least one) starting at random words cover."""
+    masked = np.zeros(num_words, bool)
+    budget = int(round(num_words * mask_ratio))
+    while masked.sum() < budget:
+        length = max(1, int(rng.poisson(poisson_lambda)))
+        start = int(rng.integers(num_words))
+        masked[start : start + min(length, budget - int(masked.sum()))] = True
+    return masked
+
+
 def text_infill(
     vocab: Vocabulary, mask_ratio: float = 0.3, poisson_lambda: float = 3.0, max_tokens: int = 64
 ) -> Preprocessor:
@@ -805,12 +819,7 @@ def text_infill(
         word_tokens = [vocab.encode_spaced(w) for w in words]
         while sum(map(len, word_tokens)) > max_tokens and len(word_tokens) > 1:
             word_tokens.pop()
-        masked = np.zeros(len(word_tokens), bool)
-        budget = int(round(len(word_tokens) * mask_ratio))
-        while masked.sum() < budget:
-            length = max(1, int(rng.poisson(poisson_lambda)))
-            start = int(rng.integers(len(word_tokens)))
-            masked[start : start + min(length, budget - int(masked.sum()))] = True
+        masked = span_mask(len(word_tokens), rng, mask_ratio, poisson_lambda)
         shown = [
             MASK if masked[i] else words[i] for i in range(len(word_tokens)) if not (masked[i] and i and masked[i - 1])
         ]
