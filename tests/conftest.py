@@ -36,7 +36,7 @@ def small_config(variant: str = 'pretrain', **changes: Any) -> ml_collections.Co
     config = load_config('demo', variant)
     config.model_overrides = dict(dropout=0.0, code_image_size=16, freeze_batch_norm=True)
     config.data.update(dict(image_size=32, world_size=200, max_source_length=24, max_target_length=16))
-    config.update(dict(batch_size=8, total_steps=4, log_every=1, checkpoint_every=2, warmup_steps=1))
+    config.update(dict(batch_size=8, total_steps=4, log_every=1, checkpoint_every=2, warmup_steps=1, warmup_ratio=0.0))
     config.model_overrides.update(changes.pop('model_overrides', {}))
     config.data.update(changes.pop('data', {}))
     config.update(changes)

@@ -25,6 +25,7 @@ SMALL = {
     'log_every': 1,
     'checkpoint_every': 2,
     'warmup_steps': 1,
+    'warmup_ratio': 0.0,
     'ablation.steps': 4,
     'ablation.eval_examples': 8,
     'ablation.validation_batches': 1,

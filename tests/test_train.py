@@ -19,9 +19,11 @@ import pytest
 from conftest import ROOT, load_config, small_config
 
 from ofa_jax import demo, evaluate, train
-from ofa_jax.checkpoint import model_from_config, save_model
+from ofa_jax.checkpoint import load_checkpoint, model_from_config, save_model
 from ofa_jax.data import mixtures, pipeline
-from ofa_jax.model import init_variables
+from ofa_jax.data.vocab import vocabulary_from_spec
+from ofa_jax.data.world import COLORS
+from ofa_jax.model import OFA, init_variables
 from ofa_jax.sharding import make_mesh
 
 
@@ -222,13 +224,38 @@ def test_grounding_learns_its_scenes_and_evaluation_scores_them_as_trained(tmp_p
     checkpoint, beam decoding back to boxes, IoU): 64 scenes of grounding alone are learned in 200 steps (measured:
     loss 0.06, every box right), and evaluating them with the running statistics finds the boxes training learned."""
     config = load_config('demo')
-    # OFA's vocabulary, as measured; with the world's the loss at step 200 was 0.40.
+    # OFA's vocabulary and the demo's first recipe, as measured: with the world's vocabulary the loss at step 200 was
+    # 0.40, with the demo's recipe now (beta2 0.95 at 1e-3, made for the whole world) 1.99.
     config.data.update(mixture='world_grounding', world_size=64, vocab='ofa')
-    config.update(total_steps=200, log_every=50, checkpoint_every=200)
+    config.update(total_steps=200, log_every=50, checkpoint_every=200, learning_rate=2e-3, adam_b2=0.999)
+    config.update(warmup_steps=40, warmup_ratio=0.0)
     train.train(config, str(tmp_path / 'run'))
     assert losses(tmp_path / 'run')[200] < 0.3
     scores, _ = evaluate.evaluate(config, str(tmp_path / 'run'), str(tmp_path / 'eval'))
     assert scores['grounding_examples'] == 64 and scores['grounding_accuracy'] >= 0.9
+
+
+@pytest.mark.slow
+def test_the_demo_recipe_learns_colours_from_the_pixels(tmp_path):
+    """Captions alone, 400 steps of the demo's recipe: the model names the colour of every shape of unseen scenes.
+    With the recipe before (Adam's beta2 0.999 at 2e-3) the loss sat at 0.6 from step 150 on, the colour words at
+    chance (loss ln 4, accuracy 0.0-0.64 per colour), nano and a model twice as wide alike; with beta2 0.95 at 1e-3
+    every colour word is right 91-98% of the time after 400 steps (measured)."""
+    config = load_config('demo')
+    config.data.mixture = 'world_caption'
+    config.update(total_steps=400, checkpoint_every=400, warmup_ratio=0.1)  # 40 warmup steps, as measured
+    train.train(config, str(tmp_path))
+    unseen = demo.unseen_world(config, 256)
+    tasks, rates = mixtures.register_from_config(config.data, world=unseen)
+    batch = next(iter(pipeline.batches(tasks, rates, train.batch_spec(config, 256), seed=0, repeat=False)))
+    checkpoint = load_checkpoint(str(tmp_path))
+    logits = train.batch_logits(OFA(checkpoint.config), checkpoint.variables, batch)
+    _, correct = train.token_losses(logits, batch['target_tokens'], batch['constraint_ranges'], 0.0)
+    vocab = vocabulary_from_spec(config.data.vocab)
+    for colour in COLORS:
+        (token,) = vocab.encode_spaced(colour)
+        named = (batch['target_tokens'] == token) & batch['example_mask'][:, None]
+        assert named.sum() > 30 and np.asarray(correct)[named].mean() >= 0.8, colour
 
 
 @pytest.mark.slow
