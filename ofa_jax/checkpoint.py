@@ -72,7 +72,7 @@ def restore_fitting(manager: ocp.CheckpointManager, step: int, args: Any, config
         raise ValueError(
             f'{manager.directory} step {step} does not fit the model its config describes ({config.model}, '
             f'vocabulary {config.data.vocab!r} of {vocabulary_from_spec(config.data.vocab).size} ids): '
-            f'{str(error).split(". ")[0]}'
+            f'{str(error).split(". ")[0]} (written when they had other sizes: train in a new workdir)'
         ) from None
 
 
