@@ -124,16 +124,18 @@ def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
         wanted['ema_params'] = abstract['params']
     # Only the model's leaves of the saved TrainState are read; their placement comes from the target, so restoring
     # needs no knowledge of the training mesh.
-    restored = restore_fitting(
-        manager,
-        step,
-        ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True
-            )
-        ),
-        train_config,
-    ).state
-    manager.close()
+    try:
+        restored = restore_fitting(
+            manager,
+            step,
+            ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted), partial_restore=True
+                )
+            ),
+            train_config,
+        ).state
+    finally:
+        manager.close()
     params = restored.get('ema_params', restored['params'])
     return Checkpoint(model.config, {'params': params, 'batch_stats': restored['batch_stats']}, train_config, step)

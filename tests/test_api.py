@@ -141,6 +141,7 @@ def test_a_checkpoint_that_does_not_fit_its_config_says_so(workdir, tmp_path):
         2, args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
     )
     manager.wait_until_finished()
+    manager.close()
     with pytest.raises(
         ValueError, match=r"step 2 does not fit the model its config describes \(nano, vocabulary 'ofa' of 59457 ids\)"
     ):
