@@ -325,13 +325,13 @@ def collect(workdir: str, config: ml_collections.ConfigDict | None = None, sizes
             print(f'ablation: {size} has no {TRAINING_CHECKPOINTS}/ in {directory}; left out')
             continue
         if not os.path.exists(path):
-            sized = config or saved_config(directory)
+            saved = saved_config(directory)
             logged = [r['step'] for r in train.read_metrics(directory)]
-            planned = saved_config(directory).total_steps
+            planned = saved.total_steps
             if not logged or logged[-1] < planned:
                 print(f'ablation: {size} is at step {logged[-1] if logged else 0} of {planned}; left out')
                 continue
-            write_result(path, result_of(sized, size, directory))
+            write_result(path, result_of(config or saved, size, directory))
         with open(path) as f:
             results.append(json.load(f))
     if not results:
