@@ -511,6 +511,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             max_to_keep=config.keep_checkpoints,
             keep_period=config.keep_every_steps or None,
             enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,  # the half-written saves of a killed run
         ),
     )
     abstract_state = jax.eval_shape(functools.partial(initial_state, model, optimizer, config, config.data.image_size))

@@ -19,7 +19,7 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-WORKER = ROOT / 'tests' / 'multihost_worker.py'
+WORKER = ROOT / 'tests' / 'train_worker.py'
 TIMEOUT = 600
 
 
