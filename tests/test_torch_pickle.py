@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ofa_jax.torch_pickle import Opaque, load, state_dict_from
+from ofa_jax.torch_pickle import Opaque, load, load_pickle, state_dict_from
 
 
 def _save(obj, tmp_path, name='ckpt.pt'):
@@ -291,3 +291,24 @@ def test_view_past_storage_is_rejected(tmp_path):
     _write_archive(bad, hostile, {'0': raw})
     with pytest.raises(ValueError, match='exceeds its storage'):
         load(bad)
+
+
+def test_an_answer_list_pickle_with_code_runs_nothing(tmp_path):
+    # OFA's trainval_ans2label.pkl is a plain {answer: label} dict; a tampered one carries calls among its entries.
+    marker = tmp_path / 'MARKERFILE'
+    ans2label = {'yes': 0, 'no': 1, '2': 2, 'evil': _Payload(os.system, f'touch {marker}')}
+    path = tmp_path / 'trainval_ans2label.pkl'
+    path.write_bytes(pickle.dumps(ans2label, protocol=4))
+    loaded = load_pickle(path)
+    assert not marker.exists()
+    assert {k: v for k, v in loaded.items() if k != 'evil'} == {'yes': 0, 'no': 1, '2': 2}
+    assert isinstance(loaded['evil'], Opaque) and loaded['evil'].name == 'system'
+
+    whole = pickle.dumps({'yes': 0, 'no': 1}, protocol=4)
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match='trainval_ans2label.pkl: cannot unpickle'):
+        load_pickle(path)
+    # A string declaring 2**40 bytes in a file of a few: an error, not an allocation.
+    path.write_bytes(b'\x80\x04\x8d' + (1 << 40).to_bytes(8, 'little') + b'abc')
+    with pytest.raises(ValueError, match='trainval_ans2label.pkl: cannot unpickle'):
+        load_pickle(path)
