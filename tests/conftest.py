@@ -1,4 +1,5 @@
-"""What the tests share: one way to load a shipped config, one shrunk demo config, and the markers.
+"""What the tests share: one way to load a shipped config, one shrunk demo config, a stand-in for a TFDS split, and
+the markers.
 
 Markers (registered in pyproject.toml): `slow` (whole training runs), `parity` (compares with the PyTorch reference)
 and `multihost` (several processes). The quick loop is `bash tests/run.sh -m "not slow"`.
@@ -8,6 +9,7 @@ import importlib.util
 import os
 import pathlib
 import tempfile
+import types
 from typing import Any
 
 import ml_collections
@@ -41,3 +43,17 @@ def small_config(variant: str = 'pretrain', **changes: Any) -> ml_collections.Co
     config.data.update(changes.pop('data', {}))
     config.update(changes)
     return config
+
+
+class FakeSplit:
+    """Stands for tfds' array-record data source: random access to decoded examples, with the dataset's info."""
+
+    def __init__(self, examples: list, features: Any):
+        self.examples = examples
+        self.dataset_info = types.SimpleNamespace(features=features)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.examples[index]

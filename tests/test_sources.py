@@ -6,13 +6,13 @@ import io
 import json
 import operator
 import pickle
-import types
 
 import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from absl import flags
+from conftest import FakeSplit
 from PIL import Image
 
 from ofa_jax.data import sources
@@ -445,20 +445,6 @@ def test_tfds_mappings_on_mock_examples(name):
         assert record['region'].shape == (4,) and record['region'].dtype == np.float32
     if name == 'imagenet2012':
         assert record['label'] in names
-
-
-class FakeSplit:
-    """Stands for tfds' array-record data source: random access to decoded examples, with the dataset's info."""
-
-    def __init__(self, examples: list, features):
-        self.examples = examples
-        self.dataset_info = types.SimpleNamespace(features=features)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.examples[index]
 
 
 def mock_split(examples: list):

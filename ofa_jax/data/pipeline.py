@@ -3,7 +3,8 @@
 Built on grain: deterministic by seed, sharded per process, optionally preprocessed in worker processes, and
 resumable: `iterator.get_state()` goes into the training checkpoint and `set_state` continues exactly there.
 Records a task cannot use are dropped and counted by reason in every batch (`batch['dropped']`), or, with
-`strict=True`, stop the run with an error naming the task, source, record and reason.
+`strict=True`, stop the run with an error naming the task, source, record, where it sits (the file and line of a
+line-based source) and reason.
 """
 
 import collections
@@ -41,6 +42,16 @@ class Dropped:
     reason: str
 
 
+def _describe(task: Task, record: dict) -> str:
+    """Names a record (raw, or an example made from it) for an error: its task, source, index and id, and where it
+    sits when the source can say (`location(index)`: the file and line of TSV and JSON lines)."""
+    index = record.get('record', '?')
+    where = ''
+    if isinstance(index, int) and hasattr(task.source, 'location'):
+        where = f', {task.source.location(index)}'
+    return f'task {task.name!r}, source {task.source!r}, record {index} (id {record.get("id", "?")}{where})'
+
+
 def _preprocess(task: Task, task_index: int, seed: int, strict: bool, index: int, record: dict) -> Any:
     rng = np.random.default_rng([seed, task_index, index])
     try:
@@ -48,10 +59,7 @@ def _preprocess(task: Task, task_index: int, seed: int, strict: bool, index: int
     except Exception as error:  # noqa: BLE001 - bad data must not end a long run; it is counted instead
         reason = error.reason if isinstance(error, DropExample) else f'error_{type(error).__name__}'
         if strict:
-            raise ValueError(
-                f'task {task.name!r}, source {task.source!r}, record {record.get("record", "?")} '
-                f'(id {record.get("id", "?")}): {error}'
-            ) from None
+            raise ValueError(f'{_describe(task, record)}: {error}') from None
     return Dropped(f'{task.name}/{reason}')
 
 
@@ -145,9 +153,12 @@ def _check_shapes(example: dict, spec: BatchSpec) -> str | None:
 
 
 class _BatchIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, spec: BatchSpec, task_names: Sequence[str], drop_remainder: bool):
+    def __init__(
+        self, parent: grain.DatasetIterator, spec: BatchSpec, tasks: Sequence[Task], drop_remainder: bool, strict: bool
+    ):
         super().__init__(parent)
-        self._spec, self._task_names, self._drop_remainder = spec, list(task_names), drop_remainder
+        self._spec, self._tasks, self._drop_remainder, self._strict = spec, list(tasks), drop_remainder, strict
+        self._task_names = [t.name for t in tasks]
 
     def __next__(self) -> dict[str, Any]:
         examples, dropped = [], collections.Counter()
@@ -155,10 +166,14 @@ class _BatchIterator(grain.DatasetIterator):
             try:
                 item = next(self._parent)
             except StopIteration:
-                if not examples or self._drop_remainder:
+                # A finite stream's last batch is padded; one of padding alone still carries the counts of the
+                # records dropped after the last example.
+                if self._drop_remainder or not (examples or dropped):
                     raise
                 break
             reason = item.reason if isinstance(item, Dropped) else _check_shapes(item, self._spec)
+            if reason and self._strict:  # a Dropped marker never comes in strict mode: preprocessing raised
+                raise ValueError(f'{_describe(self._tasks[self._task_names.index(item["task"])], item)}: {reason}')
             if reason:
                 dropped[reason] += 1
             else:
@@ -175,12 +190,14 @@ class _BatchIterator(grain.DatasetIterator):
 
 
 class _BatchDataset(grain.IterDataset):
-    def __init__(self, parent: grain.IterDataset, spec: BatchSpec, task_names: Sequence[str], drop_remainder: bool):
+    def __init__(
+        self, parent: grain.IterDataset, spec: BatchSpec, tasks: Sequence[Task], drop_remainder: bool, strict: bool
+    ):
         super().__init__(parent)
-        self._spec, self._task_names, self._drop_remainder = spec, task_names, drop_remainder
+        self._spec, self._tasks, self._drop_remainder, self._strict = spec, tasks, drop_remainder, strict
 
     def __iter__(self) -> _BatchIterator:
-        return _BatchIterator(self._parent.__iter__(), self._spec, self._task_names, self._drop_remainder)
+        return _BatchIterator(self._parent.__iter__(), self._spec, self._tasks, self._drop_remainder, self._strict)
 
 
 def batches(
@@ -198,7 +215,8 @@ def batches(
     """Batches of the mixture for one process; iterate it, and save/restore its iterator's state to resume.
 
     workers > 0 preprocesses in that many processes (the output is identical to workers=0). A finite pipeline
-    (repeat=False) pads its last batch; `example_mask` marks the real rows."""
+    (repeat=False) pads its last batch (which holds only padding when the records after the last example were all
+    dropped, so that their counts arrive); `example_mask` marks the real rows."""
     stream = example_stream(
         tasks, rates, seed=seed, repeat=repeat, shard_index=shard_index, shard_count=shard_count, strict=strict
     ).to_iter_dataset()
@@ -206,4 +224,4 @@ def batches(
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, use their defaults
             flags.FLAGS.mark_as_parsed()
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    return _BatchDataset(stream, spec, [t.name for t in tasks], drop_remainder=repeat)
+    return _BatchDataset(stream, spec, tasks, drop_remainder=repeat, strict=strict)

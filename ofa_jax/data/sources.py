@@ -84,6 +84,10 @@ class _LineFile:
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
+    def location(self, index: int) -> str:
+        """Where record `index` sits, for error messages: its line (1-based) and file."""
+        return f'line {index + 1} of {self.path}'
+
     def _line(self, index: int) -> bytes:
         """Line `index` without its line ending."""
         if not 0 <= index < len(self):
@@ -204,6 +208,8 @@ def parse_codes(text: str) -> np.ndarray:
         return np.array([int(c) for c in text.split()], np.int32)
     except ValueError:
         raise _FieldError('codes', 'a code is not an integer') from None
+    except OverflowError:
+        raise _FieldError('codes', 'a code is outside int32') from None
 
 
 def _split_objects(text: str) -> list[str]:
@@ -335,13 +341,27 @@ def _utf8(value: bytes, field: str) -> str:
 
 # ---- JSON lines --------------------------------------------------------------------------------------------------
 
+# Example fields the preprocessors and the pipeline set and `pipeline.to_batch` reads: a JSON line holding one would
+# steer its batch row (a loss weight, a constraint) past the preprocessors, so such a line is malformed.
+PIPELINE_FIELDS = (
+    '_error',
+    'task',
+    'source_ids',
+    'target_ids',
+    'loss_weight',
+    'code_target',
+    'constraint',
+    'constraint_range',
+)
+
 
 class JsonlSource(_LineFile):
     """One JSON object a line, already in the record schema; converted where JSON cannot hold the type.
 
     'image' is a file path relative to `image_root` (default: the JSONL file's folder), read as bytes; 'region'
     becomes float32 [4], 'boxes' float32 [N, 4], 'answers' {str: float}; other fields pass through unchanged. 'source'
-    and 'record' are set by the source; a missing 'id' becomes the line index."""
+    and 'record' are set by the source; a missing 'id' becomes the line index. A line holding one of
+    PIPELINE_FIELDS is malformed."""
 
     def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None, name: str | None = None):
         super().__init__(path, name)
@@ -357,11 +377,14 @@ class JsonlSource(_LineFile):
         try:
             try:
                 row = json.loads(self._line(index))
-            except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+            except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, deep nesting
                 raise _FieldError('json', str(error)) from None
             if not isinstance(row, dict):
                 raise _FieldError('json', f'a line must hold an object, not {type(row).__name__}')
             row_id = str(row['id']) if row.get('id') is not None else str(index)
+            for field in PIPELINE_FIELDS:
+                if field in row:
+                    raise _FieldError(field, 'is set by the preprocessors, not read from data')
             return {**row, **self._convert(row), 'id': row_id, 'source': self.name, 'record': index}
         except _FieldError as error:
             return _error_record(self.name, index, error, row_id)
@@ -375,13 +398,14 @@ class JsonlSource(_LineFile):
             try:
                 with open(path, 'rb') as f:
                     out['image'] = f.read()
-            except OSError as error:
-                raise _FieldError('image', f'cannot read {path}: {error.strerror}') from None
+            except (OSError, ValueError) as error:  # ValueError: a NUL or an unencodable character in the path
+                problem = getattr(error, 'strerror', None) or error
+                raise _FieldError('image', f'cannot read {path!r}: {problem}') from None
         for field, shape in (('region', (4,)), ('boxes', (-1, 4))):
             if field in row:
                 try:
                     out[field] = np.asarray(row[field], np.float32).reshape(shape)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float range
                     expected = '4 numbers' if field == 'region' else 'N x 4 numbers'
                     raise _FieldError(field, f'{row[field]!r} is not {expected}') from None
         if 'answers' in row:
@@ -390,7 +414,7 @@ class JsonlSource(_LineFile):
                 raise _FieldError('answers', 'expected an object {answer: confidence}')
             try:
                 out['answers'] = {str(a): float(c) for a, c in answers.items()}
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise _FieldError('answers', 'a confidence is not a number') from None
         for field in ('labels', 'candidates', 'references', 'objects'):
             if field in row and not (isinstance(row[field], list) and all(isinstance(v, str) for v in row[field])):
@@ -452,6 +476,13 @@ def ref_coco_record(example: dict, obj: int, expression: int) -> Record:
     }
 
 
+def _check_label(label: int, label_names: Sequence[str]) -> int:
+    """A class index that names a class: a negative one (TFDS marks unlabelled examples -1) would index from the end."""
+    if not 0 <= label < len(label_names):
+        raise _FieldError('label', f'class {label} outside the {len(label_names)} names')
+    return label
+
+
 def coco_detection_record(example: dict, label_names: Sequence[str]) -> Record:
     """coco (detection configs): every object's box and class name."""
     objects = example['objects']
@@ -464,7 +495,7 @@ def coco_detection_record(example: dict, label_names: Sequence[str]) -> Record:
         'id': str(int(example['image/id'])),
         'image': example['image'],
         'boxes': tfds_box_to_pixels(bbox, height, width),
-        'labels': [label_names[int(i)] for i in labels],
+        'labels': [label_names[_check_label(int(i), label_names)] for i in labels],
     }
 
 
@@ -484,7 +515,7 @@ def clevr_record(example: dict, question: int) -> Record:
 
 def imagenet_record(example: dict, label_names: Sequence[str]) -> Record:
     """imagenet2012: the class name as 'label' and as 'caption' (OFA asks the caption prompt for it)."""
-    name = label_names[int(example['label'])]
+    name = label_names[_check_label(int(example['label']), label_names)]
     return {'id': _text(example['file_name']), 'image': example['image'], 'label': name, 'caption': name}
 
 
@@ -604,6 +635,11 @@ class TfdsSource:
 
     def __len__(self) -> int:
         return len(self._data) if self._items is None else len(self._items)
+
+    def location(self, index: int) -> str:
+        """Where record `index` comes from, for error messages: its example in the split."""
+        example = index if self._items is None else int(self._items[index, 0])
+        return f'example {example} of {self.name}'
 
     def __repr__(self) -> str:
         return (

@@ -556,16 +556,23 @@ def _region(example: dict) -> np.ndarray:
     return region
 
 
+def _boxes(example: dict) -> np.ndarray:
+    """'boxes' as float32 [N, 4], one a label; a NaN, infinite or inverted box (the transforms would refuse it) or
+    labels that do not pair with the boxes drop the record."""
+    boxes = np.asarray(example.get('boxes', np.zeros((0, 4))), np.float32).reshape(-1, 4)
+    if not np.all(np.isfinite(boxes)) or np.any(boxes[:, 2:] < boxes[:, :2]):
+        raise DropExample('bad_boxes', f'{boxes.tolist()}')
+    if len(example.get('labels', [])) != len(boxes):
+        raise DropExample('bad_boxes', f'{len(example.get("labels", []))} labels for {len(boxes)} boxes')
+    return boxes
+
+
 def transform_image(transform: ImageTransform, with_region: bool = False, with_boxes: bool = False) -> Preprocessor:
     """Applies the image transform; 'region' / 'boxes' follow it (a region the transform loses drops the example)."""
 
     def preprocess(example, rng):
         region = _region(example)[None] if with_region else np.zeros((0, 4), np.float32)
-        boxes = (
-            np.asarray(example.get('boxes', np.zeros((0, 4))), np.float32).reshape(-1, 4)
-            if with_boxes
-            else np.zeros((0, 4), np.float32)
-        )
+        boxes = _boxes(example) if with_boxes else np.zeros((0, 4), np.float32)
         image, moved, keep = transform(example['image'], np.concatenate([region, boxes]), rng)
         out = {**example, 'image': image}
         if with_region:
@@ -585,6 +592,26 @@ def transform_image(transform: ImageTransform, with_region: bool = False, with_b
 # ---- the tasks' preprocessors: each builds its instruction through its declaration ------------------------------
 
 
+def _target(vocab: Vocabulary, text: str, reason: str = 'empty_target') -> list[int]:
+    """Token ids of a cleaned target text; one with no words left (a caption of punctuation, an empty answer) drops
+    the record, as its lone space token would teach the model to say nothing."""
+    if not text.split():
+        raise DropExample(reason)
+    return vocab.encode_spaced(text)
+
+
+def _answers(example: dict) -> dict[str, float]:
+    """The record's answers {answer: confidence}; confidences are VQA's soft scores in [0, 1] (a NaN or negative one
+    would poison the batch's loss through the loss weight)."""
+    answers = example.get('answers')
+    if not isinstance(answers, dict) or not answers:
+        raise DropExample('missing_answers')
+    confidences = np.array(list(answers.values()), np.float64)
+    if not np.all((confidences >= 0) & (confidences <= 1)):  # False for NaN too
+        raise DropExample('bad_answers', repr(answers))
+    return answers
+
+
 def caption(
     vocab: Vocabulary, max_words: int = 30, clean: Callable[[str, int | None], str] = clean_text
 ) -> Preprocessor:
@@ -595,7 +622,7 @@ def caption(
         return {
             **example,
             **_source('caption', vocab),
-            'target_ids': vocab.encode_spaced(clean(example['caption'], max_words)),
+            'target_ids': _target(vocab, clean(example['caption'], max_words)),
         }
 
     return preprocess
@@ -608,7 +635,7 @@ def classification(vocab: Vocabulary) -> Preprocessor:
         return {
             **example,
             **_source('classification', vocab),
-            'target_ids': vocab.encode_spaced(clean_text(example['label'])),
+            'target_ids': _target(vocab, clean_text(example['label'])),
         }
 
     return preprocess
@@ -630,7 +657,7 @@ def grounded_caption(vocab: Vocabulary, max_words: int = 30) -> Preprocessor:
         return {
             **example,
             **_source('grounded_caption', vocab, region=example['region']),
-            'target_ids': vocab.encode_spaced(clean_text(example['text'], max_words)),
+            'target_ids': _target(vocab, clean_text(example['text'], max_words)),
         }
 
     return preprocess
@@ -686,10 +713,7 @@ def vqa(vocab: Vocabulary, add_question_mark: bool = False) -> Preprocessor:
     """Target: the most confident answer; its confidence weights the loss."""
 
     def preprocess(example, rng):
-        answers = example.get('answers')
-        if not isinstance(answers, dict) or not answers:
-            raise DropExample('missing_answers')
-        answer, confidence = max(answers.items(), key=lambda item: item[1])
+        answer, confidence = max(_answers(example).items(), key=lambda item: item[1])
         return {
             **example,
             **_source(
@@ -698,7 +722,7 @@ def vqa(vocab: Vocabulary, add_question_mark: bool = False) -> Preprocessor:
                 functools.partial(vqa_instruction, add_question_mark=add_question_mark),
                 question=example['question'],
             ),
-            'target_ids': vocab.encode_spaced(answer.strip()),
+            'target_ids': _target(vocab, answer.strip()),
             'loss_weight': float(confidence),
         }
 
@@ -714,9 +738,10 @@ def answer_match(vocab: Vocabulary, negatives: Any) -> Preprocessor:
         return max(answers, key=answers.get).strip() if isinstance(answers, dict) and answers else ''
 
     def preprocess(example, rng):
+        _answers(example)
         answer = best(example)
         if not answer:
-            raise DropExample('missing_answers')
+            raise DropExample('empty_target')
         target = 'yes'
         if rng.random() < 0.5:
             target = 'no'
@@ -738,7 +763,7 @@ def detection(vocab: Vocabulary) -> Preprocessor:
             raise DropExample('no_boxes')
         target = []
         for box, label in zip(example['boxes'], example['labels']):
-            target += B.box_to_tokens(box, vocab, MAX_IMAGE_SIZE) + vocab.encode_spaced(clean_text(label))
+            target += B.box_to_tokens(box, vocab, MAX_IMAGE_SIZE) + _target(vocab, clean_text(label), 'empty_label')
         return {**example, **_source('detection', vocab), 'target_ids': target}
 
     return preprocess
@@ -764,13 +789,17 @@ def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None) -> Preproc
             codes = tokenizer.encode(image[None, middle, middle])[0].reshape(-1)
         else:
             raise DropExample('missing_codes')
+        try:
+            target = [vocab.code_id(int(c)) for c in codes]
+        except ValueError as error:  # a code outside the codebook
+            raise DropExample('bad_codes', str(error)) from None
         masked = image.astype(np.float32) / 127.5 - 1.0
         masked[middle, middle] = 0.0
         return {
             **example,
             **_source('image_infill', vocab),
             'image': masked,
-            'target_ids': [vocab.code_id(int(c)) for c in codes],
+            'target_ids': target,
             'code_target': True,
         }
 
@@ -861,7 +890,7 @@ def text_task(vocab: Vocabulary, kind: str, answers: dict[str, str] | None = Non
         return {
             **example,
             **_source(kind, vocab, **{f: example[f] for f in fields}),
-            'target_ids': vocab.encode_spaced(clean_text(target)),
+            'target_ids': _target(vocab, clean_text(target)),
         }
 
     return preprocess
