@@ -8,12 +8,17 @@ TensorBoard events in tb/, config.json. Evaluation is its own command (`python -
 `python -m ofa_jax.demo` for the synthetic world), reading the workdir.
 """
 
+import contextlib
 import functools
 import json
 import math
 import os
 import signal
+import sys
+import threading
 import time
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import flax
@@ -83,6 +88,52 @@ def maybe_initialize_distributed() -> None:
         )
     else:
         jax.distributed.initialize()
+
+
+# Where a failing process of a multi-process job leaves its error, in the coordination service's key-value store.
+FAILED_PROCESSES = 'ofa_jax/failed/'
+
+
+@contextlib.contextmanager
+def fail_together(poll_seconds: float = 1.0) -> Iterator[None]:
+    """In a job of several processes, an error in one ends every process within seconds, each naming it (exit status
+    1), where the others would wait for the failed one in their next collective until the job's timeouts.
+
+    The failing process leaves its error in the coordination service and exits at once (its own exit would otherwise
+    wait at jax's shutdown barrier for processes that are waiting for it); a thread in every process watches for
+    such errors. With one process this does nothing."""
+    if jax.process_count() == 1:
+        yield
+        return
+    from jax._src import distributed  # noqa: PLC0415 - no public API reaches the coordination service's store
+
+    client, me, finished = distributed.global_state.client, jax.process_index(), threading.Event()
+
+    def watch() -> None:
+        while not finished.wait(poll_seconds):
+            try:
+                failures = [(int(k.rsplit('/', 1)[1]), m) for k, m in client.key_value_dir_get(FAILED_PROCESSES)]
+            except Exception as error:  # noqa: BLE001 - the service is gone: the job is over for this process too
+                failures = [('the coordinator', f'unreachable ({type(error).__name__}: {error})')]
+            failures = [(who, message) for who, message in failures if who != me]
+            if failures and not finished.is_set():
+                who, message = failures[0]
+                print(f'process {me}: stopping: process {who} failed: {message}', file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name='peer-failures', daemon=True).start()
+    try:
+        yield
+    except BaseException as error:
+        message = f'{type(error).__name__}: {error}'
+        with contextlib.suppress(Exception):
+            client.key_value_set(f'{FAILED_PROCESSES}{me}', message)
+        if console.verbose() or not isinstance(error, ValueError):
+            traceback.print_exc()
+        print(f'process {me}: error: {message}', file=sys.stderr, flush=True)
+        os._exit(1)
+    finally:
+        finished.set()
 
 
 def warmup_steps(config: ml_collections.ConfigDict) -> int:
@@ -668,7 +719,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 def main(argv):
     del argv
     maybe_initialize_distributed()
-    train(flags.FLAGS.config, flags.FLAGS.workdir)
+    with fail_together():
+        train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == '__main__':

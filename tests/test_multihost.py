@@ -8,15 +8,20 @@ All steps stay inside the 40 warmup steps of the worker config, where the learni
 the 4-step run resumed to 6 follows the same schedule as the straight 6-step run.
 """
 
+import io
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from PIL import Image
+
+from ofa_jax.data.world import World
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = ROOT / 'tests' / 'train_worker.py'
@@ -35,52 +40,51 @@ def base_env() -> dict:
     return env
 
 
-def run_job(workdir: pathlib.Path, steps: int, processes: int) -> list[str]:
-    """Runs `processes` workers to `steps` (as one job when more than 1); fails showing every output unless all
-    exit 0 within TIMEOUT. Returns their outputs."""
+def start_job(workdir: pathlib.Path, steps: int, processes: int, args=lambda index: ()) -> list:
+    """Starts `processes` workers training to `steps` (as one job when more than 1), process i with the extra
+    arguments args(i); returns [(process, log file)]."""
     port = free_port()
-    logs, workers = [], []
+    job = []
     for index in range(processes):
         env = base_env()
         if processes > 1:
             env.update(OFA_COORDINATOR=f'127.0.0.1:{port}', OFA_NUM_PROCESSES=str(processes), OFA_PROCESS_ID=str(index))
         log = open(workdir.parent / f'{workdir.name}_{steps}_{index}.log', 'w+')
-        logs.append(log)
-        workers.append(
-            subprocess.Popen(
-                [sys.executable, str(WORKER), str(workdir), str(steps)],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    deadline, problem = time.time() + TIMEOUT, None
-    while any(w.poll() is None for w in workers):
-        if any(w.poll() not in (None, 0) for w in workers):
-            problem = 'a process failed'  # the others would wait for it until the coordinator gives up
-            break
-        if time.time() > deadline:
-            problem = f'timed out after {TIMEOUT} s'
-            break
-        time.sleep(1)
-    for w in workers:
-        if w.poll() is None:
-            w.kill()
-        w.wait()
-    outputs = []
-    for log in logs:
+        command = [sys.executable, str(WORKER), str(workdir), str(steps), *args(index)]
+        job.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    return job
+
+
+def wait_job(job: list, timeout: float = TIMEOUT) -> tuple[list, list[str], list[float]]:
+    """Waits for every process (killing what is left after `timeout` s); returns their exit codes (None: killed),
+    outputs and exit times."""
+    deadline, exits = time.time() + timeout, [None] * len(job)
+    while None in exits and time.time() < deadline:
+        for i, (process, _) in enumerate(job):
+            if exits[i] is None and process.poll() is not None:
+                exits[i] = time.time()
+        time.sleep(0.1)
+    codes, outputs = [], []
+    for process, log in job:
+        codes.append(process.poll())
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         log.seek(0)
         outputs.append(log.read())
         log.close()
-    if problem is None and any(w.returncode for w in workers):
-        problem = 'a process failed'
-    if problem:
-        shown = '\n'.join(
-            f'--- process {i} (exit {w.returncode}) ---\n{out[-6000:]}'
-            for i, (w, out) in enumerate(zip(workers, outputs))
-        )
-        pytest.fail(f'{processes}-process run to step {steps} in {workdir}: {problem}\n{shown}')
+    return codes, outputs, exits
+
+
+def shown(codes: list, outputs: list[str]) -> str:
+    return '\n'.join(f'--- process {i} (exit {c}) ---\n{out[-6000:]}' for i, (c, out) in enumerate(zip(codes, outputs)))
+
+
+def run_job(workdir: pathlib.Path, steps: int, processes: int) -> list[str]:
+    """Runs `processes` workers to `steps`; fails showing every output unless all exit 0. Returns their outputs."""
+    codes, outputs, _ = wait_job(start_job(workdir, steps, processes))
+    if any(codes):
+        pytest.fail(f'{processes}-process run to step {steps} in {workdir}: a process failed\n{shown(codes, outputs)}')
     return outputs
 
 
@@ -107,3 +111,38 @@ def test_two_processes_train_resume_and_match_one(tmp_path):
         assert a['grad_norm'] == pytest.approx(b['grad_norm'], rel=1e-4), a['step']
     saved = {int(p.name) for p in (two / 'checkpoints').iterdir() if p.name.isdigit()}
     assert 6 in saved and max(saved) == 6
+
+
+def caption_data(folder: pathlib.Path, rows: int, readable: bool) -> str:
+    """A JSONL caption file of `rows` world scenes (32 pixels) and their images; with readable=False every line
+    names an image that is not there, as on a host whose copy of the data is broken. Returns its path."""
+    (folder / 'images').mkdir(parents=True)
+    world, lines = World(size=rows, image_size=32), []
+    for i in range(rows):
+        if readable:
+            buffer = io.BytesIO()
+            Image.fromarray(world[i]['image']).save(buffer, format='PNG')
+            (folder / 'images' / f'{i}.png').write_bytes(buffer.getvalue())
+        lines.append(json.dumps({'id': str(i), 'caption': world[i]['caption'], 'image': f'images/{i}.png'}))
+    (folder / 'captions.jsonl').write_text('\n'.join(lines) + '\n')
+    return str(folder / 'captions.jsonl')
+
+
+@pytest.mark.slow
+@pytest.mark.multihost
+@pytest.mark.parametrize('strict', [True, False], ids=['strict', 'every_record_dropped'])
+def test_a_process_whose_data_fails_ends_the_job(tmp_path, strict):
+    # Process 1 reads a broken copy of the data: in strict mode its first record raises; otherwise every record
+    # is dropped until the pipeline gives up. Process 0 waits for it in the first step's collectives.
+    paths = [caption_data(tmp_path / 'good', 64, readable=True), caption_data(tmp_path / 'bad', 64, readable=False)]
+
+    def args(index: int) -> list[str]:
+        task = dict(name='captions', kind='caption', rate=1.0, format='jsonl', path=paths[index], image_root='')
+        return ['data.source=tasks', f'data.tasks={{"captions": {task!r}}}', f'data.strict={strict}']
+
+    codes, outputs, exits = wait_job(start_job(tmp_path / 'job', 4, 2, args))
+    assert codes == [1, 1], shown(codes, outputs)
+    assert exits[0] - exits[1] < 10, f'process 0 ended {exits[0] - exits[1]:.1f} s after process 1'
+    named = r'line \d+ of \S*bad/captions.jsonl' if strict else 'were all dropped'
+    assert 'process 1: error: ValueError' in outputs[1] and re.search(named, outputs[1]), shown(codes, outputs)
+    assert 'process 0: stopping: process 1 failed: ValueError' in outputs[0], shown(codes, outputs)
