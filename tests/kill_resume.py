@@ -35,16 +35,19 @@ class Kill:
     phase: str  # 'step', 'save' or 'restore'
     delay: float  # seconds from the phase's moment to the kill
     in_flight: bool  # the save or restore had not finished when the kill struck; for steps, always True
-    resumed_from: (
-        int | None
-    )  # the step the killed process had resumed from (None: it started afresh or was killed first)
+    # The step the killed process had resumed from (None: it started afresh or was killed before it resumed).
+    resumed_from: int | None
 
 
-def launch(workdir: pathlib.Path, steps: int, log: pathlib.Path) -> subprocess.Popen:
+def launch(workdir: pathlib.Path, steps: int, log: pathlib.Path, *overrides: str) -> subprocess.Popen:
+    """Starts a worker training `workdir` to `steps`, checkpointing every 2 steps and tracing to WORKDIR.trace, in a
+    process group of its own (with its data workers, if any)."""
+    command = [sys.executable, str(WORKER), str(workdir), str(steps), f'--trace={workdir}.trace', 'checkpoint_every=2']
     with open(log, 'w') as out:  # unbuffered: what a killed process printed is kept
         return subprocess.Popen(
-            [sys.executable, str(WORKER), str(workdir), str(steps), f'--trace={workdir}.trace', 'checkpoint_every=2'],
+            [*command, *overrides],
             cwd=ROOT,
+            start_new_session=True,
             env={**os.environ, 'PYTHONUNBUFFERED': '1'},
             stdout=out,
             stderr=subprocess.STDOUT,

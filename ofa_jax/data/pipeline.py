@@ -9,6 +9,7 @@ Records a task cannot use are dropped and counted by reason in every batch (`bat
 import collections
 import dataclasses
 import functools
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -183,6 +184,13 @@ class _BatchDataset(grain.IterDataset):
         return _BatchIterator(self._parent.__iter__(), self._spec, self._task_names, self._drop_remainder)
 
 
+def _leave_sigterm_to_the_trainer(worker_index: int, num_workers: int) -> None:
+    """Runs in each data worker: SIGTERM (a preemption notice, often sent to every process of the job) must not end
+    a worker before the trainer has saved; the trainer stops its workers itself when it exits."""
+    del worker_index, num_workers
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def batches(
     tasks: Sequence[Task],
     rates: Sequence[float],
@@ -205,5 +213,7 @@ def batches(
     if workers:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, use their defaults
             flags.FLAGS.mark_as_parsed()
-        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+        stream = stream.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=_leave_sigterm_to_the_trainer
+        )
     return _BatchDataset(stream, spec, [t.name for t in tasks], drop_remainder=repeat)
