@@ -694,6 +694,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                         + (f', skipped {skipped_steps} non-finite steps' if skipped_steps else '')
                     )
                 window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
+                # An asynchronous save that failed (a full disk, a lost bucket) stops the run here, not at the next
+                # save, which may be hours of unsaved training away.
+                if not manager.is_saving_in_progress():
+                    manager.wait_until_finished()  # returns at once, or raises what the last save failed with
                 if failed and config.nonfinite == 'stop':
                     break
             stop = preemption.agreed()

@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -39,15 +40,19 @@ class Kill:
     resumed_from: int | None
 
 
-def launch(workdir: pathlib.Path, steps: int, log: pathlib.Path, *overrides: str) -> subprocess.Popen:
-    """Starts a worker training `workdir` to `steps`, checkpointing every 2 steps and tracing to WORKDIR.trace, in a
-    process group of its own (with its data workers, if any)."""
+def launch(
+    workdir: pathlib.Path, steps: int, log: pathlib.Path, *overrides: str, limit_file_size: int | None = None
+) -> subprocess.Popen:
+    """Starts a worker training `workdir` to `steps`, checkpointing every 2 steps (unless `overrides` say otherwise)
+    and tracing to WORKDIR.trace, in a process group of its own (with its data workers, if any); with
+    limit_file_size, no file it writes can grow past that many bytes, as on a full disk."""
     command = [sys.executable, str(WORKER), str(workdir), str(steps), f'--trace={workdir}.trace', 'checkpoint_every=2']
     with open(log, 'w') as out:  # unbuffered: what a killed process printed is kept
         return subprocess.Popen(
             [*command, *overrides],
             cwd=ROOT,
             start_new_session=True,
+            preexec_fn=limit_file_size and (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size,) * 2)),
             env={**os.environ, 'PYTHONUNBUFFERED': '1'},
             stdout=out,
             stderr=subprocess.STDOUT,

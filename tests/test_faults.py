@@ -47,7 +47,7 @@ def data_workers(pid: int) -> list[int]:
 @pytest.mark.parametrize(
     'moment', ['during_an_asynchronous_save', 'twice', 'to_the_data_workers_first', 'to_the_whole_process_group']
 )
-def test_sigterm_saves_and_exits_cleanly(tmp_path, moment):
+def test_sigterm_at_awkward_moments_saves_and_exits_cleanly(tmp_path, moment):
     workdir, log, deadline = tmp_path / 'run', tmp_path / 'run.log', time.time() + 600
     trace, metrics = pathlib.Path(f'{workdir}.trace'), workdir / 'metrics.jsonl'
     process = launch(workdir, 500, log, *(['data.workers=2'] if 'data_workers' in moment or 'group' in moment else []))
@@ -73,3 +73,19 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, moment):
         os.killpg(process.pid, signal.SIGTERM)
     finish(process, log, deadline)
     assert 2 <= sigterm_saved(workdir, log) < 500
+
+
+@pytest.mark.slow
+def test_a_failing_asynchronous_save_stops_the_run_and_is_never_restored(tmp_path):
+    # Files up to 2 MiB: the 1 MiB probe of the workdir passes, the checkpoint's 6 MiB array file does not.
+    workdir, log, deadline = tmp_path / 'run', tmp_path / 'run.log', time.time() + 600
+    process = launch(workdir, 500, log, 'checkpoint_every=40', limit_file_size=2 << 20)
+    assert process.wait(timeout=600) != 0
+    output = log.read_text()
+    assert 'File too large' in output, output[-3000:]
+    assert len(lines(workdir / 'metrics.jsonl')) < 80  # stopped before the next save was due
+    assert finalized(workdir / 'checkpoints') == 0
+    # The disk has room again: the run starts afresh, never from the half-written save, and clears it away.
+    finish(launch(workdir, 2, log), log, deadline)
+    assert 'resumed from' not in log.read_text()
+    assert [p.name for p in (workdir / 'checkpoints').iterdir()] == ['2']
