@@ -145,10 +145,16 @@ def _check_shapes(example: dict, spec: BatchSpec) -> str | None:
     return None
 
 
+# A stream that has yielded nothing usable for this many records in a row is broken (a wrong path, a corrupt copy of
+# the data, a preprocessor that rejects everything): the run stops naming the reasons instead of reading forever.
+MAX_DROPPED_IN_A_ROW = 10_000
+
+
 class _BatchIterator(grain.DatasetIterator):
     def __init__(self, parent: grain.DatasetIterator, spec: BatchSpec, task_names: Sequence[str], drop_remainder: bool):
         super().__init__(parent)
         self._spec, self._task_names, self._drop_remainder = spec, list(task_names), drop_remainder
+        self._dropped_in_a_row = collections.Counter()
 
     def __next__(self) -> dict[str, Any]:
         examples, dropped = [], collections.Counter()
@@ -162,8 +168,16 @@ class _BatchIterator(grain.DatasetIterator):
             reason = item.reason if isinstance(item, Dropped) else _check_shapes(item, self._spec)
             if reason:
                 dropped[reason] += 1
+                self._dropped_in_a_row[reason] += 1
+                if self._dropped_in_a_row.total() >= MAX_DROPPED_IN_A_ROW:
+                    reasons = ', '.join(f'{r}: {n}' for r, n in self._dropped_in_a_row.most_common())
+                    raise ValueError(
+                        f'the last {self._dropped_in_a_row.total()} records were all dropped ({reasons}): fix the '
+                        'data, or set data.strict=True to stop at the first bad record with its file and line'
+                    )
             else:
                 examples.append(item)
+                self._dropped_in_a_row.clear()
         batch = to_batch(examples, self._spec, self._task_names)
         batch['dropped'] = dict(dropped)
         return batch
