@@ -67,15 +67,15 @@ class TrainState:
 
 
 def maybe_initialize_distributed() -> None:
-    """Joins the other processes when the environment describes a multi-process job (TPU pods are detected by jax;
-    GPU/CPU clusters set OFA_COORDINATOR, OFA_NUM_PROCESSES and OFA_PROCESS_ID, or run under SLURM)."""
+    """Joins the other processes of the job, where the environment describes one: on a Cloud TPU VM always (jax finds
+    the slice's workers; a single host joins itself); under SLURM with more than one task, one task per GPU (jax
+    gives local task i the node's GPU i); or as OFA_COORDINATOR, OFA_NUM_PROCESSES and OFA_PROCESS_ID say (any
+    cluster, CPUs included). Elsewhere, one process."""
+    from jax._src import cloud_tpu_init  # noqa: PLC0415 - set by jax's import where it finds TPU chips and libtpu
+
     explicit = 'OFA_COORDINATOR' in os.environ
-    if not (
-        explicit
-        or 'SLURM_NTASKS' in os.environ
-        and int(os.environ['SLURM_NTASKS']) > 1
-        or os.environ.get('TPU_WORKER_HOSTNAMES')
-    ):
+    slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
+    if not (explicit or slurm or cloud_tpu_init.running_in_cloud_tpu_vm):
         return
     # Processes on CPUs reduce over gloo (TCP). Only the CPU client reads this setting, and it must be set before
     # the backends start; older jax versions leave it unset, which fails every cross-process computation on CPU.
@@ -88,6 +88,22 @@ def maybe_initialize_distributed() -> None:
         )
     else:
         jax.distributed.initialize()
+    if slurm and not explicit:
+        check_slurm_devices()
+
+
+def check_slurm_devices() -> None:
+    """Fails before training when this node's GPUs outnumber the devices its SLURM tasks drive (one task per node
+    gets one GPU from jax, leaving the rest idle)."""
+    gpus = int(os.environ.get('SLURM_GPUS_ON_NODE') or 0)
+    nodes = int(os.environ.get('SLURM_STEP_NUM_NODES') or os.environ.get('SLURM_NNODES') or 1)
+    tasks = int(os.environ['SLURM_NTASKS']) // nodes
+    if gpus > tasks * jax.local_device_count():
+        raise ValueError(
+            f'this node has {gpus} GPUs but runs {tasks} SLURM task(s) of {jax.local_device_count()} device(s): '
+            f'{gpus - tasks * jax.local_device_count()} GPUs would idle; start one task per GPU '
+            f'(sbatch --ntasks-per-node={gpus})'
+        )
 
 
 # Where a failing process of a multi-process job leaves its error, in the coordination service's key-value store.

@@ -1,5 +1,6 @@
-"""Two CPU processes on localhost (jax.distributed, gloo collectives) train, checkpoint and resume the shrunk demo,
-with the same losses as one process with the same global batch.
+"""Two CPU processes on localhost (jax.distributed, gloo collectives), started with the environment each launcher
+creates (the explicit OFA_* variables, SLURM's), train, checkpoint and resume the shrunk demo, with the same losses
+as one process with the same global batch; and one of them failing ends both.
 
 Process p of 2 reads examples p, p + 2, ... of the stream, so with 4 rows each the global batch holds the same 8
 examples as one process's batch (in another row order; the loss is a sum over rows divided by the global batch's
@@ -12,6 +13,7 @@ import io
 import json
 import os
 import pathlib
+import random
 import re
 import socket
 import subprocess
@@ -35,20 +37,47 @@ def free_port() -> int:
 
 
 def base_env() -> dict:
+    """This environment without any job description, on one CPU device a process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(('OFA_', 'SLURM_')) and k != 'TPU_WORKER_HOSTNAMES'}
     env.update(JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
     return env
 
 
-def start_job(workdir: pathlib.Path, steps: int, processes: int, args=lambda index: ()) -> list:
-    """Starts `processes` workers training to `steps` (as one job when more than 1), process i with the extra
-    arguments args(i); returns [(process, log file)]."""
-    port = free_port()
+def launcher_env(launcher: str, processes: int, index: int, port: int) -> dict:
+    """What a launcher gives process `index` of a job on this host: the explicit variables (launch/local.sh) or
+    SLURM's (srun of launch/slurm.sh, with SLURM_JOB_ID chosen so that jax's port for the job is `port`)."""
+    if processes == 1:
+        return {}
+    if launcher == 'explicit':
+        return dict(OFA_COORDINATOR=f'127.0.0.1:{port}', OFA_NUM_PROCESSES=str(processes), OFA_PROCESS_ID=str(index))
+    return dict(
+        SLURM_JOB_ID=str(port - (65535 - 2**12 + 1)),  # jax: port = job id % 4096 + 61440
+        SLURM_STEP_NODELIST='localhost',
+        SLURM_STEP_NUM_NODES='1',
+        SLURM_NTASKS=str(processes),
+        SLURM_PROCID=str(index),
+        SLURM_LOCALID=str(index),
+    )
+
+
+def job_port(launcher: str) -> int:
+    """A free port (for SLURM one in the range jax derives from a job id)."""
+    while True:
+        port = free_port() if launcher == 'explicit' else random.randint(65535 - 2**12 + 1, 65535)
+        with socket.socket() as s:
+            if s.connect_ex(('127.0.0.1', port)):  # nothing listens there
+                return port
+
+
+def start_job(
+    workdir: pathlib.Path, steps: int, processes: int, args=lambda index: (), launcher: str = 'explicit'
+) -> list:
+    """Starts `processes` workers training to `steps` (as one job when more than 1, with the environment
+    `launcher` creates), process i with the extra arguments args(i); returns [(process, log file)]."""
+    port = job_port(launcher)
     job = []
     for index in range(processes):
-        env = base_env()
-        if processes > 1:
-            env.update(OFA_COORDINATOR=f'127.0.0.1:{port}', OFA_NUM_PROCESSES=str(processes), OFA_PROCESS_ID=str(index))
+        env = base_env() | launcher_env(launcher, processes, index, port)
         log = open(workdir.parent / f'{workdir.name}_{steps}_{index}.log', 'w+')
         command = [sys.executable, str(WORKER), str(workdir), str(steps), *args(index)]
         job.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
@@ -80,9 +109,9 @@ def shown(codes: list, outputs: list[str]) -> str:
     return '\n'.join(f'--- process {i} (exit {c}) ---\n{out[-6000:]}' for i, (c, out) in enumerate(zip(codes, outputs)))
 
 
-def run_job(workdir: pathlib.Path, steps: int, processes: int) -> list[str]:
+def run_job(workdir: pathlib.Path, steps: int, processes: int, launcher: str = 'explicit') -> list[str]:
     """Runs `processes` workers to `steps`; fails showing every output unless all exit 0. Returns their outputs."""
-    codes, outputs, _ = wait_job(start_job(workdir, steps, processes))
+    codes, outputs, _ = wait_job(start_job(workdir, steps, processes, launcher=launcher))
     if any(codes):
         pytest.fail(f'{processes}-process run to step {steps} in {workdir}: a process failed\n{shown(codes, outputs)}')
     return outputs
@@ -95,11 +124,12 @@ def metrics(workdir: pathlib.Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.multihost
-def test_two_processes_train_resume_and_match_one(tmp_path):
+@pytest.mark.parametrize('launcher', ['explicit', 'slurm'])
+def test_two_processes_train_resume_and_match_one(tmp_path, launcher):
     two, one = tmp_path / 'two', tmp_path / 'one'
-    run_job(two, 4, processes=2)
+    run_job(two, 4, processes=2, launcher=launcher)
     assert [row['step'] for row in metrics(two)] == [1, 2, 3, 4]
-    run_job(two, 6, processes=2)  # resumes from the step-4 checkpoint and appends steps 5 and 6
+    run_job(two, 6, processes=2, launcher=launcher)  # resumes from the step-4 checkpoint and appends steps 5, 6
     run_job(one, 6, processes=1)
 
     two_rows, one_rows = metrics(two), metrics(one)
