@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -514,6 +515,23 @@ def check_writable(workdir: str, probe_bytes: int = 1 << 20) -> None:
             os.remove(probe)
 
 
+def check_same_layout(manager: ocp.CheckpointManager, step: int, config: ml_collections.ConfigDict) -> None:
+    """Fails with one line when the checkpoint at `step` was saved by another number of processes or data workers
+    than this run has: each process's data iterator position belongs to its split of the stream."""
+    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    saved_workers = saved.get('data', {}).get('workers', 0)
+    # The data iterators are saved one file a process: process_I-of-N.json.
+    names = [path.name for path in (manager.directory / str(step) / 'data').iterdir()]
+    counts = {int(m.group(1)) for name in names if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', name))}
+    saved_processes = max(counts, default=jax.process_count())
+    if (saved_processes, saved_workers) != (jax.process_count(), config.data.workers):
+        raise ValueError(
+            f'{manager.directory} step {step} was saved by {saved_processes} process(es) with {saved_workers} data '
+            f'worker(s) each; this run has {jax.process_count()} with {config.data.workers}: resume with the same '
+            "counts (a data iterator's position belongs to its split of the stream)"
+        )
+
+
 def flops_of(stage: Any) -> float:
     """The FLOPs XLA counts in a lowered or compiled step (0 where the backend gives no cost analysis)."""
     cost = stage.cost_analysis()
@@ -583,6 +601,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     )
     abstract_state = jax.eval_shape(functools.partial(initial_state, model, optimizer, config, config.data.image_size))
     if manager.latest_step() is not None:
+        check_same_layout(manager, manager.latest_step(), config)
         target = jax.tree_util.tree_map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
         )

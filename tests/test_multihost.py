@@ -141,6 +141,10 @@ def test_two_processes_train_resume_and_match_one(tmp_path, launcher):
         assert a['grad_norm'] == pytest.approx(b['grad_norm'], rel=1e-4), a['step']
     saved = {int(p.name) for p in (two / 'checkpoints').iterdir() if p.name.isdigit()}
     assert 6 in saved and max(saved) == 6
+    if launcher == 'explicit':  # one process cannot take over the data positions of two
+        codes, outputs, _ = wait_job(start_job(two, 8, 1))
+        assert codes == [1], shown(codes, outputs)
+        assert 'step 6 was saved by 2 process(es) with 0 data worker(s) each; this run has 1' in outputs[0]
 
 
 def caption_data(folder: pathlib.Path, rows: int, readable: bool) -> str:

@@ -367,3 +367,12 @@ def test_slurm_tasks_that_would_leave_gpus_idle_fail_before_training(monkeypatch
         train.check_slurm_devices()
     monkeypatch.setenv('SLURM_NTASKS', '4')  # one task per GPU
     train.check_slurm_devices()
+
+
+@pytest.mark.slow
+def test_resuming_with_other_data_workers_fails_naming_both_counts(tmp_path):
+    train.train(small_config(total_steps=2), str(tmp_path))
+    with pytest.raises(
+        ValueError, match=r'step 2 was saved by 1 process\(es\) with 0 data worker\(s\) each; this run has 1 with 2'
+    ):
+        train.train(small_config(total_steps=4, data=dict(workers=2)), str(tmp_path))
