@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Trains on every worker of a Cloud TPU VM pod slice: copies this checkout to all workers, sets up the environment
-# there (with jax[tpu]), and starts the same training command on each; jax finds the other workers by itself.
+# Trains on every worker of a Cloud TPU VM pod slice: copies this checkout to all workers, readies each
+# (launch/tpu_vm_setup.sh: the environment with jax[tpu] pinned to the project's jax, stale TPU processes cleared),
+# and starts the same training command on each; the trainer joins the slice's workers (jax.distributed).
 #   bash launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.KEY=VALUE ...]
 #   bash launch/tpu_pod.sh ofa-v4-64 us-central2-b configs/pretrain.py:large gs://bucket/ofa_large \
 #       --config.data.vision_language_path=/data/vision_language_examples.tsv
@@ -18,8 +19,7 @@ ssh_all() { gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --
 
 tar czf /tmp/ofa-jax.tgz --exclude=.venv --exclude=.git --exclude=workdir .
 gcloud compute tpus tpu-vm scp /tmp/ofa-jax.tgz "$tpu:/tmp/ofa-jax.tgz" --zone "$zone" --worker=all
-ssh_all "mkdir -p $remote_dir && tar xzf /tmp/ofa-jax.tgz -C $remote_dir && cd $remote_dir \
-  && bash launch/setup_env.sh && .venv/bin/pip install --quiet -U 'jax[tpu]'"
+ssh_all "mkdir -p $remote_dir && tar xzf /tmp/ofa-jax.tgz -C $remote_dir && bash $remote_dir/launch/tpu_vm_setup.sh"
 args=$(printf ' %q' "$@")
 ssh_all "cd $remote_dir && nohup .venv/bin/python -m ofa_jax.train --config $config --workdir $workdir$args \
   > train.log 2>&1 &"

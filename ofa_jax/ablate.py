@@ -51,7 +51,7 @@ RESULT_FILE = 'result.json'
 VALIDATION_ROWS = 32  # examples per model call of the validation loss
 LAUNCHERS = {
     'local': 'python -m ofa_jax.train --config {config} --workdir {workdir}',
-    'slurm': 'sbatch --nodes=1 launch/slurm.sh {config} {workdir}',
+    'slurm': 'sbatch --nodes=1 --ntasks-per-node=8 --gpus-per-node=8 launch/slurm.sh {config} {workdir}',
     'tpu': 'bash launch/tpu_pod.sh "$TPU_NAME" "$ZONE" {config} {workdir}',
 }
 

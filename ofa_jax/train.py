@@ -8,12 +8,18 @@ TensorBoard events in tb/, config.json. Evaluation is its own command (`python -
 `python -m ofa_jax.demo` for the synthetic world), reading the workdir.
 """
 
+import contextlib
 import functools
 import json
 import math
 import os
+import re
 import signal
+import sys
+import threading
 import time
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import flax
@@ -62,15 +68,15 @@ class TrainState:
 
 
 def maybe_initialize_distributed() -> None:
-    """Joins the other processes when the environment describes a multi-process job (TPU pods are detected by jax;
-    GPU/CPU clusters set OFA_COORDINATOR, OFA_NUM_PROCESSES and OFA_PROCESS_ID, or run under SLURM)."""
+    """Joins the other processes of the job, where the environment describes one: on a Cloud TPU VM always (jax finds
+    the slice's workers; a single host joins itself); under SLURM with more than one task, one task per GPU (jax
+    gives local task i the node's GPU i); or as OFA_COORDINATOR, OFA_NUM_PROCESSES and OFA_PROCESS_ID say (any
+    cluster, CPUs included). Elsewhere, one process."""
+    from jax._src import cloud_tpu_init  # noqa: PLC0415 - set by jax's import where it finds TPU chips and libtpu
+
     explicit = 'OFA_COORDINATOR' in os.environ
-    if not (
-        explicit
-        or 'SLURM_NTASKS' in os.environ
-        and int(os.environ['SLURM_NTASKS']) > 1
-        or os.environ.get('TPU_WORKER_HOSTNAMES')
-    ):
+    slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
+    if not (explicit or slurm or cloud_tpu_init.running_in_cloud_tpu_vm):
         return
     # Processes on CPUs reduce over gloo (TCP). Only the CPU client reads this setting, and it must be set before
     # the backends start; older jax versions leave it unset, which fails every cross-process computation on CPU.
@@ -83,6 +89,68 @@ def maybe_initialize_distributed() -> None:
         )
     else:
         jax.distributed.initialize()
+    if slurm and not explicit:
+        check_slurm_devices()
+
+
+def check_slurm_devices() -> None:
+    """Fails before training when this node's GPUs outnumber the devices its SLURM tasks drive (one task per node
+    gets one GPU from jax, leaving the rest idle)."""
+    gpus = int(os.environ.get('SLURM_GPUS_ON_NODE') or 0)
+    nodes = int(os.environ.get('SLURM_STEP_NUM_NODES') or os.environ.get('SLURM_NNODES') or 1)
+    tasks = int(os.environ['SLURM_NTASKS']) // nodes
+    if gpus > tasks * jax.local_device_count():
+        raise ValueError(
+            f'this node has {gpus} GPUs but runs {tasks} SLURM task(s) of {jax.local_device_count()} device(s): '
+            f'{gpus - tasks * jax.local_device_count()} GPUs would idle; start one task per GPU '
+            f'(sbatch --ntasks-per-node={gpus})'
+        )
+
+
+# Where a failing process of a multi-process job leaves its error, in the coordination service's key-value store.
+FAILED_PROCESSES = 'ofa_jax/failed/'
+
+
+@contextlib.contextmanager
+def fail_together(poll_seconds: float = 1.0) -> Iterator[None]:
+    """In a job of several processes, an error in one ends every process within seconds, each naming it (exit status
+    1), where the others would wait for the failed one in their next collective until the job's timeouts.
+
+    The failing process leaves its error in the coordination service and exits at once (its own exit would otherwise
+    wait at jax's shutdown barrier for processes that are waiting for it); a thread in every process watches for
+    such errors. With one process this does nothing."""
+    if jax.process_count() == 1:
+        yield
+        return
+    from jax._src import distributed  # noqa: PLC0415 - no public API reaches the coordination service's store
+
+    client, me, finished = distributed.global_state.client, jax.process_index(), threading.Event()
+
+    def watch() -> None:
+        while not finished.wait(poll_seconds):
+            try:
+                failures = [(int(k.rsplit('/', 1)[1]), m) for k, m in client.key_value_dir_get(FAILED_PROCESSES)]
+            except Exception as error:  # noqa: BLE001 - the service is gone: the job is over for this process too
+                failures = [('the coordinator', f'unreachable ({type(error).__name__}: {error})')]
+            failures = [(who, message) for who, message in failures if who != me]
+            if failures and not finished.is_set():
+                who, message = failures[0]
+                print(f'process {me}: stopping: process {who} failed: {message}', file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name='peer-failures', daemon=True).start()
+    try:
+        yield
+    except BaseException as error:
+        message = f'{type(error).__name__}: {error}'
+        with contextlib.suppress(Exception):
+            client.key_value_set(f'{FAILED_PROCESSES}{me}', message)
+        if console.verbose() or not isinstance(error, ValueError):
+            traceback.print_exc()
+        print(f'process {me}: error: {message}', file=sys.stderr, flush=True)
+        os._exit(1)
+    finally:
+        finished.set()
 
 
 def warmup_steps(config: ml_collections.ConfigDict) -> int:
@@ -447,6 +515,23 @@ def check_writable(workdir: str, probe_bytes: int = 1 << 20) -> None:
             os.remove(probe)
 
 
+def check_same_layout(manager: ocp.CheckpointManager, step: int, config: ml_collections.ConfigDict) -> None:
+    """Fails with one line when the checkpoint at `step` was saved by another number of processes or data workers
+    than this run has: each process's data iterator position belongs to its split of the stream."""
+    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    saved_workers = saved.get('data', {}).get('workers', 0)
+    # The data iterators are saved one file a process: process_I-of-N.json.
+    names = [path.name for path in (manager.directory / str(step) / 'data').iterdir()]
+    counts = {int(m.group(1)) for name in names if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', name))}
+    saved_processes = max(counts, default=jax.process_count())
+    if (saved_processes, saved_workers) != (jax.process_count(), config.data.workers):
+        raise ValueError(
+            f'{manager.directory} step {step} was saved by {saved_processes} process(es) with {saved_workers} data '
+            f'worker(s) each; this run has {jax.process_count()} with {config.data.workers}: resume with the same '
+            "counts (a data iterator's position belongs to its split of the stream)"
+        )
+
+
 def flops_of(stage: Any) -> float:
     """The FLOPs XLA counts in a lowered or compiled step (0 where the backend gives no cost analysis)."""
     cost = stage.cost_analysis()
@@ -516,6 +601,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     )
     abstract_state = jax.eval_shape(functools.partial(initial_state, model, optimizer, config, config.data.image_size))
     if manager.latest_step() is not None:
+        check_same_layout(manager, manager.latest_step(), config)
         target = jax.tree_util.tree_map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
         )
@@ -643,6 +729,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                         + (f', skipped {skipped_steps} non-finite steps' if skipped_steps else '')
                     )
                 window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
+                # An asynchronous save that failed (a full disk, a lost bucket) stops the run here, not at the next
+                # save, which may be hours of unsaved training away.
+                if not manager.is_saving_in_progress():
+                    manager.wait_until_finished()  # returns at once, or raises what the last save failed with
                 if failed and config.nonfinite == 'stop':
                     break
             stop = preemption.agreed()
@@ -668,7 +758,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 def main(argv):
     del argv
     maybe_initialize_distributed()
-    train(flags.FLAGS.config, flags.FLAGS.workdir)
+    with fail_together():
+        train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == '__main__':

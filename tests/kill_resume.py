@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import random
+import resource
 import signal
 import subprocess
 import sys
@@ -35,16 +36,23 @@ class Kill:
     phase: str  # 'step', 'save' or 'restore'
     delay: float  # seconds from the phase's moment to the kill
     in_flight: bool  # the save or restore had not finished when the kill struck; for steps, always True
-    resumed_from: (
-        int | None
-    )  # the step the killed process had resumed from (None: it started afresh or was killed first)
+    # The step the killed process had resumed from (None: it started afresh or was killed before it resumed).
+    resumed_from: int | None
 
 
-def launch(workdir: pathlib.Path, steps: int, log: pathlib.Path) -> subprocess.Popen:
+def launch(
+    workdir: pathlib.Path, steps: int, log: pathlib.Path, *overrides: str, limit_file_size: int | None = None
+) -> subprocess.Popen:
+    """Starts a worker training `workdir` to `steps`, checkpointing every 2 steps (unless `overrides` say otherwise)
+    and tracing to WORKDIR.trace, in a process group of its own (with its data workers, if any); with
+    limit_file_size, no file it writes can grow past that many bytes, as on a full disk."""
+    command = [sys.executable, str(WORKER), str(workdir), str(steps), f'--trace={workdir}.trace', 'checkpoint_every=2']
     with open(log, 'w') as out:  # unbuffered: what a killed process printed is kept
         return subprocess.Popen(
-            [sys.executable, str(WORKER), str(workdir), str(steps), f'--trace={workdir}.trace', 'checkpoint_every=2'],
+            [*command, *overrides],
             cwd=ROOT,
+            start_new_session=True,
+            preexec_fn=limit_file_size and (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size,) * 2)),
             env={**os.environ, 'PYTHONUNBUFFERED': '1'},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -116,7 +116,8 @@ def test_emit_prints_one_job_per_size():
     commands = ablate.emit(config, 'configs/ablate.py', ['--config.batch_size=8'], 'gs://bucket/ablate', 'slurm')
     assert len(commands) == 3
     assert commands[1] == (
-        'sbatch --nodes=1 launch/slurm.sh configs/ablate.py gs://bucket/ablate/micro --config.model=micro '
+        'sbatch --nodes=1 --ntasks-per-node=8 --gpus-per-node=8 launch/slurm.sh configs/ablate.py '
+        'gs://bucket/ablate/micro --config.model=micro '
         '--config.total_steps=4 --config.epochs=0 --config.batch_size=8'
     )
     with pytest.raises(ValueError, match='--emit'):

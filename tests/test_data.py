@@ -525,3 +525,26 @@ def test_a_constraint_without_its_range_is_refused():
     example = {'source_ids': [5], 'target_ids': [6], 'task': 't', 'constraint': 'bins'}
     with pytest.raises(ValueError, match="needs its 'constraint_range'"):
         pipeline.to_batch([example], pipeline.BatchSpec(1, 16, 8, 4), ['t'])
+
+
+def test_a_stream_of_bad_records_alone_stops_naming_them(vocab):
+    class Unreadable:
+        def __len__(self):
+            return 7
+
+        def __getitem__(self, index):
+            return {'id': str(index), 'image': b'not an image', 'caption': 'a red square'}
+
+    task = Task('unreadable', Unreadable(), (tasks.decode_image, tasks.caption(vocab)))
+    with pytest.raises(
+        ValueError, match=r'last 10000 records were all dropped \(unreadable/undecodable_image: 10000\)'
+    ):
+        next(iter(pipeline.batches([task], [1.0], SPEC, seed=0)))
+    # One good record in the mixture keeps the stream alive: its batches come, the bad records counted.
+    good = Task(
+        'few_captions',
+        World(size=5, image_size=64),
+        (tasks.decode_image, tasks.transform_image(tasks.resize_transform(64)), tasks.caption(vocab)),
+    )
+    batch = next(iter(pipeline.batches([task, good], [0.5, 0.5], SPEC, seed=0)))
+    assert batch['example_mask'].all() and batch['dropped']['unreadable/undecodable_image'] > 0

@@ -356,3 +356,23 @@ def test_a_full_workdir_fails_before_training(tmp_path):
     result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and 'cannot be written: File too large' in result.stderr, result.stderr[-2000:]
     assert os.listdir(tmp_path / 'run') == []  # the partial probe is removed
+
+
+def test_slurm_tasks_that_would_leave_gpus_idle_fail_before_training(monkeypatch):
+    # 2 nodes of 2 GPUs, one task a node: jax gives each task one GPU, so one GPU a node would idle.
+    monkeypatch.setenv('SLURM_GPUS_ON_NODE', '2')
+    monkeypatch.setenv('SLURM_STEP_NUM_NODES', '2')
+    monkeypatch.setenv('SLURM_NTASKS', '2')
+    with pytest.raises(ValueError, match=r'2 GPUs but runs 1 SLURM task\(s\) of 1 device\(s\): 1 GPUs would idle'):
+        train.check_slurm_devices()
+    monkeypatch.setenv('SLURM_NTASKS', '4')  # one task per GPU
+    train.check_slurm_devices()
+
+
+@pytest.mark.slow
+def test_resuming_with_other_data_workers_fails_naming_both_counts(tmp_path):
+    train.train(small_config(total_steps=2), str(tmp_path))
+    with pytest.raises(
+        ValueError, match=r'step 2 was saved by 1 process\(es\) with 0 data worker\(s\) each; this run has 1 with 2'
+    ):
+        train.train(small_config(total_steps=4, data=dict(workers=2)), str(tmp_path))

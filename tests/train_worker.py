@@ -73,7 +73,8 @@ def main(argv):
         trace_to(option.removeprefix('--trace='))
         overrides.remove(option)
     train.maybe_initialize_distributed()
-    train.train(worker_config(steps, overrides), workdir)
+    with train.fail_together():
+        train.train(worker_config(steps, overrides), workdir)
     return 0
 
 

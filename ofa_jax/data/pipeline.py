@@ -10,6 +10,7 @@ line-based source) and reason.
 import collections
 import dataclasses
 import functools
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -152,6 +153,11 @@ def _check_shapes(example: dict, spec: BatchSpec) -> str | None:
     return None
 
 
+# A stream that has yielded nothing usable for this many records in a row is broken (a wrong path, a corrupt copy of
+# the data, a preprocessor that rejects everything): the run stops naming the reasons instead of reading forever.
+MAX_DROPPED_IN_A_ROW = 10_000
+
+
 class _BatchIterator(grain.DatasetIterator):
     def __init__(
         self, parent: grain.DatasetIterator, spec: BatchSpec, tasks: Sequence[Task], drop_remainder: bool, strict: bool
@@ -159,6 +165,7 @@ class _BatchIterator(grain.DatasetIterator):
         super().__init__(parent)
         self._spec, self._tasks, self._drop_remainder, self._strict = spec, list(tasks), drop_remainder, strict
         self._task_names = [t.name for t in tasks]
+        self._dropped_in_a_row = collections.Counter()
 
     def __next__(self) -> dict[str, Any]:
         examples, dropped = [], collections.Counter()
@@ -176,8 +183,16 @@ class _BatchIterator(grain.DatasetIterator):
                 raise ValueError(f'{_describe(self._tasks[self._task_names.index(item["task"])], item)}: {reason}')
             if reason:
                 dropped[reason] += 1
+                self._dropped_in_a_row[reason] += 1
+                if self._dropped_in_a_row.total() >= MAX_DROPPED_IN_A_ROW:
+                    reasons = ', '.join(f'{r}: {n}' for r, n in self._dropped_in_a_row.most_common())
+                    raise ValueError(
+                        f'the last {self._dropped_in_a_row.total()} records were all dropped ({reasons}): fix the '
+                        'data, or set data.strict=True to stop at the first bad record with its file and line'
+                    )
             else:
                 examples.append(item)
+                self._dropped_in_a_row.clear()
         batch = to_batch(examples, self._spec, self._task_names)
         batch['dropped'] = dict(dropped)
         return batch
@@ -198,6 +213,13 @@ class _BatchDataset(grain.IterDataset):
 
     def __iter__(self) -> _BatchIterator:
         return _BatchIterator(self._parent.__iter__(), self._spec, self._tasks, self._drop_remainder, self._strict)
+
+
+def _leave_sigterm_to_the_trainer(worker_index: int, num_workers: int) -> None:
+    """Runs in each data worker: SIGTERM (a preemption notice, often sent to every process of the job) must not end
+    a worker before the trainer has saved; the trainer stops its workers itself when it exits."""
+    del worker_index, num_workers
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def batches(
@@ -223,5 +245,7 @@ def batches(
     if workers:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, use their defaults
             flags.FLAGS.mark_as_parsed()
-        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+        stream = stream.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=_leave_sigterm_to_the_trainer
+        )
     return _BatchDataset(stream, spec, tasks, drop_remainder=repeat, strict=strict)
