@@ -31,6 +31,18 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     return module.get_config() if arg is None else module.get_config(arg)
 
 
+# The demo's command line shrunk the same way, for tests that run `python -m ofa_jax.train` as a user would: a long
+# run (for a signal to interrupt) logging every step, its only checkpoint the one a signal asks for.
+SMALL_DEMO_FLAGS = (
+    '--config.total_steps=500',
+    '--config.log_every=1',
+    '--config.checkpoint_every=1000',
+    '--config.data.image_size=32',
+    '--config.data.world_size=100',
+    '--config.batch_size=8',
+)
+
+
 def small_config(variant: str = 'pretrain', **changes: Any) -> ml_collections.ConfigDict:
     """The demo config shrunk for tests: nano at 32 pixels on 200 scenes, batch 8, no dropout and frozen batch norm
     (nothing depends on how a batch is split), checkpoints every 2 steps. `changes` set top-level keys;

@@ -8,17 +8,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, SMALL_DEMO_FLAGS
 from kill_resume import finalized, lines
-
-SMALL = [
-    '--config.total_steps=500',
-    '--config.log_every=1',
-    '--config.checkpoint_every=1000',
-    '--config.data.image_size=32',
-    '--config.data.world_size=100',
-    '--config.batch_size=8',
-]
 
 
 def slurm_job(tmp_path: pathlib.Path, *args: str) -> subprocess.Popen:
@@ -38,7 +29,7 @@ def slurm_job(tmp_path: pathlib.Path, *args: str) -> subprocess.Popen:
 @pytest.mark.slow
 def test_slurm_job_checkpoints_and_requeues_at_its_time_limit(tmp_path):
     workdir = tmp_path / 'run'
-    job = slurm_job(tmp_path, 'configs/demo.py', str(workdir), *SMALL)
+    job = slurm_job(tmp_path, 'configs/demo.py', str(workdir), *SMALL_DEMO_FLAGS)
     deadline = time.time() + 600
     while len(lines(workdir / 'metrics.jsonl')) < 3 and job.poll() is None and time.time() < deadline:
         time.sleep(0.2)

@@ -62,8 +62,10 @@ def launcher_env(launcher: str, processes: int, index: int, port: int) -> dict:
 
 def job_port(launcher: str) -> int:
     """A free port (for SLURM one in the range jax derives from a job id)."""
+    if launcher == 'explicit':
+        return free_port()
     while True:
-        port = free_port() if launcher == 'explicit' else random.randint(65535 - 2**12 + 1, 65535)
+        port = random.randint(65535 - 2**12 + 1, 65535)
         with socket.socket() as s:
             if s.connect_ex(('127.0.0.1', port)):  # nothing listens there
                 return port

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, load_config, small_config
+from conftest import ROOT, SMALL_DEMO_FLAGS, load_config, small_config
 
 from ofa_jax import demo, evaluate, train
 from ofa_jax.checkpoint import load_checkpoint, model_from_config, save_model
@@ -144,12 +144,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
         '--config',
         str(ROOT / 'configs' / 'demo.py'),
         f'--workdir={workdir}',
-        '--config.total_steps=500',
-        '--config.log_every=1',
-        '--config.checkpoint_every=1000',
-        '--config.data.image_size=32',
-        '--config.data.world_size=100',
-        '--config.batch_size=8',
+        *SMALL_DEMO_FLAGS,
     ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
