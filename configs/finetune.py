@@ -12,7 +12,9 @@ A recipe counts epochs where OFA's script does (--config.epochs; for a fixed num
 layout: caption, vqa, refcoco, snli_ve, imagenet); any task also reads JSONL with an image folder
 (`--config.data.tasks.TASK.format=jsonl`; the text tasks only do), which `python -m ofa_jax.prepare_data` writes from
 COCO captions, VQA v2 and RefCOCO annotations.
-Evaluate with `python -m ofa_jax.evaluate --config configs/finetune.py:caption --checkpoint WORKDIR ...`.
+Evaluate with `python -m ofa_jax.evaluate --config configs/finetune.py:caption --checkpoint WORKDIR ...`. VQA as OFA
+trains and reports it needs its answer list: `--config.data.tasks.vqa.answers=trainval_ans2label.pkl` (training then
+constrains each answer to the list, evaluation scores every answer of it).
 """
 
 from typing import NamedTuple
@@ -45,9 +47,11 @@ class Recipe(NamedTuple):
 # (snli_ve/train_snli_ve_base.sh); its learning rates for ImageNet and Gigaword. The GLUE tasks' and those two's
 # other settings are this project's choice (text-only tasks see no image: a 32-pixel placeholder).
 # Caption targets are cut at 20 words, then at 32 tokens (OFA cuts words only; 20 COCO words rarely pass 30 tokens).
+# max_target_length counts the answer's tokens and eos; a prompted task's decoder reads its prompt before them.
+# VQA's source holds the question (80 words) and 30 object words: 128 tokens.
 TASKS = {
     'caption': Recipe(1e-5, 128, 5, 0, 0.06, 0, 0.1, 0.0, 0.1, True, 0.2, 6000, 480, 80, 32),
-    'vqa': Recipe(5e-5, 512, 15, 0, 0.04, 0, 0.1, 0.9999, 0.1, True, 0.0, 0, 480, 80, 16),
+    'vqa': Recipe(5e-5, 512, 15, 0, 0.04, 0, 0.1, 0.9999, 0.1, True, 0.0, 0, 480, 128, 16),
     'grounding': Recipe(5e-5, 128, 10, 0, 0.06, 0, 0.1, 0.0, 0.1, False, 0.0, 0, 512, 80, 5),
     'snli_ve': Recipe(5e-5, 256, 5, 0, 0.06, 0, 0.0, 0.0, 0.1, False, 0.0, 0, 480, 80, 5),
     'classification': Recipe(5e-5, 512, 0, 50_000, 0.06, 0, 0.1, 0.0, 0.0, False, 0.0, 0, 480, 80, 16),
@@ -64,6 +68,14 @@ LARGE = {
     'vqa': dict(epochs=0, total_steps=40_000, warmup=0.0, warmup_steps=1000, drop_path=0.2),
     'grounding': dict(learning_rate=3e-5, drop_path=0.2),
     'snli_ve': dict(learning_rate=2e-5, epochs=6, drop_path=0.2),
+}
+# OFA's dataset options in the scripts: VQA and SNLI-VE read the instruction in the decoder (--prompt-type=prev_output)
+# and train their answer over a trie (no --unconstrained-training; VQA's answers from --ans2label-file: set
+# data.tasks.vqa.answers, without it VQA trains over the whole vocabulary); VQA adds the image's object words
+# (--add-object), SNLI-VE the premise (--add-caption).
+OPTIONS = {
+    'vqa': dict(prompt_type='prev_output', add_object=True),
+    'snli_ve': dict(prompt_type='prev_output', add_caption=True),
 }
 
 
@@ -83,13 +95,16 @@ def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     config.model_overrides = dict(
         dtype='bfloat16', encoder_drop_path_rate=recipe.drop_path, decoder_drop_path_rate=recipe.drop_path
     )
+    options = OPTIONS.get(task, {})
+    # The prev_output prompt puts the source's tokens (all but its eos) before the answer, bos already counted.
+    prompt_length = recipe.max_source_length - 2 if options.get('prompt_type') == 'prev_output' else 0
     config.data.update(
         image_size=recipe.image_size,
         max_source_length=recipe.max_source_length,
-        max_target_length=recipe.max_target_length,
+        max_target_length=prompt_length + recipe.max_target_length,
         workers=8,
     )
-    config.data.tasks = {task: finetune_task_config(task)}
+    config.data.tasks = {task: {**finetune_task_config(task), **options}}
 
     config.batch_size = recipe.batch_size
     config.epochs, config.total_steps = recipe.epochs, recipe.total_steps

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -27,7 +27,7 @@ from PIL import Image
 
 from ofa_jax import decode, sharding
 from ofa_jax.checkpoint import load_checkpoint
-from ofa_jax.data import pipeline
+from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import tasks as task_declarations
 from ofa_jax.data import transforms as T
 from ofa_jax.data.image_codes import ImageTokenizer, images_from_code_tokens
@@ -140,18 +140,21 @@ class Predictor:
         vocab: Vocabulary | None = None,
         mesh: jax.sharding.Mesh | None = None,
         logical_axis_rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_RULES,
-        prompt_type: str | None = None,
+        prompt_type: str | Mapping[str, str] | None = None,
     ):
         """image_size: the square side images are resized to (None: OFA's per-task sides, 480 or 512).
         mesh: where the model runs (default: every device, data parallel); batches split over its batch axes.
         prompt_type: what precedes the answer in the decoder, as the model was finetuned (OFA's --prompt-type):
-        'none' (bos only), 'src' (the whole instruction) or 'prev_output' (the instruction without its eos); None:
-        each task's declared one."""
+        'none' (bos only), 'src' (the whole instruction) or 'prev_output' (the instruction without its eos), for
+        every task or per task {task: prompt type}; tasks not named take their declared one."""
         if batch_size < 1:
             raise ValueError(f'batch_size must be positive, got {batch_size}')
-        if prompt_type is not None and prompt_type not in decode.PROMPT_TYPES:
-            raise ValueError(f'prompt_type must be one of {decode.PROMPT_TYPES}, got {prompt_type!r}')
-        self.prompt_type = prompt_type
+        if isinstance(prompt_type, str):
+            prompt_type = dict.fromkeys(TASKS, prompt_type)
+        self.prompt_types = dict(prompt_type or {})
+        for task, value in self.prompt_types.items():
+            if value not in decode.PROMPT_TYPES:
+                raise ValueError(f'prompt_type of {task} must be one of {decode.PROMPT_TYPES}, got {value!r}')
         self.config = config
         self.model = OFA(config)
         self.vocab = vocab or default_vocabulary()
@@ -179,6 +182,7 @@ class Predictor:
                 'vocab': vocabulary_from_spec(
                     data.get('vocab') or (f'bpe:{data.bpe_dir}' if data.get('bpe_dir') else 'ofa')
                 ),
+                'prompt_type': mixtures.prompt_types(data),
             }
         return cls(checkpoint.config, checkpoint.variables, **{**defaults, **kwargs})
 
@@ -198,8 +202,9 @@ class Predictor:
     ) -> list[Result]:
         """[{'answer', 'score'}] per (image, question).
 
-        Without `answers`: free beam search. With them, mode 'all' scores every candidate answer and takes the best
-        (OFA's allcand), mode 'trie' runs beam search restricted to the candidates."""
+        Without `answers`: free beam search. With them, mode 'all' scores every candidate answer, each token's
+        log-prob renormalized over the tokens that continue some candidate, and takes the best (OFA's allcand), mode
+        'trie' runs beam search restricted to the candidates."""
         return self.run('vqa', images, candidates=answers, mode=mode, question=questions, **settings)
 
     def grounding(self, images: Sequence[ImageInput], texts: Sequence[str], **settings: Any) -> list[Result]:
@@ -386,7 +391,7 @@ class Predictor:
         return decode.DecodeSettings(**{**kind.decode, **overrides})
 
     def _prefix(self, kind: TaskKind, batch: dict[str, Any]) -> np.ndarray | None:
-        return decode.prompt_prefix(np.asarray(batch['src_tokens']), self.prompt_type or kind.prompt_type)
+        return decode.prompt_prefix(np.asarray(batch['src_tokens']), self.prompt_types.get(kind.name, kind.prompt_type))
 
     def _generate(
         self,
@@ -450,7 +455,8 @@ class Predictor:
         return results
 
     def _score(self, kind: TaskKind, inputs: Sequence[ModelInput], candidates: Sequence[str]) -> list[np.ndarray]:
-        """Log-probability [n_candidates] of every candidate answer per input (teacher-forced, summed)."""
+        """Log-probability [n_candidates] of every candidate answer per input (teacher-forced, summed, each token's
+        renormalized over the candidates' trie)."""
         candidate_ids = [self._answer_ids(c) for c in candidates]
         outputs = []
         for rows, batch in self._batches(inputs):
@@ -463,6 +469,7 @@ class Predictor:
                     batch['patch_masks'],
                     candidate_ids,
                     prefix_tokens=self._prefix(kind, batch),
+                    renormalize=True,
                 )
             outputs += list(np.asarray(scores)[:rows])
         return outputs

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ofa_jax.data import vocab as V
+from ofa_jax.data.answers import AnswerTrie
+from ofa_jax.data.pipeline import PROMPT_TYPES
 from ofa_jax.model import OFA, validate_source
 
 NEG_INF = -jnp.inf
@@ -433,9 +435,6 @@ def _repeated_ngrams(tokens: jax.Array, step: jax.Array, size: int, vocab: int) 
     )
 
 
-PROMPT_TYPES = ('none', 'src', 'prev_output')
-
-
 def prompt_prefix(src_tokens: np.ndarray, prompt_type: str) -> np.ndarray | None:
     """The forced decoder prefix of OFA's prompt types, PAD-padded on the right, or None for 'none'.
 
@@ -460,10 +459,13 @@ def score_candidates(
     candidates: Sequence[Sequence[int]],
     batch_size: int = 256,
     prefix_tokens: np.ndarray | None = None,
+    renormalize: bool = False,
 ) -> jax.Array:
     """OFA's "all candidates" scoring: scores [b, n_candidates], each the summed log-prob of the candidate
     (ids without bos/eos) followed by eos, teacher-forced after bos and the row's prefix_tokens [b, p] (PAD-padded on
-    the right, see `prompt_prefix`; not scored).
+    the right, see `prompt_prefix`; not scored). renormalize: each position's log-probs are taken over the tokens
+    that continue some candidate there (the candidates' trie), as OFA's allcand evaluation does; else over the whole
+    vocabulary.
 
     batch_size bounds the (row, candidate) pairs of one decoder pass, and so the memory of its logits."""
     validate_source(model.config, src_tokens, patch_images, patch_masks)
@@ -484,14 +486,32 @@ def score_candidates(
     pair_candidates = np.arange(padded) % count
     inputs = np.full((padded, length), V.PAD, np.int32)
     targets = np.full((padded, length), V.PAD, np.int32)
+    # With renormalize: per scored position the row of `masks` (packed, see AnswerTrie) of its trie node; -1 elsewhere.
+    mask_rows = np.full((padded, length), -1, np.int32)
+    masks = None
+    if renormalize:
+        trie = AnswerTrie(candidates, model.config.vocab_size)
+        nodes = [trie.nodes(c) for c in candidates]
+        used = sorted({n for path in nodes for n in path})
+        masks = jnp.asarray(np.stack([trie.packed_mask(n) for n in used]))
+        nodes = [[used.index(n) for n in path] for path in nodes]
     for i, (row, candidate) in enumerate(zip(pair_rows, pair_candidates)):
         forced, answer = prefixes[row], candidates[candidate]
         inputs[i, : len(forced) + len(answer) + 1] = [V.BOS, *forced, *answer]
         targets[i, len(forced) : len(forced) + len(answer) + 1] = [*answer, V.EOS]
+        if renormalize:
+            mask_rows[i, len(forced) : len(forced) + len(answer) + 1] = nodes[candidate]
     encoder_out = _encode(model, variables, jnp.asarray(src_tokens, jnp.int32), patch_images, patch_masks)
     scores = [
         _score_chunk(
-            model, variables, encoder_out, pair_rows[i : i + chunk], inputs[i : i + chunk], targets[i : i + chunk]
+            model,
+            variables,
+            encoder_out,
+            pair_rows[i : i + chunk],
+            inputs[i : i + chunk],
+            targets[i : i + chunk],
+            mask_rows[i : i + chunk],
+            masks,
         )
         for i in range(0, padded, chunk)
     ]
@@ -504,8 +524,11 @@ def _encode(model, variables, src_tokens, patch_images, patch_masks):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _score_chunk(model, variables, encoder_out, rows, inputs, targets):
+def _score_chunk(model, variables, encoder_out, rows, inputs, targets, mask_rows, masks):
     encoder_out = jax.tree_util.tree_map(lambda x: x[rows], encoder_out)
     logits = model.apply(variables, encoder_out, inputs, method=OFA.decode)
+    if masks is not None:
+        allowed = jnp.unpackbits(masks[jnp.maximum(mask_rows, 0)], axis=-1, count=logits.shape[-1]).astype(bool)
+        logits = jnp.where(allowed | (mask_rows < 0)[..., None], logits, NEG_INF)
     lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets[..., None], axis=-1)[..., 0]
     return jnp.sum(jnp.where(targets != V.PAD, lp, 0.0), axis=1)

@@ -10,7 +10,8 @@ mesh (config.mesh) of this one process. Outputs: predictions.jsonl (one line per
 prediction, reference) and metrics.json ({'<task>_<metric>': value}, with '<task>_examples' and '<task>_dropped'; a
 task is named by its kind, or by its registered name when two tasks share a kind).
 Boxes are in the pixels of the model's input image (IoU does not change under the resize). Classification chooses
-among the labels of the evaluated examples.
+among the labels of the evaluated examples; VQA with an answer list (data.tasks.vqa.answers) scores every answer of it;
+each task's decoder prompt is its data entry's prompt_type, as it was trained.
 """
 
 import collections
@@ -82,6 +83,7 @@ def evaluate(
         mesh=sharding.make_mesh(**config.mesh),
         logical_axis_rules=config.logical_axis_rules,
         vocab=vocab,
+        prompt_type=mixtures.prompt_types(config.data),
     )
     results, predictions_by_task = {}, {}
     for name, task in evaluable_tasks(config.data, world).items():
@@ -91,7 +93,7 @@ def evaluate(
             logging.warning('task %s: no examples to evaluate (dropped: %s)', name, dropped)
             continue
         inputs = [api.ModelInput(e['source_ids'], e.get('image')) for e in examples]
-        candidates = None
+        candidates = list(task.answers) or None  # VQA with its answer list: every answer scored (OFA's allcand)
         if kind.choose:
             candidates = sorted({kind.reference(e, vocab) for e in examples})
         outputs = predictor.answer(kind.name, inputs, candidates)

@@ -41,6 +41,7 @@ from ofa_jax import console, sharding
 from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, load_model, model_from_config, restore_fitting
 from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
+from ofa_jax.data.vocab import vocabulary_from_spec
 from ofa_jax.model import OFA, abstract_variables, init_variables
 
 # Dense bfloat16 peak FLOP/s per chip, by jax device_kind prefix.
@@ -215,14 +216,22 @@ def drop_worst_tokens(losses: jax.Array, tokens: jax.Array, ratio: float) -> jax
 
 
 def token_losses(
-    logits: jax.Array, targets: jax.Array, constraint_ranges: jax.Array, label_smoothing: float
+    logits: jax.Array,
+    targets: jax.Array,
+    constraint_ranges: jax.Array,
+    label_smoothing: float,
+    allowed_tokens: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """OFA's label-smoothed cross entropy per token, with the vocabulary limited to each row's allowed range and,
-    as OFA's --constraint-range does, the four special ids (bos, pad, eos, unk).
+    as OFA's --constraint-range does, the four special ids (bos, pad, eos, unk), and, where given, to each
+    position's allowed tokens (OFA's constraint masks: an answer's trie).
 
-    logits [B, T, V], targets [B, T], constraint_ranges [B, 2] -> (loss [B, T], correct [B, T])."""
+    logits [B, T, V], targets [B, T], constraint_ranges [B, 2], allowed_tokens [B, T, ceil(V / 8)] uint8 packed
+    (pipeline.to_batch) -> (loss [B, T], correct [B, T])."""
     ids = jnp.arange(logits.shape[-1])
     allowed = (ids >= constraint_ranges[:, None, :1]) & (ids < constraint_ranges[:, None, 1:]) | (ids < V.NUM_SPECIALS)
+    if allowed_tokens is not None:
+        allowed = allowed & jnp.unpackbits(allowed_tokens, axis=-1, count=logits.shape[-1]).astype(bool)
     lprobs = jax.nn.log_softmax(jnp.where(allowed, logits, -1e9), axis=-1)
     nll = -jnp.take_along_axis(lprobs, targets[..., None], axis=-1)[..., 0]
     smooth = -jnp.sum(jnp.where(allowed, lprobs, 0.0), axis=-1)
@@ -274,7 +283,13 @@ def train_step(
                 rngs={'dropout': jax.random.fold_in(rng, index)},
                 mutable=['batch_stats'],
             )
-            loss, correct = token_losses(logits, mb['target_tokens'], mb['constraint_ranges'], config.label_smoothing)
+            loss, correct = token_losses(
+                logits,
+                mb['target_tokens'],
+                mb['constraint_ranges'],
+                config.label_smoothing,
+                mb.get('allowed_tokens'),
+            )
             tokens = (mb['target_tokens'] != V.PAD) & mb['example_mask'][:, None]
             weighted = jnp.where(tokens, loss * mb['loss_weights'][:, None], 0.0)
             if config.drop_worst_ratio:  # after drop_worst_after updates, as OFA's update_num > drop_worst_after
@@ -493,8 +508,9 @@ def steps_for_epochs(config: ml_collections.ConfigDict, tasks: list) -> int:
 
 def batch_spec(config: ml_collections.ConfigDict, rows: int) -> pipeline.BatchSpec:
     """The shapes of a batch of `rows` examples under the config's data section."""
+    trie_vocab_size = vocabulary_from_spec(config.data.vocab).size if mixtures.answer_tries_in(config.data) else 0
     return pipeline.BatchSpec(
-        rows, config.data.image_size, config.data.max_source_length, config.data.max_target_length
+        rows, config.data.image_size, config.data.max_source_length, config.data.max_target_length, trie_vocab_size
     )
 
 

@@ -39,7 +39,8 @@ def data_config(source: str) -> ml_collections.ConfigDict:
         data.detection_path = ''
     else:
         # Finetuning tasks by name, each {name, kind (a task of ofa_jax.data.tasks), rate, format: 'tsv' (path,
-        # tsv_kind: OFA's file layout) | 'jsonl' (path, image_root) | 'tfds' (dataset, split, data_dir)}.
+        # tsv_kind: OFA's file layout) | 'jsonl' (path, image_root) | 'tfds' (dataset, split, data_dir), and OFA's
+        # dataset options (finetune_task_config)}.
         data.tasks = {}
     return data
 
@@ -55,8 +56,8 @@ TASK_TSV_LAYOUTS = {
 
 
 def finetune_task_config(kind: str, name: str = '', format: str = '', path: str = '', rate: float = 1.0) -> dict:
-    """One entry of data.tasks, with every key a source format may read (so each can be set from the command line);
-    the format defaults to OFA's TSV where the task has a layout, else JSONL."""
+    """One entry of data.tasks, with every key a source format or a task option may read (so each can be set from
+    the command line); the format defaults to OFA's TSV where the task has a layout, else JSONL."""
     return dict(
         name=name or f'ofa_{kind}',
         kind=kind,
@@ -68,6 +69,11 @@ def finetune_task_config(kind: str, name: str = '', format: str = '', path: str 
         dataset='',
         split='train',
         data_dir='',
+        prompt_type='none',  # what precedes the answer in the decoder: 'none', 'src' or 'prev_output' (OFA's)
+        answers='',  # vqa: the answer list (OFA's trainval_ans2label.pkl, or JSON); evaluation scores every answer
+        constrained_training=True,  # vqa with answers, snli_ve: the answer's loss over the answers' trie (OFA's)
+        add_object=False,  # vqa: the record's object words follow the question (OFA's --add-object)
+        add_caption=False,  # snli_ve: the premise joins the instruction (OFA's --add-caption)
     )
 
 

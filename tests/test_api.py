@@ -167,11 +167,13 @@ def test_grounding_maps_boxes_back_through_the_resize(predictor):
     np.testing.assert_allclose(bins, np.round(bins), atol=1e-6)
 
 
-def test_all_candidates_picks_the_most_probable_answer(predictor):
+def test_all_candidates_picks_the_most_probable_answer_over_their_trie(predictor):
     images, questions = [rgb(32, 32, 1), rgb(32, 32, 2)], ['what shape is red', 'how many shapes']
     answers = ['circle', 'two', 'yes']  # one token each, as snli_ve's and itm's: one compiled scoring program
     results = predictor.vqa(images, questions, answers)
-    # Every answer's log-probability, teacher-forced, from the model's logits in one batch of 2 x 3 rows.
+    # Every answer's log-probability, teacher-forced, from the model's logits in one batch of 2 x 3 rows, each
+    # position's renormalized over the answers' trie as OFA's allcand does (utils/eval_utils.py: the logits outside
+    # the trie at -inf before the log-softmax): the first token over the answers' first tokens, then eos alone.
     vocab = predictor.vocab
     sources = [[V.BOS, *vocab.encode_spaced(f'{q}?'), V.EOS] for q in questions]
     targets = [vocab.encode_spaced(a) + [V.EOS] for a in answers]
@@ -182,9 +184,15 @@ def test_all_candidates_picks_the_most_probable_answer(predictor):
         q, a = sources[row // 3], targets[row % 3]
         source[row, : len(q)], target[row, : len(a)], previous[row, : len(a)] = q, a, [V.BOS, *a[:-1]]
     pixels = np.repeat(np.stack([predictor.prepare_image(i, 'vqa')[0] for i in images]), 3, axis=0)
-    logits = jax.jit(predictor.model.apply)(predictor.variables, source, pixels, np.ones(6, bool), previous)
+    logits = np.array(jax.jit(predictor.model.apply)(predictor.variables, source, pixels, np.ones(6, bool), previous))
+    assert length == 2
+    allowed = np.zeros((length, logits.shape[-1]), bool)
+    allowed[0, [t[0] for t in targets]] = True
+    allowed[1, V.EOS] = True
+    logits = np.where(allowed, logits, -np.inf)
     logprobs = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), target[..., None], axis=-1)[..., 0]
     totals = np.where(target != V.PAD, logprobs, 0.0).sum(axis=1).reshape(2, 3)
+    assert np.all(totals.max(axis=1) >= np.log(1 / 3) - 1e-6)  # three first tokens share the mass, not 59,457
     assert [r['answer'] for r in results] == [answers[i] for i in totals.argmax(axis=1)]
     np.testing.assert_allclose([r['score'] for r in results], totals.max(axis=1), atol=1e-3)
 

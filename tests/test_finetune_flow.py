@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -129,6 +130,10 @@ def write_data(task: str, folder) -> dict[str, str]:
         lines[-1] = json.dumps({'id': 'not-a-dict', 'text': 5})  # a text task's bad record: a non-string text
     paths['jsonl'] = str(folder / f'{task}.jsonl')
     (folder / f'{task}.jsonl').write_text('\n'.join(lines) + '\n')
+    if task == 'vqa':  # the answer list, as OFA ships it (an {answer: label} pickle) and as JSON
+        answers = sorted({a for i in range(ROWS) for a in WORLD[i]['answers']})
+        (folder / 'trainval_ans2label.pkl').write_bytes(pickle.dumps({a: i for i, a in enumerate(answers)}))
+        (folder / 'answers.json').write_text(json.dumps(answers))
     return paths
 
 
@@ -159,12 +164,19 @@ def environment(tmp_path_factory):
 
 
 def overrides(task: str, fmt: str, path: str) -> list[str]:
+    answers = []
+    if task == 'vqa':  # trained over the answers' trie, evaluated by scoring every answer
+        answers = [
+            f'--config.data.tasks.vqa.answers={os.path.dirname(path)}/'
+            + ('trainval_ans2label.pkl' if fmt == 'tsv' else 'answers.json')
+        ]
     return [
         f'--config.data.tasks.{task}.path={path}',
         f'--config.data.tasks.{task}.format={fmt}',
         f'--config.data.image_size={SIZE}',
         '--config.data.workers=0',
         '--config.model_overrides.dtype=float32',
+        *answers,
     ]
 
 
@@ -225,6 +237,9 @@ def test_convert_train_evaluate_predict(environment, task, fmt):
         assert 0.0 <= scores[METRIC[task]] <= 10.0
         assert (scores[f'{task}_examples'], scores[f'{task}_dropped']) == (ROWS, CORRUPT)
         assert len(predictions) == ROWS and {p['task'] for p in predictions} == {task}
+    if task == 'vqa':  # every answer of the list scored, one of them chosen
+        answers = json.loads((folder / f'{task}_{fmt}' / 'answers.json').read_text())
+        assert {p['prediction'] for p in predictions} <= set(answers)
 
     if fmt == 'jsonl' and task in IMAGE_TASKS:
         return  # predict reads no data file: the task's TSV case runs it

@@ -7,6 +7,7 @@ prompted, decoded and scored.
 
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -14,7 +15,9 @@ import numpy as np
 
 from ofa_jax.data import sources
 from ofa_jax.data import transforms as T
+from ofa_jax.data.answers import AnswerTrie, read_answers
 from ofa_jax.data.image_codes import ImageTokenizer, PatchCodebook
+from ofa_jax.data.pipeline import PROMPT_TYPES
 from ofa_jax.data.registry import DropExample, Mixture, MixtureRegistry, Task, TaskRegistry, get_tasks
 from ofa_jax.data.tasks import (
     SNLI_ANSWERS,
@@ -191,8 +194,29 @@ def register_ofa_pretraining(
     )
 
 
-def finetune_preprocessors(kind: str, vocab: Vocabulary, transform: Any) -> tuple[Preprocessor, ...]:
-    """The preprocessing chain of a finetuning task of `kind` (a name in TASKS)."""
+def finetune_preprocessors(
+    kind: str,
+    vocab: Vocabulary,
+    transform: Any,
+    prompt_type: str = 'none',
+    answers: Sequence[str] = (),
+    constrained_training: bool = True,
+    add_object: bool = False,
+    add_caption: bool = False,
+) -> tuple[Preprocessor, ...]:
+    """The preprocessing chain of a finetuning task of `kind` (a name in TASKS), with OFA's dataset options:
+    prompt_type (pipeline.PROMPT_TYPES), answers (VQA's answer list) and constrained_training (the answer's loss
+    over the trie of VQA's answers, or of SNLI-VE's yes / no / maybe), add_object (VQA), add_caption (SNLI-VE)."""
+    if prompt_type not in PROMPT_TYPES:
+        raise ValueError(f'task {kind}: prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}')
+    for option, value, kinds in (('answers', answers, ('vqa',)), ('add_object', add_object, ('vqa',))):
+        if value and kind not in kinds:
+            raise ValueError(f'task {kind}: {option} is an option of {", ".join(kinds)} only')
+    if add_caption and kind != 'snli_ve':
+        raise ValueError(f'task {kind}: add_caption is an option of snli_ve only')
+    trie = None
+    if constrained_training and (answers or kind == 'snli_ve'):
+        trie = AnswerTrie.of_answers(vocab, answers or TASKS['snli_ve'].candidates)
     image = (decode_image,)
     chains = {
         'caption': lambda: (
@@ -202,14 +226,24 @@ def finetune_preprocessors(kind: str, vocab: Vocabulary, transform: Any) -> tupl
             caption(vocab, 20, finetune_caption_text),
         ),
         'classification': lambda: (*image, require_text('label'), transform_image(transform), classification(vocab)),
-        'vqa': lambda: (*image, require_text('question'), transform_image(transform), vqa(vocab, True)),
+        'vqa': lambda: (
+            *image,
+            require_text('question'),
+            transform_image(transform),
+            vqa(vocab, True, add_object, trie),
+        ),
         'grounding': lambda: (
             *image,
             require_text('text'),
             transform_image(transform, with_region=True),
             grounding(vocab),
         ),
-        'snli_ve': lambda: (*image, require_text('hypothesis'), transform_image(transform), snli_ve(vocab)),
+        'snli_ve': lambda: (
+            *image,
+            require_text('hypothesis', *(('premise',) if add_caption else ())),
+            transform_image(transform),
+            snli_ve(vocab, add_caption, trie),
+        ),
         'sst2': lambda: (
             require_text('text'),
             text_task(
@@ -226,7 +260,9 @@ def finetune_preprocessors(kind: str, vocab: Vocabulary, transform: Any) -> tupl
     }
     if kind not in chains:
         raise ValueError(f'unknown finetuning task {kind!r}; choose one of {", ".join(chains)}')
-    return chains[kind]()
+    if prompt_type == 'none':
+        return chains[kind]()
+    return (*chains[kind](), lambda example, rng: {**example, 'prompt_type': prompt_type})
 
 
 FINETUNE_TASKS = (
@@ -242,6 +278,8 @@ FINETUNE_TASKS = (
     'summarization',
 )
 assert set(FINETUNE_TASKS) <= set(TASKS)
+# The options of finetune_preprocessors a data.tasks entry sets (ofa_jax.train_config.finetune_task_config).
+FINETUNE_OPTIONS = ('prompt_type', 'answers', 'constrained_training', 'add_object', 'add_caption')
 
 
 def finetune_task(
@@ -252,11 +290,38 @@ def finetune_task(
     image_size: int = 480,
     transform: Any = None,
     replace: bool = False,
+    **options: Any,
 ) -> Task:
     """Registers a finetuning task of `kind` (one of FINETUNE_TASKS) on a source of raw records (OFA TSV, TFDS,
-    JSONL, or the world)."""
-    steps = finetune_preprocessors(kind, vocab, transform or resize_transform(image_size))
-    return TaskRegistry.add(Task(name, source, steps, kind), replace=replace)
+    JSONL, or the world); `options` are finetune_preprocessors' (prompt_type, answers, ...)."""
+    steps = finetune_preprocessors(kind, vocab, transform or resize_transform(image_size), **options)
+    task = Task(name, source, steps, kind, options.get('prompt_type', 'none'), tuple(options.get('answers', ())))
+    return TaskRegistry.add(task, replace=replace)
+
+
+def finetune_options(spec: Any) -> dict[str, Any]:
+    """finetune_preprocessors' options from a data.tasks entry (the answer list read from its file); entries saved
+    before an option existed take its default."""
+    options = {key: spec[key] for key in FINETUNE_OPTIONS if key in spec}
+    options['answers'] = tuple(read_answers(spec['answers'])) if spec.get('answers') else ()
+    return options
+
+
+def prompt_types(data: ml_collections.ConfigDict) -> dict[str, str]:
+    """{task kind: prompt type} of a config's finetuning tasks (the other sources prompt with bos alone)."""
+    if data.source != 'tasks':
+        return {}
+    return {spec['kind']: spec.get('prompt_type', 'none') for spec in task_specs(data).values()}
+
+
+def answer_tries_in(data: ml_collections.ConfigDict) -> bool:
+    """Whether a config's tasks train an answer against a trie, so its batches carry 'allowed_tokens'."""
+    if data.source != 'tasks':
+        return False
+    return any(
+        spec.get('constrained_training', True) and (spec['kind'] == 'snli_ve' or spec.get('answers'))
+        for spec in task_specs(data).values()
+    )
 
 
 CODEBOOK_SCENES = 64
@@ -349,7 +414,13 @@ def register_from_config(data: ml_collections.ConfigDict, world: Any = None) -> 
         specs = task_specs(data)
         registered = [
             finetune_task(
-                spec['name'], spec['kind'], source_from_config(spec, key), vocab, data.image_size, replace=True
+                spec['name'],
+                spec['kind'],
+                source_from_config(spec, key),
+                vocab,
+                data.image_size,
+                replace=True,
+                **finetune_options(spec),
             )
             for key, spec in specs.items()
         ]

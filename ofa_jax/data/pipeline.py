@@ -33,7 +33,26 @@ class BatchSpec:
     batch_size: int  # examples per process
     image_size: int = 384
     max_source_length: int = 80
-    max_target_length: int = 30
+    max_target_length: int = 30  # decoder positions: a prompt's (see PROMPT_TYPES), the answer's and eos
+    # > 0: batches carry 'allowed_tokens', per target position the tokens a trie-constrained answer may take, packed
+    # over a vocabulary of this size (`ofa_jax.data.answers.AnswerTrie`); 0: no example is trie-constrained.
+    trie_vocab_size: int = 0
+
+
+# What precedes the answer in the decoder (OFA's --prompt-type): 'none' bos alone, 'src' the whole source (bos ...
+# eos), 'prev_output' the source without its eos. The prompt's positions are not scored.
+PROMPT_TYPES = ('none', 'src', 'prev_output')
+
+
+def decoder_prompt(source: Sequence[int], prompt_type: str) -> list[int]:
+    """The decoder's tokens before the answer, given the model's source [bos, ..., eos]."""
+    if prompt_type == 'none':
+        return [V.BOS]
+    if prompt_type == 'src':
+        return list(source)
+    if prompt_type == 'prev_output':
+        return list(source[:-1])
+    raise ValueError(f'prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +109,12 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
     """Fixed-shape model inputs from preprocessed examples (fewer than batch_size: the rest is padding).
 
     Examples hold 'source_ids' and 'target_ids' (no bos/eos), optionally 'image' float32 [S, S, 3] in [-1, 1],
-    'loss_weight', 'code_target' and 'constraint_range' (the token ids [lo, hi) the target may take besides eos).
+    'loss_weight', 'code_target', 'constraint_range' (the token ids [lo, hi) the target may take besides eos),
+    'prompt_type' (PROMPT_TYPES: the decoder reads the prompt, then the answer; the prompt's targets are PAD, as in
+    OFA's datasets) and 'allowed_tokens' (uint8 [len(target_ids) + 1, ceil(V / 8)], see BatchSpec.trie_vocab_size).
     Returns src_tokens [B, Ls], patch_images [B, S, S, 3], patch_masks [B], prev_output_tokens / target_tokens [B, Lt],
-    loss_weights [B], code_masks [B], constraint_ranges [B, 2], task_ids [B], example_mask [B]."""
+    loss_weights [B], code_masks [B], constraint_ranges [B, 2], task_ids [B], example_mask [B] and, with
+    spec.trie_vocab_size, allowed_tokens [B, Lt, ceil(V / 8)] uint8 (every bit set where no trie constrains)."""
     b, ls, lt, s = spec.batch_size, spec.max_source_length, spec.max_target_length, spec.image_size
     batch = {
         'src_tokens': np.full((b, ls), V.PAD, np.int32),
@@ -106,12 +128,25 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
         'task_ids': np.zeros((b,), np.int32),
         'example_mask': np.zeros((b,), bool),
     }
+    width = -(-spec.trie_vocab_size // 8)
+    if width:
+        batch['allowed_tokens'] = np.full((b, lt, width), 255, np.uint8)
     for row, example in enumerate(examples):
         source = [V.BOS, *example['source_ids'][: ls - 2], V.EOS]
-        target = [*example['target_ids'][: lt - 1], V.EOS]
+        prompt = decoder_prompt(source, example.get('prompt_type', 'none'))
+        answer = [*example['target_ids'][: lt - len(prompt)], V.EOS]
         batch['src_tokens'][row, : len(source)] = source
-        batch['target_tokens'][row, : len(target)] = target
-        batch['prev_output_tokens'][row, : len(target)] = [V.BOS, *target[:-1]]
+        decoder_input = [*prompt, *answer[:-1]]
+        batch['prev_output_tokens'][row, : len(decoder_input)] = decoder_input
+        batch['target_tokens'][row, len(prompt) - 1 : len(decoder_input)] = answer
+        if example.get('allowed_tokens') is not None:
+            allowed = example['allowed_tokens']
+            if allowed.shape != (len(example['target_ids']) + 1, width):
+                raise ValueError(
+                    f'task {example["task"]!r}: allowed_tokens {allowed.shape} does not fit {len(answer)} answer '
+                    f'positions of a {spec.trie_vocab_size}-token vocabulary (BatchSpec.trie_vocab_size)'
+                )
+            batch['allowed_tokens'][row, len(prompt) - 1 : len(decoder_input)] = allowed[: len(answer)]
         if example.get('image') is not None:
             batch['patch_images'][row] = example['image']
             batch['patch_masks'][row] = True
@@ -150,6 +185,12 @@ def _check_shapes(example: dict, spec: BatchSpec) -> str | None:
         return f'{example["task"]}/image_shape'
     if not len(example['target_ids']):
         return f'{example["task"]}/empty_target'
+    if example.get('prompt_type', 'none') != 'none' or example.get('allowed_tokens') is not None:
+        # A prompted or trie-constrained answer is never cut: it would be trained as another answer.
+        source = [V.BOS, *example['source_ids'][: spec.max_source_length - 2], V.EOS]
+        prompt = decoder_prompt(source, example.get('prompt_type', 'none'))
+        if len(prompt) + len(example['target_ids']) > spec.max_target_length:
+            return f'{example["task"]}/answer_past_max_target_length'
     return None
 
 

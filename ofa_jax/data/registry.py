@@ -31,6 +31,8 @@ class Task:
     source: Any  # random access: len() and [index] -> raw record dict (see ofa_jax.data.sources)
     preprocessors: Sequence[Preprocessor]
     kind: str = ''  # a name in ofa_jax.data.tasks.TASKS; '' for a task of mixed kinds (OFA's vision-language rows)
+    prompt_type: str = 'none'  # what its examples put before the answer in the decoder (pipeline.PROMPT_TYPES)
+    answers: tuple[str, ...] = ()  # a closed answer set its data declares (VQA's answer list): evaluation scores it
 
     def preprocess(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         example = dict(record)

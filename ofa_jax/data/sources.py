@@ -352,6 +352,8 @@ PIPELINE_FIELDS = (
     'code_target',
     'constraint',
     'constraint_range',
+    'prompt_type',
+    'allowed_tokens',
 )
 
 

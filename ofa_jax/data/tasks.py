@@ -21,6 +21,7 @@ from PIL import Image
 from ofa_jax import metrics
 from ofa_jax.data import boxes as B
 from ofa_jax.data import transforms as T
+from ofa_jax.data.answers import AnswerTrie
 from ofa_jax.data.image_codes import ImageTokenizer
 from ofa_jax.data.registry import DropExample
 from ofa_jax.data.vocab import Vocabulary
@@ -46,6 +47,7 @@ GIGAWORD = ' what is the summary of article " {} "?'
 MAX_IMAGE_SIZE = B.MAX_IMAGE_SIZE
 SNLI_ANSWERS = {'entailment': 'yes', 'contradiction': 'no', 'neutral': 'maybe'}
 MASK = '<mask>'  # marks a missing span in text infilling's input
+MAX_OBJECTS = 30  # object words added to a VQA question (OFA's max_object_length)
 
 Preprocessor = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
 # (uint8 image [H, W, 3], boxes [N, 4], rng) -> (float32 image [S, S, 3] in [-1, 1], boxes [N, 4], keep [N] bool)
@@ -330,7 +332,8 @@ TASKS: dict[str, TaskKind] = {
             'vqa',
             vqa_instruction,
             ('question',),
-            decode=dict(beam_size=5, min_length=1, max_length=17),
+            # OFA's beam evaluation (evaluate_vqa_beam.sh): --unnormalized scores.
+            decode=dict(beam_size=5, min_length=1, max_length=17, length_penalty=0.0),
             output=text_output('answer'),
             reference=vqa_references,
             metrics=vqa_metrics,
@@ -709,22 +712,31 @@ def itm(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (), m
     return preprocess
 
 
-def vqa(vocab: Vocabulary, add_question_mark: bool = False) -> Preprocessor:
-    """Target: the most confident answer; its confidence weights the loss."""
+def vqa(
+    vocab: Vocabulary, add_question_mark: bool = False, add_object: bool = False, trie: AnswerTrie | None = None
+) -> Preprocessor:
+    """Target: the most confident answer; its confidence weights the loss. add_object: the record's object words
+    (at most 30) follow the question, as OFA's --add-object does; trie: the answer's tokens are constrained to the
+    trie's answers ('allowed_tokens'), and an answer outside them drops the record."""
 
     def preprocess(example, rng):
         answer, confidence = max(_answers(example).items(), key=lambda item: item[1])
-        return {
-            **example,
-            **_source(
-                'vqa',
-                vocab,
-                functools.partial(vqa_instruction, add_question_mark=add_question_mark),
-                question=example['question'],
-            ),
-            'target_ids': _target(vocab, answer.strip()),
-            'loss_weight': float(confidence),
-        }
+        source = _source(
+            'vqa',
+            vocab,
+            functools.partial(vqa_instruction, add_question_mark=add_question_mark),
+            question=example['question'],
+        )
+        if add_object and example.get('objects'):
+            # data/mm_data/vqa_gen_dataset.py: ' object: ' and the first 30 object words, as they are.
+            source['source_ids'] = source['source_ids'] + vocab.encode(
+                ' object: ' + ' '.join(str(o) for o in example['objects'][:MAX_OBJECTS])
+            )
+        target = _target(vocab, answer.strip())
+        out = {**example, **source, 'target_ids': target, 'loss_weight': float(confidence)}
+        if trie is not None:
+            out['allowed_tokens'] = trie.allowed_tokens(target)
+        return out
 
     return preprocess
 
@@ -863,15 +875,20 @@ def text_infill(
     return preprocess
 
 
-def snli_ve(vocab: Vocabulary) -> Preprocessor:
+def snli_ve(vocab: Vocabulary, add_caption: bool = False, trie: AnswerTrie | None = None) -> Preprocessor:
+    """Target: yes (entailment), no (contradiction) or maybe (neutral). add_caption: the premise joins the
+    hypothesis in the instruction (OFA's --add-caption); trie: the answer is constrained to yes / no / maybe."""
+
     def preprocess(example, rng):
         if example.get('label') not in SNLI_ANSWERS:
             raise DropExample('bad_label', repr(example.get('label')))
-        return {
-            **example,
-            **_source('snli_ve', vocab, hypothesis=example['hypothesis']),
-            'target_ids': vocab.encode_spaced(SNLI_ANSWERS[example['label']]),
-        }
+        premise = example['premise'] if add_caption else None  # require_text('premise') ran before
+        target = vocab.encode_spaced(SNLI_ANSWERS[example['label']])
+        source = _source('snli_ve', vocab, hypothesis=example['hypothesis'], premise=premise)
+        out = {**example, **source, 'target_ids': target}
+        if trie is not None:
+            out['allowed_tokens'] = trie.allowed_tokens(target)
+        return out
 
     return preprocess
 
