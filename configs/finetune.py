@@ -4,7 +4,8 @@ summarization (Gigaword), with OFA's finetuning recipes where it published them 
 
     python -m ofa_jax.convert ofa_base.pt checkpoints/ofa_base
     python -m ofa_jax.train --config configs/finetune.py:caption --workdir workdir/caption_base \\
-        --config.init_from=checkpoints/ofa_base --config.data.tasks.caption.path=caption_stage1_train.tsv
+        --config.init_from=checkpoints/ofa_base --config.data.tasks.caption.path=caption_stage1_train.tsv \\
+        --config.data.tasks.caption.valid_path=caption_val.tsv    # validated every 500 steps, the best kept
     python -m ofa_jax.train --config configs/finetune.py:vqa,large ...    # TASK[,SIZE]; the size defaults to base
 
 A recipe counts epochs where OFA's script does (--config.epochs; for a fixed number of updates instead:
@@ -117,4 +118,8 @@ def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     config.clip_norm = 1.0
     config.log_every = 100
     config.checkpoint_every = 2000
+    # OFA's scripts validate every 500 updates (--validate-interval-updates=500) and keep the best checkpoint by the
+    # task's score (--best-checkpoint-metric): give the validation file, data.tasks.TASK.valid_path.
+    if task != 'summarization':  # no automatic metric
+        config.validation.update(every=500, metric=f'{task}_cider' if task == 'caption' else f'{task}_accuracy')
     return config

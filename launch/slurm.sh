@@ -3,7 +3,8 @@
 # (jax.distributed reads SLURM_* itself and gives local task i the node's GPU i).
 #   sbatch --nodes=4 --ntasks-per-node=8 --gpus-per-node=8 launch/slurm.sh CONFIG WORKDIR [--config.KEY=VALUE ...]
 #   sbatch --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 launch/slurm.sh configs/finetune.py:vqa,large \
-#       /scratch/runs/vqa_large --config.init_from=/scratch/ckpt/ofa_large --config.data.tasks.vqa.path=/scratch/vqa.tsv
+#       /scratch/runs/vqa_large --config.init_from=/scratch/ckpt/ofa_large --config.data.tasks.vqa.path=/scratch/vqa.tsv \
+#       --config.data.tasks.vqa.valid_path=/scratch/vqa_val.tsv
 # WORKDIR must be on a file system every node sees. The environment (.venv with jax[cuda12], see BUILD.md) must
 # exist on that shared file system already. Two minutes before the time limit SLURM sends this script SIGTERM: it
 # passes it on to the tasks, which finish their step, checkpoint and exit, and then requeues the job, which resumes

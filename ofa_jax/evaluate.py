@@ -15,6 +15,7 @@ each task's decoder prompt is its data entry's prompt_type, as it was trained.
 """
 
 import collections
+import copy
 import json
 import os
 from typing import Any
@@ -29,6 +30,43 @@ from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data.registry import Task
 from ofa_jax.data.tasks import TASKS
 from ofa_jax.data.vocab import vocabulary_from_spec
+
+# The world's validation scenes: unseen by training and by the demo's evaluation (its seed + 1000).
+VALIDATION_SEED_OFFSET = 2000
+
+
+def validation_setup(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any]:
+    """What a training run validates on: (a copy of its config whose data is the validation data, the world to
+    score or None). Finetuning tasks validate on their entries' valid_path (the tasks without one are left out);
+    the world on config.validation.max_examples (256 by default) scenes of another seed."""
+    validation = copy.deepcopy(config)
+    world = None
+    if config.data.source == 'world':
+        world = mixtures.world_from_config(
+            config.data,
+            seed=config.data.world_seed + VALIDATION_SEED_OFFSET,
+            size=config.validation.max_examples or 256,
+        )
+    elif config.data.source == 'tasks':
+        specs = mixtures.task_specs(config.data)
+        kept = {
+            key: {**spec, 'path': spec['valid_path'], 'name': f'{spec["name"]}_validation'}
+            for key, spec in specs.items()
+            if spec.get('valid_path') and TASKS[spec['kind']].metrics is not None
+        }
+        if not kept:
+            raise ValueError(
+                f'validation.every={config.validation.every} but no task with a metric has validation data: set '
+                f'--config.data.tasks.{next(iter(specs), "TASK")}.valid_path=FILE'
+            )
+        with validation.unlocked():
+            validation.data.tasks = kept
+    else:
+        raise ValueError(
+            f'validation.every={config.validation.every}: data.source {config.data.source!r} has no validation data '
+            '(set validation.every=0)'
+        )
+    return validation, world
 
 
 def evaluable_tasks(data: ml_collections.ConfigDict, world: Any = None) -> dict[str, Task]:
@@ -68,11 +106,11 @@ def evaluate(
     world: Any = None,
     metrics_file: str = 'metrics.json',
     step: int | None = None,
+    write: bool = True,
 ) -> tuple[dict[str, float], dict[str, list[dict]]]:
     """Runs every evaluable task of the config on the checkpoint (a training workdir's `step`, by default its
     latest); returns (metrics {'<task>_<metric>': value}, the predictions of each task as written to
-    predictions.jsonl), both also written to workdir (the metrics to `metrics_file`)."""
-    os.makedirs(workdir, exist_ok=True)
+    predictions.jsonl), both also written to workdir (the metrics to `metrics_file`) unless write=False."""
     vocab = vocabulary_from_spec(config.data.vocab)
     predictor = predictor or api.Predictor.load(
         checkpoint,
@@ -115,6 +153,9 @@ def evaluate(
             for i, k in enumerate(ids)
         ]
         logging.info('%s: %s', name, scores)
+    if not write:
+        return results, predictions_by_task
+    os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'predictions.jsonl'), 'w') as f:
         f.writelines(json.dumps(line) + '\n' for lines in predictions_by_task.values() for line in lines)
     with open(os.path.join(workdir, metrics_file), 'w') as f:

@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
-from ofa_jax import console, sharding
+from ofa_jax import api, console, evaluate, sharding
 from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, load_model, model_from_config, restore_fitting
 from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
@@ -468,15 +468,16 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """What MetricWriter wrote to metrics.jsonl, one record per step in step order; of a step logged twice (a resumed
-    run replays the steps after its last checkpoint) the last record."""
+    """What MetricWriter wrote to metrics.jsonl, one record per step in step order, the records of a step merged
+    (training and validation scores) with the last value of a key logged twice (a resumed run replays the steps
+    after its last checkpoint)."""
     by_step = {}
     path = os.path.join(workdir, 'metrics.jsonl')
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
                 record = json.loads(line)
-                by_step[int(record['step'])] = record
+                by_step.setdefault(int(record['step']), {}).update(record)
     return [by_step[step] for step in sorted(by_step)]
 
 
@@ -569,12 +570,87 @@ def train_step_flops(config: ml_collections.ConfigDict) -> float:
         return flops_of(jax.jit(step).lower(state, batch))
 
 
+BEST_DIR = 'best'  # under a training workdir: the best validated checkpoint, itself readable as a training workdir
+
+
+def validate(
+    config: ml_collections.ConfigDict,
+    validation: tuple[ml_collections.ConfigDict, Any],
+    workdir: str,
+    model: OFA,
+    state: TrainState,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, float]:
+    """Scores the state's model (its EMA when kept) on the validation data (evaluate.validation_setup) as
+    `ofa_jax.evaluate` does, writing WORKDIR/validation/{predictions.jsonl, step_N.json}.
+
+    In a multi-process run every process answers all of the validation data on its own devices from a full copy of
+    the model: each gets the same scores, so all agree on the best checkpoint; process 0 writes the files."""
+    params = state.params if state.ema_params is None else state.ema_params
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    if jax.process_count() > 1:
+        variables = multihost_utils.process_allgather(variables, tiled=True)
+        mesh = jax.sharding.Mesh(np.array(jax.local_devices()).reshape(1, -1, 1, 1), sharding.MESH_AXES)
+    predictor = api.Predictor(
+        model.config,
+        variables,
+        image_size=config.data.image_size,
+        max_source_length=config.data.max_source_length,
+        batch_size=config.validation.batch_size or config.batch_size // jax.process_count(),
+        vocab=vocabulary_from_spec(config.data.vocab),
+        mesh=mesh,
+        logical_axis_rules=config.logical_axis_rules,
+        prompt_type=mixtures.prompt_types(config.data),
+    )
+    validation_config, world = validation
+    scores, _ = evaluate.evaluate(
+        validation_config,
+        '',
+        os.path.join(workdir, 'validation'),
+        config.validation.max_examples,
+        predictor=predictor,
+        world=world,
+        metrics_file=f'step_{int(state.step)}.json',
+        write=jax.process_index() == 0,
+    )
+    return scores
+
+
+def best_metric(config: ml_collections.ConfigDict, scores: dict[str, float]) -> str:
+    """The validation score that picks the best checkpoint: validation.metric, or the first task's first metric."""
+    metrics = [k for k in scores if not k.endswith(('_examples', '_dropped'))]
+    key = config.validation.metric or (metrics[0] if metrics else '')
+    if key not in metrics:
+        raise ValueError(f'validation.metric {key!r} is not among the validation scores {metrics}')
+    return key
+
+
+def best_manager(workdir: str, metric: str, mode: str) -> ocp.CheckpointManager:
+    """WORKDIR/best: the one checkpoint (model variables and config) of the best `metric` so far, chosen by orbax
+    among those saved with their scores; it survives restarts, a resumed run competing with its stored score."""
+    if mode not in ('max', 'min'):
+        raise ValueError(f"validation.mode is {mode!r}; it must be 'max' or 'min'")
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, BEST_DIR, TRAINING_CHECKPOINTS)),
+        item_names=('state', 'config'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1,
+            best_fn=lambda metrics: metrics[metric],
+            best_mode=mode,
+            keep_checkpoints_without_metrics=False,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,
+        ),
+    )
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains until config.total_steps (or a preemption); returns the final state."""
     if config.nonfinite not in ('skip', 'stop'):
         raise ValueError(f"nonfinite is {config.nonfinite!r}; it must be 'skip' or 'stop'")
     check_writable(workdir)
     tasks, rates = mixtures.register_from_config(config.data)
+    validation = evaluate.validation_setup(config) if config.validation.every else None
     if config.epochs:
         config.total_steps = steps_for_epochs(config, tasks)
     if jax.process_index() == 0:
@@ -674,6 +750,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     # The last step whose skip flag is unread, (step, flag): reading it one step late keeps one step queued and the
     # bar at the real rate.
     pending, skipped_steps, failed = None, 0, None
+    best = None  # the manager of WORKDIR/best, made at the first validation (which names its metric)
 
     def settle() -> int | None:
         """Reads the pending step's flag, counting it; returns that step when its update was skipped."""
@@ -751,6 +828,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     manager.wait_until_finished()  # returns at once, or raises what the last save failed with
                 if failed and config.nonfinite == 'stop':
                     break
+            if validation and (done % config.validation.every == 0 or done == config.total_steps):
+                started = time.perf_counter()
+                scores = validate(config, validation, workdir, model, state, mesh)
+                metric = best_metric(config, scores)
+                best = best or best_manager(workdir, metric, config.validation.mode)
+                if done not in best.all_steps():  # a resumed run validates its replayed steps again
+                    kept = {'params': state.params, 'batch_stats': state.batch_stats}
+                    if state.ema_params is not None:
+                        kept['ema_params'] = state.ema_params
+                    best.save(
+                        done,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardSave(kept), config=ocp.args.JsonSave(config.to_dict())
+                        ),
+                        metrics={metric: scores[metric]},
+                    )
+                writer.write(done, {f'validation/{k}': v for k, v in scores.items()})
+                if jax.process_index() == 0:
+                    progress.write(
+                        f'validation at step {done}: '
+                        + ', '.join(f'{k} {v:.4f}' for k, v in scores.items() if k == metric or k.endswith('_examples'))
+                        + f'; best step {best.best_step()}'
+                    )
+                window_start += time.perf_counter() - started  # validating is not training throughput
             stop = preemption.agreed()
             if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
                 save(done)
@@ -761,6 +862,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     manager.wait_until_finished()
     latest = manager.latest_step()
     manager.close()
+    if best:
+        best.close()
     progress.close()
     writer.close()
     if failed and config.nonfinite == 'stop':

@@ -69,6 +69,7 @@ def finetune_task_config(kind: str, name: str = '', format: str = '', path: str 
         dataset='',
         split='train',
         data_dir='',
+        valid_path='',  # validation records in the same format, scored during training (config.validation)
         prompt_type='none',  # what precedes the answer in the decoder: 'none', 'src' or 'prev_output' (OFA's)
         answers='',  # vqa: the answer list (OFA's trainval_ans2label.pkl, or JSON); evaluation scores every answer
         constrained_training=True,  # vqa with answers, snli_ve: the answer's loss over the answers' trie (OFA's)
@@ -107,6 +108,16 @@ def default_config(source: str = 'world') -> ml_collections.ConfigDict:
 
     config.mesh = dict(replica=1, data=-1, fsdp=1, tensor=1)
     config.logical_axis_rules = sharding.DEFAULT_RULES
+
+    # Validation during training: every `every` steps (and at the last) the model (its EMA when kept) answers the
+    # validation data (each finetuning task's valid_path; unseen scenes of the world) and is scored as
+    # `python -m ofa_jax.evaluate` scores it; the best checkpoint by `metric` is kept in WORKDIR/best.
+    config.validation = ml_collections.ConfigDict()
+    config.validation.every = 0  # 0: no validation
+    config.validation.max_examples = 0  # per task; 0: all (the world: 256 scenes)
+    config.validation.batch_size = 0  # examples per model call; 0: the training batch of a process
+    config.validation.metric = ''  # the score keeping the best checkpoint, e.g. 'caption_cider'; '': the first one
+    config.validation.mode = 'max'  # 'max' or 'min': which way the metric is better
 
     config.log_every = 50
     config.checkpoint_every = 1000

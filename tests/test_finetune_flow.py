@@ -24,6 +24,7 @@ import pytest
 from conftest import ROOT
 from PIL import Image
 
+from ofa_jax import train
 from ofa_jax.data.world import World
 
 pytestmark = [pytest.mark.slow, pytest.mark.parity]
@@ -195,6 +196,13 @@ def test_convert_train_evaluate_predict(environment, task, fmt):
     path = write_data(task, folder / f'{task}_{fmt}')[fmt]
     config = f'configs/finetune.py:{task},tiny'
     workdir = folder / f'{task}_{fmt}' / 'workdir'
+    validation = []  # a task with a metric is validated at its last step on the training file, the best kept
+    if task in METRIC:
+        validation = [
+            '--config.validation.every=2',
+            '--config.validation.max_examples=4',
+            f'--config.data.tasks.{task}.valid_path={path}',
+        ]
     run(
         [
             'ofa_jax.train',
@@ -208,11 +216,15 @@ def test_convert_train_evaluate_predict(environment, task, fmt):
             '--config.log_every=1',
             '--config.checkpoint_every=2',
             *overrides(task, fmt, path),
+            *validation,
         ],
         env,
     )
-    logged = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    logged = train.read_metrics(str(workdir))
     assert [row['step'] for row in logged] == [1, 2] and all(np.isfinite(row['loss']) for row in logged)
+    if task in METRIC:
+        assert logged[-1][f'validation/{METRIC[task]}'] >= 0 and logged[-1][f'validation/{task}_examples'] == 4
+        assert (workdir / train.BEST_DIR / 'checkpoints' / '2').is_dir()
     assert logged[-1]['learning_rate'] > 0  # the recipe's warmup follows the shortened run
     assert (workdir / 'checkpoints' / '2').is_dir()
 

@@ -149,6 +149,23 @@ def test_two_processes_train_resume_and_match_one(tmp_path, launcher):
         assert 'step 6 was saved by 2 process(es) with 0 data worker(s) each; this run has 1' in outputs[0]
 
 
+@pytest.mark.slow
+@pytest.mark.multihost
+def test_two_processes_validate_as_one_and_agree_on_the_best(tmp_path):
+    args = ['data.mixture=world_grounding', 'validation.every=2', 'validation.max_examples=8']
+    two, one = tmp_path / 'two', tmp_path / 'one'
+    for workdir, processes in ((two, 2), (one, 1)):
+        codes, outputs, _ = wait_job(start_job(workdir, 4, processes, lambda index: args))
+        assert codes == [0] * processes, shown(codes, outputs)
+    scored = [
+        {r['step']: r['validation/grounding_accuracy'] for r in metrics(w) if 'validation/grounding_accuracy' in r}
+        for w in (two, one)
+    ]
+    assert list(scored[0]) == [2, 4] and scored[0] == pytest.approx(scored[1], abs=1e-6)
+    best = [sorted(p.name for p in (w / 'best' / 'checkpoints').iterdir() if p.name.isdigit()) for w in (two, one)]
+    assert len(best[0]) == 1 and scored[0][int(best[0][0])] == max(scored[0].values()), best
+
+
 def caption_data(folder: pathlib.Path, rows: int, readable: bool) -> str:
     """A JSONL caption file of `rows` world scenes (32 pixels) and their images; with readable=False every line
     names an image that is not there, as on a host whose copy of the data is broken. Returns its path."""

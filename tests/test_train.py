@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import ROOT, SMALL_DEMO_FLAGS, load_config, small_config
 
@@ -371,3 +372,51 @@ def test_resuming_with_other_data_workers_fails_naming_both_counts(tmp_path):
         ValueError, match=r'step 2 was saved by 1 process\(es\) with 0 data worker\(s\) each; this run has 1 with 2'
     ):
         train.train(small_config(total_steps=4, data=dict(workers=2)), str(tmp_path))
+
+
+@pytest.mark.parametrize('mode, best', [('max', 20), ('min', 10)])
+def test_the_best_checkpoint_is_kept_across_restarts(tmp_path, mode, best):
+    variables = {'params': {'w': jnp.zeros(3)}, 'batch_stats': {}}
+    scores = {10: 0.2, 20: 0.5, 30: 0.3, 40: 0.4}
+    for steps in ((10, 20), (30, 40)):  # a restart between: the stored score competes with the new ones
+        manager = train.best_manager(str(tmp_path), 'vqa_accuracy', mode)
+        for step in steps:
+            manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(variables), config=ocp.args.JsonSave({'step': step})
+                ),
+                metrics={'vqa_accuracy': scores[step]},
+            )
+        manager.close()
+    manager = train.best_manager(str(tmp_path), 'vqa_accuracy', mode)
+    assert manager.all_steps() == [best] and manager.best_step() == best
+    manager.close()
+    with pytest.raises(ValueError, match="'max' or 'min'"):
+        train.best_manager(str(tmp_path), 'vqa_accuracy', 'highest')
+
+
+def test_validation_during_training_scores_and_keeps_the_best(tmp_path):
+    config = small_config(
+        total_steps=4, data={'mixture': mixtures.world_task_name('grounding'), 'world_size': 64}, checkpoint_every=4
+    )
+    config.validation.update(every=2, max_examples=8, metric='grounding_accuracy')
+    train.train(config, str(tmp_path))
+    rows = {r['step']: r for r in train.read_metrics(str(tmp_path))}
+    scored = {step: rows[step]['validation/grounding_accuracy'] for step in (2, 4)}
+    assert all(rows[step]['validation/grounding_examples'] == 8 and 'loss' in rows[step] for step in (2, 4))
+    for step in (2, 4):  # what evaluate writes, and the same as metrics.jsonl
+        saved = json.loads((tmp_path / 'validation' / f'step_{step}.json').read_text())
+        assert saved['grounding_accuracy'] == scored[step]
+    checkpoint = load_checkpoint(str(tmp_path / train.BEST_DIR))
+    assert scored[checkpoint.step] == max(scored.values())
+    # The best directory is a model for evaluate: the same scores on the same scenes.
+    validation_config, world = evaluate.validation_setup(config)
+    again, _ = evaluate.evaluate(
+        validation_config, str(tmp_path / train.BEST_DIR), str(tmp_path / 'again'), 8, world=world
+    )
+    assert again['grounding_accuracy'] == scored[checkpoint.step]
+    with pytest.raises(ValueError, match='no task with a metric has validation data'):
+        bad = load_config('finetune', 'caption,tiny')
+        bad.validation.every = 10
+        evaluate.validation_setup(bad)
