@@ -73,7 +73,13 @@ def world_tasks(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer) -> dic
     chains = {
         'caption': (*image, transform_image(to_model), caption(vocab)),
         'vqa': (*image, require_text('question'), transform_image(to_model), vqa(vocab)),
-        'grounding': (*image, require_text('text'), transform_image(to_model, with_region=True), grounding(vocab)),
+        # Trained under their decoding constraints, unlike OFA's recipes: from scratch, boxes come far sooner.
+        'grounding': (
+            *image,
+            require_text('text'),
+            transform_image(to_model, with_region=True),
+            grounding(vocab, train_constraint=True),
+        ),
         'grounded_caption': (
             *image,
             require_text('text'),
@@ -82,7 +88,7 @@ def world_tasks(vocab: Vocabulary, world: Any, tokenizer: ImageTokenizer) -> dic
         ),
         'itm': (*image, transform_image(to_model), itm(vocab, world, tuple(COLORS) + SHAPES)),
         'detection': (decode_image, transform_image(to_model, with_boxes=True), detection(vocab)),
-        'image_infill': (decode_image, image_infill(vocab, tokenizer)),
+        'image_infill': (decode_image, image_infill(vocab, tokenizer, train_constraint=True)),
         # Not in the pretraining mixture (nor in OFA's): a finetuning task, configs/demo.py:text_to_image.
         'text_to_image': (*image, text_to_image(vocab, tokenizer)),
     }

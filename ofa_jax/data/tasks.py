@@ -288,7 +288,10 @@ class TaskKind:
     instruction: Callable[..., list[int]]  # (vocab, **inputs) -> source ids, no bos/eos
     inputs: tuple[str, ...] = ()  # the raw text (or region) inputs of the instruction, besides the image
     image: bool = True  # whether the model sees an image
-    constraint: str | None = None  # answer tokens limited to 'bins' or 'codes' (and eos), in training and decoding
+    constraint: str | None = None  # answer tokens limited to 'bins' or 'codes' (and eos) in decoding ...
+    # ... and in training's loss too: OFA limits the loss only where its script passes --constraint-range (image
+    # generation), so grounding and image infilling learn over the whole vocabulary.
+    train_constraint: bool = False
     candidates: tuple[str, ...] = ()  # a closed answer set, scored rather than decoded
     choose: bool = False  # answers are chosen among caller-given candidates (classification)
     decode: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # DecodeSettings, as OFA's evaluation sets
@@ -402,6 +405,7 @@ TASKS: dict[str, TaskKind] = {
             ('text',),
             image=False,
             constraint='codes',
+            train_constraint=True,
             decode=dict(top_k=256),
             result_key='images',
         ),
@@ -469,18 +473,21 @@ def task_kind(name: str) -> TaskKind:
 def _source(
     kind: str, vocab: Vocabulary, instruction: Callable[..., list[int]] | None = None, **inputs: Any
 ) -> dict[str, Any]:
-    """The example fields a task's instruction (the declared one unless given) sets: its source ids and its answer
-    constraint. An input the instruction refuses (empty once cleaned) drops the record."""
+    """The example fields a task's instruction (the declared one unless given) sets: its source ids and, when the
+    task trains under it, its answer constraint. An input the instruction refuses (empty once cleaned) drops the
+    record."""
     spec = TASKS[kind]
     try:
         ids = instruction(vocab, **inputs) if instruction else spec.source_ids(vocab, **inputs)
     except ValueError as error:
         raise DropExample('empty_instruction_input', str(error)) from None
-    out = {'source_ids': ids}
-    if spec.constraint:
-        out['constraint'] = spec.constraint
-        out['constraint_range'] = vocab.constraint_range(spec.constraint)
-    return out
+    return {'source_ids': ids, **(trained_constraint(kind, vocab) if spec.train_constraint else {})}
+
+
+def trained_constraint(kind: str, vocab: Vocabulary) -> dict[str, Any]:
+    """The example fields that limit a task's training loss to its declared constraint's tokens."""
+    constraint = TASKS[kind].constraint
+    return {'constraint': constraint, 'constraint_range': vocab.constraint_range(constraint)} if constraint else {}
 
 
 # ---- image helpers -----------------------------------------------------------------------------------------------
@@ -644,11 +651,15 @@ def classification(vocab: Vocabulary) -> Preprocessor:
     return preprocess
 
 
-def grounding(vocab: Vocabulary) -> Preprocessor:
+def grounding(vocab: Vocabulary, train_constraint: bool = False) -> Preprocessor:
+    """Target: the region's four bins. train_constraint: the loss over bins (and eos) only, not OFA's whole
+    vocabulary (the synthetic world's choice: a model trained from scratch learns boxes far sooner)."""
+
     def preprocess(example, rng):
         return {
             **example,
             **_source('grounding', vocab, text=example['text']),
+            **(trained_constraint('grounding', vocab) if train_constraint else {}),
             'target_ids': B.box_to_tokens(example['region'], vocab, MAX_IMAGE_SIZE),
         }
 
@@ -786,9 +797,10 @@ def centre(size: int) -> slice:
     return slice(size // 4, size - size // 4)
 
 
-def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None) -> Preprocessor:
+def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None, train_constraint: bool = False) -> Preprocessor:
     """Source: the image with its centre half (per side) blanked; target: the image codes of that centre, from the
-    record's 'codes' (OFA's image TSV) or else from `tokenizer`.
+    record's 'codes' (OFA's image TSV) or else from `tokenizer`; train_constraint: the loss over codes only (as
+    `grounding`'s).
 
     Runs on the uint8 image of the model's input size; leaves the normalized image in 'image'."""
 
@@ -810,6 +822,7 @@ def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None) -> Preproc
         return {
             **example,
             **_source('image_infill', vocab),
+            **(trained_constraint('image_infill', vocab) if train_constraint else {}),
             'image': masked,
             'target_ids': target,
             'code_target': True,
