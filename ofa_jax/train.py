@@ -263,48 +263,71 @@ def train_step(
     batch: dict[str, jax.Array],
 ) -> tuple[TrainState, dict]:
     """One optimizer update over `config.grad_accum_steps` micro-batches; the loss is normalized by all target tokens
-    of the whole batch, so accumulation equals one large batch."""
+    of the whole batch, so accumulation equals one large batch. A batch with an extra sub-batch (batch['extra'],
+    OFA's extra pretraining samples) is two: the loss is the sum of each one's mean over its own tokens, as OFA's
+    criterion adds loss_v1 / ntokens_v1 and loss_v2 / ntokens_v2."""
     accum = config.grad_accum_steps
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    parts = ('main', 'extra') if 'extra' in batch else ('main',)
+    batch = {
+        'main': {k: v for k, v in batch.items() if k != 'extra'},
+        **({'extra': batch['extra']} if 'extra' in batch else {}),
+    }
+    if len(parts) > 1 and config.drop_worst_ratio:
+        raise ValueError('drop_worst_ratio takes the worst tokens of one batch; this one has an extra sub-batch')
+    # Two sub-batches are each normalized by their token counts, known before the forward pass; one batch by its
+    # count after drop-worst, once all micro-batches are summed.
+    counted = {p: ((batch[p]['target_tokens'] != V.PAD) & batch[p]['example_mask'][:, None]).sum() for p in parts}
+    scale = {p: 1.0 / jnp.maximum(counted[p], 1) for p in parts} if len(parts) > 1 else {'main': 1.0}
     # Micro-batch k takes rows k, k + accum, ...: every device keeps a share of every micro-batch.
     micro = jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def part_loss(logits, mb):
+        loss, correct = token_losses(
+            logits, mb['target_tokens'], mb['constraint_ranges'], config.label_smoothing, mb.get('allowed_tokens')
+        )
+        tokens = (mb['target_tokens'] != V.PAD) & mb['example_mask'][:, None]
+        weighted = jnp.where(tokens, loss * mb['loss_weights'][:, None], 0.0)
+        if config.drop_worst_ratio:  # after drop_worst_after updates, as OFA's update_num > drop_worst_after
+            kept = drop_worst_tokens(weighted, tokens, config.drop_worst_ratio)
+            tokens = jnp.where(state.step > config.drop_worst_after, kept, tokens)
+            weighted = jnp.where(tokens, weighted, 0.0)
+        per_task = jax.nn.one_hot(mb['task_ids'], num_tasks)  # [B, tasks]
+        return (
+            weighted,
+            tokens,
+            {
+                'task_loss_sum': per_task.T @ weighted.sum(1),
+                'task_tokens': per_task.T @ tokens.sum(1),
+                'task_correct': per_task.T @ (correct & tokens).sum(1),
+            },
+        )
 
     def micro_step(carry, inputs):
         grads, batch_stats, totals = carry
         index, mb = inputs
 
         def loss_fn(params):
-            logits, updates = batch_logits(
-                model,
-                {'params': params, 'batch_stats': batch_stats},
-                mb,
-                train=True,
-                sample_patch_num=config.sample_patch_num or None,
-                rngs={'dropout': jax.random.fold_in(rng, index)},
-                mutable=['batch_stats'],
-            )
-            loss, correct = token_losses(
-                logits,
-                mb['target_tokens'],
-                mb['constraint_ranges'],
-                config.label_smoothing,
-                mb.get('allowed_tokens'),
-            )
-            tokens = (mb['target_tokens'] != V.PAD) & mb['example_mask'][:, None]
-            weighted = jnp.where(tokens, loss * mb['loss_weights'][:, None], 0.0)
-            if config.drop_worst_ratio:  # after drop_worst_after updates, as OFA's update_num > drop_worst_after
-                kept = drop_worst_tokens(weighted, tokens, config.drop_worst_ratio)
-                tokens = jnp.where(state.step > config.drop_worst_after, kept, tokens)
-                weighted = jnp.where(tokens, weighted, 0.0)
-            per_task = jax.nn.one_hot(mb['task_ids'], num_tasks)  # [B, tasks]
-            stats = {
-                'loss_sum': weighted.sum(),
-                'tokens': tokens.sum(),
-                'task_loss_sum': per_task.T @ weighted.sum(1),
-                'task_tokens': per_task.T @ tokens.sum(1),
-                'task_correct': per_task.T @ (correct & tokens).sum(1),
-            }
-            return weighted.sum(), (updates['batch_stats'], stats)
+            stats_now, objective, stats = batch_stats, 0.0, {}
+            dropout_rng = jax.random.fold_in(rng, index)
+            for part in parts:
+                logits, updates = batch_logits(
+                    model,
+                    {'params': params, 'batch_stats': stats_now},
+                    mb[part],
+                    train=True,
+                    # OFA samples patches in the image-text sub-batch only.
+                    sample_patch_num=(config.sample_patch_num or None) if part == 'main' else None,
+                    rngs={'dropout': dropout_rng if part == 'main' else jax.random.fold_in(dropout_rng, 1)},
+                    mutable=['batch_stats'],
+                )
+                stats_now = updates['batch_stats']
+                weighted, tokens, part_stats = part_loss(logits, mb[part])
+                objective += weighted.sum() * scale[part]
+                stats[f'loss_sum/{part}'], stats[f'tokens/{part}'] = weighted.sum(), tokens.sum()
+                for key, value in part_stats.items():
+                    stats[key] = stats.get(key, 0.0) + value
+            return objective, (stats_now, stats)
 
         micro_grads, (batch_stats, stats) = jax.grad(loss_fn, has_aux=True)(state.params)
         grads = jax.tree_util.tree_map(jnp.add, grads, micro_grads)
@@ -312,8 +335,8 @@ def train_step(
         return (grads, batch_stats, totals), None
 
     zeros = {
-        'loss_sum': 0.0,
-        'tokens': 0,
+        **{f'loss_sum/{part}': 0.0 for part in parts},
+        **{f'tokens/{part}': 0 for part in parts},
         'task_loss_sum': jnp.zeros(num_tasks),
         'task_tokens': jnp.zeros(num_tasks),
         'task_correct': jnp.zeros(num_tasks),
@@ -323,8 +346,9 @@ def train_step(
         (grads, batch_stats, totals), _ = micro_step(init, (0, batch))
     else:
         (grads, batch_stats, totals), _ = jax.lax.scan(micro_step, init, (jnp.arange(accum), micro))
-    tokens = jnp.maximum(totals['tokens'], 1)
-    grads = jax.tree_util.tree_map(lambda g: g / tokens, grads)
+    if len(parts) == 1:
+        grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(totals['tokens/main'], 1), grads)
+    loss = sum(totals[f'loss_sum/{part}'] / jnp.maximum(totals[f'tokens/{part}'], 1) for part in parts)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -334,17 +358,17 @@ def train_step(
     # A NaN or Inf in the loss or any gradient (the norm carries it) skips the update: the model, its statistics and
     # the optimizer (its schedule's count too, as fairseq does not count a skipped update) stay as they were; the
     # step counts on, so the data moves past the batch.
-    finite = jnp.isfinite(totals['loss_sum']) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     batch_stats = keep(batch_stats, state.batch_stats)
     ema = keep(ema, state.ema_params) if ema is not None else None
     metrics = {
-        'loss': totals['loss_sum'] / tokens,
+        'loss': loss,
         'skipped': ~finite,
         'grad_norm': grad_norm,
         'learning_rate': learning_rate_schedule(config)(state.step),
-        'target_tokens': totals['tokens'],
+        'target_tokens': sum(totals[f'tokens/{part}'] for part in parts),
         'task_loss': totals['task_loss_sum'] / jnp.maximum(totals['task_tokens'], 1),
         'task_accuracy': totals['task_correct'] / jnp.maximum(totals['task_tokens'], 1),
     }
@@ -511,8 +535,28 @@ def batch_spec(config: ml_collections.ConfigDict, rows: int) -> pipeline.BatchSp
     """The shapes of a batch of `rows` examples under the config's data section."""
     trie_vocab_size = vocabulary_from_spec(config.data.vocab).size if mixtures.answer_tries_in(config.data) else 0
     return pipeline.BatchSpec(
-        rows, config.data.image_size, config.data.max_source_length, config.data.max_target_length, trie_vocab_size
+        rows,
+        config.data.image_size,
+        config.data.max_source_length,
+        config.data.max_target_length,
+        trie_vocab_size,
+        config.data.get('extra_max_source_length', 0),
+        config.data.get('extra_max_target_length', 0),
     )
+
+
+def check_target_lengths(tasks: list, spec: pipeline.BatchSpec, model_config: Any) -> None:
+    """An image-infilling task's codes (the model's code grid) and eos must fit its (sub-)batch's targets: a code
+    image is never cut, so every one of its examples would be dropped."""
+    codes = (model_config.code_image_size // 8) ** 2
+    for task, extra in zip(tasks, pipeline.in_extra_sub_batch(tasks)):
+        length = spec.extra_max_target_length if extra else spec.max_target_length
+        if task.kind == 'image_infill' and length < codes + 1:
+            key = 'data.extra_max_target_length' if extra else 'data.max_target_length'
+            raise ValueError(
+                f'task {task.name}: {codes} image codes and eos do not fit {key}={length} (code_image_size '
+                f'{model_config.code_image_size}): set {key} to at least {codes + 1}'
+            )
 
 
 def check_writable(workdir: str, probe_bytes: int = 1 << 20) -> None:
@@ -675,7 +719,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         shard_count=jax.process_count(),
         workers=config.data.workers,
         strict=config.data.strict,
+        granule=config.grad_accum_steps * max(1, sharding.batch_shards(mesh) // jax.process_count()),
     )
+    check_target_lengths(tasks, spec, model.config)
     data_iter = iter(dataset)
 
     # State: restored from the latest checkpoint when there is one, else initialized, directly into its shardings.
@@ -781,8 +827,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 dropped_total[reason] = dropped_total.get(reason, 0) + count
             window_steps += 1
             window_examples += per_process_batch * jax.process_count()
-            window_tokens += jax.process_count() * int(
-                np.sum(host_batch['src_tokens'] != V.PAD) + np.sum(host_batch['target_tokens'] != V.PAD)
+            parts = [host_batch, *([host_batch['extra']] if 'extra' in host_batch else [])]
+            window_tokens += jax.process_count() * sum(
+                int(np.sum(part['src_tokens'] != V.PAD) + np.sum(part['target_tokens'] != V.PAD)) for part in parts
             )
             progress.update(1)
             done = step + 1

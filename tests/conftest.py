@@ -5,7 +5,9 @@ Markers (registered in pyproject.toml): `slow` (whole training runs), `parity` (
 and `multihost` (several processes). The quick loop is `bash tests/run.sh -m "not slow"`.
 """
 
+import base64
 import importlib.util
+import io
 import os
 import pathlib
 import tempfile
@@ -69,3 +71,42 @@ class FakeSplit:
 
     def __getitem__(self, index: int) -> dict:
         return self.examples[index]
+
+
+def png_base64(image: Any) -> str:
+    """An image array as the base64 of its PNG, as OFA's TSV files hold images."""
+    from PIL import Image  # noqa: PLC0415 - only the tests writing TSV files need it
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format='PNG')
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def ofa_pretraining_files(folder: pathlib.Path, world: Any) -> dict[str, pathlib.Path]:
+    """OFA's four pretraining TSV files from the first 9 scenes of `world` (one row of a type OFA lacks, which is
+    dropped), the image file with 16 codes: {role: path}."""
+    image = [png_base64(world[i]['image']) for i in range(9)]
+    x0, y0, x1, y1 = world[2]['region']
+    vl_rows = [  # uniq-id, image, caption, question, refs, gt objects, dataset, type
+        ['0', image[0], world[0]['caption'], '', '', '', 'coco', 'caption'],
+        ['1', image[1], '', world[1]['question'], '0.6|!+green&&1.0|!+blue', '', 'vqa', 'qa'],
+        ['2', image[2], world[2]['text'], '', f'{x0},{y0},{x1},{y1}', '', 'refcoco', 'visual_grounding'],
+        ['3', image[3], 'a caption', '', '', '', 'coco', 'ocr'],  # a type OFA does not have: counted, dropped
+        ['4', image[4], world[4]['caption'], '', '', '', 'coco', 'caption'],
+        ['5', image[5], '', 'what is it?', '1.0|!+red', '', 'vqa', 'qa'],
+        ['6', image[6], world[6]['caption'], '', '', '', 'coco', 'caption'],
+        ['7', image[7], '', 'what is it?', '1.0|!+red', '', 'vqa', 'qa'],
+        ['8', image[8], world[8]['caption'], '', '', '', 'coco', 'caption'],
+    ]
+    paths = dict(
+        vision_language=folder / 'vl.tsv',
+        text=folder / 'text.tsv',
+        image=folder / 'image.tsv',
+        detection=folder / 'det.tsv',
+    )
+    paths['vision_language'].write_text('\n'.join('\t'.join(row) for row in vl_rows) + '\n')
+    paths['text'].write_text('0\tthe quick brown fox jumps over the lazy dog near the river bank\n')
+    codes = ' '.join(str(i) for i in range(16))
+    paths['image'].write_text(f'0\t{image[0]}\t{codes}\n')
+    paths['detection'].write_text(f'0\t{image[2]}\t{x0},{y0},{x1},{y1},3,red square\n')
+    return paths

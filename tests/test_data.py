@@ -1,14 +1,12 @@
 """The input pipeline on the embedded world: determinism, resume, sharding, mixing, drops, and every task's form."""
 
-import base64
 import collections
-import io
 import struct
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import ofa_pretraining_files, png_base64
 
 from ofa_jax.data import boxes, mixtures, pipeline, tasks
 from ofa_jax.data.image_codes import PatchCodebook
@@ -211,6 +209,17 @@ def test_batches_carry_each_rows_constraint_range(vocab, world_mixture):
     assert np.all(empty['constraint_ranges'] == pipeline.UNCONSTRAINED) and not empty['example_mask'].any()
 
 
+def test_long_pretraining_targets_keep_what_ofa_keeps(vocab):
+    text = ' '.join(f'word{i}' for i in range(400))  # 2 tokens a word
+    example = tasks.text_infill(vocab, max_tokens=256, keep_last=True)({'text': text}, np.random.default_rng(0))
+    # OFA keeps the last 256 of the first 512 tokens: words 128 .. 255.
+    assert vocab.decode(example['target_ids']).split() == [f'word{i}' for i in range(128, 256)]
+    boxes = np.tile([[1.0, 2.0, 30.0, 40.0]], (20, 1)).astype(np.float32)
+    record = {'boxes': boxes, 'labels': ['dog'] * 20, 'image': np.zeros((8, 8, 3), np.float32)}
+    example = tasks.detection(vocab, max_tokens=23)(record, np.random.default_rng(0))
+    assert len(example['target_ids']) == 20  # whole objects only: four of five tokens
+
+
 def test_text_infill_masks_about_thirty_percent_of_words(vocab):
     corpus = WorldText(World(size=50, image_size=64))
     step = tasks.text_infill(vocab)
@@ -368,7 +377,7 @@ def test_finetuning_tasks_from_a_config_read_ofa_tsv(tmp_path, vocab):
     rows = []
     for i in range(4):
         x0, y0, x1, y1 = world[i]['region']
-        rows.append(f'{i}\t{i}\t{world[i]["text"]}\t{x0},{y0},{x1},{y1}\t{_png_base64(world[i]["image"])}')
+        rows.append(f'{i}\t{i}\t{world[i]["text"]}\t{x0},{y0},{x1},{y1}\t{png_base64(world[i]["image"])}')
     (tmp_path / 'refcoco.tsv').write_text('\n'.join(rows) + '\n')
     data = data_config('tasks')
     data.image_size = 96
@@ -386,39 +395,11 @@ def test_finetuning_tasks_from_a_config_read_ofa_tsv(tmp_path, vocab):
     assert np.abs(back - world[2]['region']).max() <= 512 / 999 / 2 / (96 / 64) + 1e-3
 
 
-def _png_base64(image: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format='PNG')
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
     world = World(size=9, image_size=64)
-    image = [_png_base64(world[i]['image']) for i in range(9)]
     question = world[1]['question']
     x0, y0, x1, y1 = world[2]['region']
-    vl_rows = [  # uniq-id, image, caption, question, refs, gt objects, dataset, type
-        ['0', image[0], world[0]['caption'], '', '', '', 'coco', 'caption'],
-        ['1', image[1], '', question, '0.6|!+green&&1.0|!+blue', '', 'vqa', 'qa'],
-        ['2', image[2], world[2]['text'], '', f'{x0},{y0},{x1},{y1}', '', 'refcoco', 'visual_grounding'],
-        ['3', image[3], 'a caption', '', '', '', 'coco', 'ocr'],  # a type OFA does not have: counted, dropped
-        ['4', image[4], world[4]['caption'], '', '', '', 'coco', 'caption'],
-        ['5', image[5], '', 'what is it?', '1.0|!+red', '', 'vqa', 'qa'],
-        ['6', image[6], world[6]['caption'], '', '', '', 'coco', 'caption'],
-        ['7', image[7], '', 'what is it?', '1.0|!+red', '', 'vqa', 'qa'],
-        ['8', image[8], world[8]['caption'], '', '', '', 'coco', 'caption'],
-    ]
-    paths = dict(
-        vision_language=tmp_path / 'vl.tsv',
-        text=tmp_path / 'text.tsv',
-        image=tmp_path / 'image.tsv',
-        detection=tmp_path / 'det.tsv',
-    )
-    paths['vision_language'].write_text('\n'.join('\t'.join(row) for row in vl_rows) + '\n')
-    paths['text'].write_text('0\tthe quick brown fox jumps over the lazy dog near the river bank\n')
-    codes = ' '.join(str(i) for i in range(16))
-    paths['image'].write_text(f'0\t{image[0]}\t{codes}\n')
-    paths['detection'].write_text(f'0\t{image[2]}\t{x0},{y0},{x1},{y1},3,red square\n')
+    paths = ofa_pretraining_files(tmp_path, world)
     data = data_config('ofa_pretrain')
     data.update(dict(image_size=64, **{f'{role}_path': str(path) for role, path in paths.items()}))
     task_list, rates = mixtures.register_from_config(data)
@@ -467,10 +448,32 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
     assert sample('ofa_detection', 0)[0] == tasks.DETECTION
     assert sample('ofa_text_infill', 0)[0].startswith(' what is the complete text of "')
 
-    spec = pipeline.BatchSpec(batch_size=8, image_size=64, max_source_length=48, max_target_length=24)
-    batch = next(iter(pipeline.batches(task_list, rates, spec, seed=0)))
-    assert batch['patch_images'].shape == (8, 64, 64, 3)
+    # OFA's extra samples (text, image, detection) form a sub-batch of their own, weighted 2: a fifth of the rows.
+    assert [t.name for t in task_list if t.extra] == ['ofa_text_infill', 'ofa_image_infill', 'ofa_detection']
+    spec = pipeline.BatchSpec(
+        batch_size=10, image_size=64, max_source_length=48, max_target_length=24,
+        extra_max_source_length=64, extra_max_target_length=40,
+    )  # fmt: skip
+    dataset = pipeline.batches(task_list, rates, spec, seed=0)
+    iterator = iter(dataset)
+    batch = next(iterator)
+    assert batch['patch_images'].shape == (8, 64, 64, 3) and batch['target_tokens'].shape == (8, 24)
+    extra = batch['extra']
+    assert extra['src_tokens'].shape == (2, 64) and extra['target_tokens'].shape == (2, 40)
+    assert {task_list[i].name for i in extra['task_ids']} <= {t.name for t in task_list if t.extra}
+    assert not {task_list[i].extra for i in batch['task_ids']} - {False} and np.all(extra['loss_weights'] == 2.0)
     assert all(reason.endswith('/bad_type') for reason in batch['dropped'])
+    # Both streams resume where they were.
+    state = iterator.get_state()
+    following = next(iterator)
+    again = iter(dataset)
+    again.set_state(state)
+    resumed = next(again)
+    for key in ('src_tokens', 'target_tokens'):
+        np.testing.assert_array_equal(resumed[key], following[key])
+        np.testing.assert_array_equal(resumed['extra'][key], following['extra'][key])
+    with pytest.raises(ValueError, match='extra sub-batch'):
+        pipeline.batches(task_list, rates, pipeline.BatchSpec(8, 64, 48, 24), seed=0)
     data.vision_language_path = str(tmp_path / 'missing.tsv')
     with pytest.raises(ValueError, match='vision_language file .*missing.tsv'):
         mixtures.register_from_config(data)

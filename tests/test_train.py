@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT, SMALL_DEMO_FLAGS, load_config, small_config
+from conftest import ROOT, SMALL_DEMO_FLAGS, load_config, ofa_pretraining_files, small_config
 
 from ofa_jax import demo, evaluate, train
 from ofa_jax.checkpoint import load_checkpoint, model_from_config, save_model
 from ofa_jax.data import mixtures, pipeline
+from ofa_jax.data import vocab as V
 from ofa_jax.data.vocab import vocabulary_from_spec
-from ofa_jax.data.world import COLORS
+from ofa_jax.data.world import COLORS, World
 from ofa_jax.model import OFA, init_variables
 from ofa_jax.sharding import make_mesh
 
@@ -420,3 +421,64 @@ def test_validation_during_training_scores_and_keeps_the_best(tmp_path):
         bad = load_config('finetune', 'caption,tiny')
         bad.validation.every = 10
         evaluate.validation_setup(bad)
+
+
+def test_an_extra_sub_batch_adds_its_own_mean_and_accumulates_exactly():
+    # OFA's criterion: loss_v1 / ntokens_v1 + loss_v2 / ntokens_v2, over the whole batch however it is accumulated.
+    config = small_config(learning_rate=1e-3, warmup_steps=0)
+    tasks, rates = mixtures.register_from_config(config.data)
+    spec = train.batch_spec(config, 8)
+    main, extra = [
+        {k: v for k, v in b.items() if k != 'dropped'} for b in take_batches(tasks, rates, spec, seed=0, count=2)
+    ]
+    extra['loss_weights'] = extra['loss_weights'] * 2.0
+    extra['example_mask'][-1] = False  # a padding row: its tokens count in neither sum
+    model, optimizer = model_from_config(config), train.make_optimizer(config)
+    state = train.initial_state(model, optimizer, config, config.data.image_size)
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    expected = 0.0
+    for part in (main, extra):
+        logits = train.batch_logits(model, variables, part, train=False)
+        loss, _ = train.token_losses(logits, part['target_tokens'], part['constraint_ranges'], 0.0)
+        tokens = (part['target_tokens'] != V.PAD) & part['example_mask'][:, None]
+        expected += float(jnp.where(tokens, loss * part['loss_weights'][:, None], 0.0).sum() / tokens.sum())
+    results = []
+    for accum in (1, 2):
+        config_accum = small_config(learning_rate=1e-3, warmup_steps=0, grad_accum_steps=accum)
+        step = jax.jit(functools.partial(train.train_step, model, optimizer, config_accum, len(tasks)))
+        new_state, metrics = step(state, {**main, 'extra': extra})
+        results.append((new_state, metrics))
+    for new_state, metrics in results:
+        assert float(metrics['loss']) == pytest.approx(expected, rel=1e-5)
+        counted = sum(int(((p['target_tokens'] != V.PAD) & p['example_mask'][:, None]).sum()) for p in (main, extra))
+        assert int(metrics['target_tokens']) == counted
+    assert float(results[1][1]['grad_norm']) == pytest.approx(float(results[0][1]['grad_norm']), rel=1e-5)
+    with pytest.raises(ValueError, match='drop_worst_ratio'):
+        dropping = small_config(drop_worst_ratio=0.2)
+        train.train_step(model, optimizer, dropping, len(tasks), state, {**main, 'extra': extra})
+
+
+def take_batches(tasks, rates, spec, seed, count):
+    iterator = iter(pipeline.batches(tasks, rates, spec, seed=seed))
+    return [next(iterator) for _ in range(count)]
+
+
+@pytest.mark.slow
+def test_ofa_pretraining_trains_its_extra_samples_in_a_sub_batch_of_their_own(tmp_path):
+    config = load_config('pretrain', 'tiny')
+    config.model, config.model_overrides = 'nano', dict(code_image_size=32)
+    paths = ofa_pretraining_files(tmp_path, World(size=9, image_size=32))
+    config.data.update({f'{role}_path': str(path) for role, path in paths.items()})
+    config.data.update(image_size=32, workers=0, max_target_length=16, extra_max_source_length=48)
+    config.data.extra_max_target_length = 16  # 16 codes and eos do not fit
+    config.update(batch_size=10, total_steps=2, log_every=1, checkpoint_every=2, sample_patch_num=0)
+    config.mesh = dict(replica=1, data=1, fsdp=1, tensor=1)
+    with pytest.raises(ValueError, match='16 image codes and eos do not fit data.extra_max_target_length=16'):
+        train.train(config, str(tmp_path / 'short'))
+    config.data.extra_max_target_length = 24
+    train.train(config, str(tmp_path / 'run'))
+    logged = train.read_metrics(str(tmp_path / 'run'))
+    assert [r['step'] for r in logged] == [1, 2] and all(np.isfinite(r['loss']) for r in logged)
+    for name in ('ofa_text_infill', 'ofa_image_infill', 'ofa_detection', 'ofa_vl_first'):
+        assert any(r[f'loss/{name}'] > 0 for r in logged), name
+    train.train(config.copy_and_resolve_references(), str(tmp_path / 'run'))  # resumes both streams: nothing to do

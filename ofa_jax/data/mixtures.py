@@ -136,14 +136,21 @@ PRETRAIN_FILES = ('vision_language', 'text', 'image', 'detection')
 
 
 def register_ofa_pretraining(
-    vocab: Vocabulary, paths: dict[str, str], image_size: int = 384, prefix: str = 'ofa'
+    vocab: Vocabulary,
+    paths: dict[str, str],
+    image_size: int = 384,
+    prefix: str = 'ofa',
+    extra_max_target_length: int = 257,
 ) -> Mixture:
     """OFA's pretraining over its released TSV files, as the mixture `{prefix}_pretrain`.
 
     paths: 'vision_language' (required; rows typed caption / qa / visual_grounding), and optionally 'text', 'image'
     (with the centre's VQGAN codes) and 'detection'. As in OFA's unify dataset, each vision-language row gives two
     samples (caption + image-text match; VQA weighted by answer confidence + answer match; grounding + grounded
-    caption) and every 8 rows add 2 text-infilling, 1 image-infilling and 1 detection sample. Unlike OFA, the
+    caption) and every 8 rows add 2 text-infilling, 1 image-infilling and 1 detection sample. Those three are
+    `extra` tasks, as OFA's second sample list: a sub-batch of their own whose targets hold up to
+    extra_max_target_length tokens (eos included: the last 256 tokens of a text, all 256 codes of an image, the
+    whole objects that fit), their loss normalized on its own and weighted 2 (OFA's conf 2.0). Unlike OFA, the
     negatives of image-text matching are other rows' captions only (OFA also swaps object words from a global list),
     and every sample has the same image size (OFA gives image infilling and detection a 256-pixel sub-batch)."""
     unknown = set(paths) - set(PRETRAIN_FILES)
@@ -153,6 +160,10 @@ def register_ofa_pretraining(
         if not os.path.exists(path):
             raise ValueError(f'pretraining {role} file {path!r} does not exist')
     vl = sources.OFATsvSource(paths['vision_language'], 'pretrain_vl')
+
+    def twice(example, rng):  # OFA's extra samples weigh 2 in the loss (conf 2.0)
+        return {**example, 'loss_weight': 2.0}
+
     image_text = transform_image(image_transform(T.pretrain_image_text_transform(image_size)))
     region = transform_image(image_transform(T.pretrain_grounding_transform(image_size)), with_region=True)
     first = per_type(
@@ -174,14 +185,14 @@ def register_ofa_pretraining(
     if 'text' in paths:
         tasks['text_infill'] = (
             sources.OFATsvSource(paths['text'], 'pretrain_text'),
-            (require_text('text'), text_infill(vocab)),
+            (require_text('text'), text_infill(vocab, max_tokens=extra_max_target_length - 1, keep_last=True), twice),
             2,
             'text_infill',
         )
     if 'image' in paths:
         tasks['image_infill'] = (
             sources.OFATsvSource(paths['image'], 'pretrain_image'),
-            (decode_image, square_image(image_size), image_infill(vocab, None)),
+            (decode_image, square_image(image_size), image_infill(vocab, None), twice),
             1,
             'image_infill',
         )
@@ -189,12 +200,17 @@ def register_ofa_pretraining(
         boxes = image_transform(T.Compose([T.RandomHorizontalFlip(), T.Resize(image_size), T.Normalize()]))
         tasks['detection'] = (
             sources.OFATsvSource(paths['detection'], 'pretrain_detection'),
-            (decode_image, transform_image(boxes, with_boxes=True), detection(vocab)),
+            (
+                decode_image,
+                transform_image(boxes, with_boxes=True),
+                detection(vocab, max_tokens=extra_max_target_length - 1),
+                twice,
+            ),
             1,
             'detection',
         )
     for name, (source, steps, _, kind) in tasks.items():
-        TaskRegistry.add(Task(f'{prefix}_{name}', source, steps, kind), replace=True)
+        TaskRegistry.add(Task(f'{prefix}_{name}', source, steps, kind, extra=bool(kind)), replace=True)
     return MixtureRegistry.add(
         Mixture(f'{prefix}_pretrain', {f'{prefix}_{k}': v[2] for k, v in tasks.items()}), replace=True
     )
@@ -415,7 +431,10 @@ def register_from_config(data: ml_collections.ConfigDict, world: Any = None) -> 
                 '(--config.data.vision_language_path=FILE)'
             )
         paths = {role: data[f'{role}_path'] for role in PRETRAIN_FILES if data[f'{role}_path']}
-        return get_tasks(register_ofa_pretraining(vocab, paths, data.image_size).name)
+        mixture = register_ofa_pretraining(
+            vocab, paths, data.image_size, extra_max_target_length=data.extra_max_target_length
+        )
+        return get_tasks(mixture.name)
     if data.source == 'tasks':
         specs = task_specs(data)
         registered = [

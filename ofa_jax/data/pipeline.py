@@ -37,6 +37,9 @@ class BatchSpec:
     # > 0: batches carry 'allowed_tokens', per target position the tokens a trie-constrained answer may take, packed
     # over a vocabulary of this size (`ofa_jax.data.answers.AnswerTrie`); 0: no example is trie-constrained.
     trie_vocab_size: int = 0
+    # The lengths of the extra sub-batch (OFA's text, image and detection pretraining samples; see `batches`).
+    extra_max_source_length: int = 0
+    extra_max_target_length: int = 0
 
 
 # What precedes the answer in the decoder (OFA's --prompt-type): 'none' bos alone, 'src' the whole source (bos ...
@@ -185,8 +188,12 @@ def _check_shapes(example: dict, spec: BatchSpec) -> str | None:
         return f'{example["task"]}/image_shape'
     if not len(example['target_ids']):
         return f'{example["task"]}/empty_target'
-    if example.get('prompt_type', 'none') != 'none' or example.get('allowed_tokens') is not None:
-        # A prompted or trie-constrained answer is never cut: it would be trained as another answer.
+    if (
+        example.get('prompt_type', 'none') != 'none'
+        or example.get('allowed_tokens') is not None
+        or example.get('code_target')
+    ):
+        # A prompted or trie-constrained answer, or a code image, is never cut: it would be trained as another.
         source = [V.BOS, *example['source_ids'][: spec.max_source_length - 2], V.EOS]
         prompt = decoder_prompt(source, example.get('prompt_type', 'none'))
         if len(prompt) + len(example['target_ids']) > spec.max_target_length:
@@ -200,60 +207,86 @@ MAX_DROPPED_IN_A_ROW = 10_000
 
 
 class _BatchIterator(grain.DatasetIterator):
-    def __init__(
-        self, parent: grain.DatasetIterator, spec: BatchSpec, tasks: Sequence[Task], drop_remainder: bool, strict: bool
-    ):
-        super().__init__(parent)
-        self._spec, self._tasks, self._drop_remainder, self._strict = spec, list(tasks), drop_remainder, strict
-        self._task_names = [t.name for t in tasks]
-        self._dropped_in_a_row = collections.Counter()
+    """Batches from one stream of examples, or two: the second (OFA's extra pretraining tasks) becomes the sub-batch
+    batch['extra'], shaped by its own spec."""
 
-    def __next__(self) -> dict[str, Any]:
-        examples, dropped = [], collections.Counter()
-        while len(examples) < self._spec.batch_size:
+    def __init__(
+        self,
+        parents: Sequence[grain.DatasetIterator],
+        specs: Sequence[BatchSpec],
+        tasks: Sequence[Task],
+        drop_remainder: bool,
+        strict: bool,
+    ):
+        super().__init__(list(parents))
+        self._streams, self._specs = list(parents), list(specs)
+        self._tasks, self._drop_remainder, self._strict = list(tasks), drop_remainder, strict
+        self._task_names = [t.name for t in tasks]
+        self._dropped_in_a_row = [collections.Counter() for _ in parents]
+
+    def _fill(self, part: int, dropped: collections.Counter) -> list[dict] | None:
+        """The examples of one (sub-)batch of stream `part`, counting what it drops; None when a finite stream has
+        ended before it."""
+        spec, in_a_row, examples = self._specs[part], self._dropped_in_a_row[part], []
+        while len(examples) < spec.batch_size:
             try:
-                item = next(self._parent)
+                item = next(self._streams[part])
             except StopIteration:
-                # A finite stream's last batch is padded; one of padding alone still carries the counts of the
-                # records dropped after the last example.
-                if self._drop_remainder or not (examples or dropped):
-                    raise
-                break
-            reason = item.reason if isinstance(item, Dropped) else _check_shapes(item, self._spec)
+                return examples or None
+            reason = item.reason if isinstance(item, Dropped) else _check_shapes(item, spec)
             if reason and self._strict:  # a Dropped marker never comes in strict mode: preprocessing raised
                 raise ValueError(f'{_describe(self._tasks[self._task_names.index(item["task"])], item)}: {reason}')
             if reason:
                 dropped[reason] += 1
-                self._dropped_in_a_row[reason] += 1
-                if self._dropped_in_a_row.total() >= MAX_DROPPED_IN_A_ROW:
-                    reasons = ', '.join(f'{r}: {n}' for r, n in self._dropped_in_a_row.most_common())
+                in_a_row[reason] += 1
+                if in_a_row.total() >= MAX_DROPPED_IN_A_ROW:
+                    reasons = ', '.join(f'{r}: {n}' for r, n in in_a_row.most_common())
                     raise ValueError(
-                        f'the last {self._dropped_in_a_row.total()} records were all dropped ({reasons}): fix the '
+                        f'the last {in_a_row.total()} records were all dropped ({reasons}): fix the '
                         'data, or set data.strict=True to stop at the first bad record with its file and line'
                     )
             else:
                 examples.append(item)
-                self._dropped_in_a_row.clear()
-        batch = to_batch(examples, self._spec, self._task_names)
+                in_a_row.clear()
+        return examples
+
+    def __next__(self) -> dict[str, Any]:
+        dropped = collections.Counter()
+        parts = [self._fill(part, dropped) for part in range(len(self._streams))]
+        # A finite stream's last batch is padded; one of padding alone still carries the counts of the records
+        # dropped after the last example. The run ends with its main stream.
+        short = parts[0] is None or len(parts[0]) < self._specs[0].batch_size
+        if parts[0] is None and (self._drop_remainder or not dropped):
+            raise StopIteration
+        if short and self._drop_remainder:
+            raise StopIteration
+        batch = to_batch(parts[0] or [], self._specs[0], self._task_names)
+        if len(parts) > 1:
+            batch['extra'] = to_batch(parts[1] or [], self._specs[1], self._task_names)
         batch['dropped'] = dict(dropped)
         return batch
 
     def get_state(self) -> dict[str, Any]:
-        return self._parent.get_state()
+        if len(self._streams) == 1:
+            return self._streams[0].get_state()
+        return {'main': self._streams[0].get_state(), 'extra': self._streams[1].get_state()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state)
+        if len(self._streams) == 1:
+            self._streams[0].set_state(state)
+        else:
+            self._streams[0].set_state(state['main'])
+            self._streams[1].set_state(state['extra'])
 
 
 class _BatchDataset(grain.IterDataset):
-    def __init__(
-        self, parent: grain.IterDataset, spec: BatchSpec, tasks: Sequence[Task], drop_remainder: bool, strict: bool
-    ):
-        super().__init__(parent)
-        self._spec, self._tasks, self._drop_remainder, self._strict = spec, tasks, drop_remainder, strict
+    def __init__(self, parents: Sequence[grain.IterDataset], *settings: Any):
+        """settings: _BatchIterator's, after its parents (specs, tasks, drop_remainder, strict)."""
+        super().__init__(list(parents))
+        self._streams, self._settings = list(parents), settings
 
     def __iter__(self) -> _BatchIterator:
-        return _BatchIterator(self._parent.__iter__(), self._spec, self._tasks, self._drop_remainder, self._strict)
+        return _BatchIterator([stream.__iter__() for stream in self._streams], *self._settings)
 
 
 def _leave_sigterm_to_the_trainer(worker_index: int, num_workers: int) -> None:
@@ -261,6 +294,12 @@ def _leave_sigterm_to_the_trainer(worker_index: int, num_workers: int) -> None:
     a worker before the trainer has saved; the trainer stops its workers itself when it exits."""
     del worker_index, num_workers
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def in_extra_sub_batch(tasks: Sequence[Task]) -> list[bool]:
+    """Which tasks `batches` puts in the extra sub-batch: those marked `extra`, when the mixture has others too."""
+    mixed = not all(t.extra for t in tasks)
+    return [t.extra and mixed for t in tasks]
 
 
 def batches(
@@ -274,19 +313,56 @@ def batches(
     shard_count: int = 1,
     workers: int = 0,
     strict: bool = False,
+    granule: int = 1,
 ) -> grain.IterDataset:
     """Batches of the mixture for one process; iterate it, and save/restore its iterator's state to resume.
 
     workers > 0 preprocesses in that many processes (the output is identical to workers=0). A finite pipeline
     (repeat=False) pads its last batch (which holds only padding when the records after the last example were all
-    dropped, so that their counts arrive); `example_mask` marks the real rows."""
-    stream = example_stream(
-        tasks, rates, seed=seed, repeat=repeat, shard_index=shard_index, shard_count=shard_count, strict=strict
-    ).to_iter_dataset()
-    if workers:
-        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, use their defaults
-            flags.FLAGS.mark_as_parsed()
-        stream = stream.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=_leave_sigterm_to_the_trainer
-        )
-    return _BatchDataset(stream, spec, tasks, drop_remainder=repeat, strict=strict)
+    dropped, so that their counts arrive); `example_mask` marks the real rows.
+
+    Tasks marked `extra` (OFA's extra pretraining tasks: text, image and detection) are drawn from a stream of their
+    own into batch['extra'], a sub-batch with spec.extra_max_source_length / extra_max_target_length, of as many of
+    the spec.batch_size rows as their share of the rates (a multiple of `granule`: the rows each sub-batch must
+    divide into, the process's batch shards times the accumulation steps); the main batch has the rest."""
+    extra = in_extra_sub_batch(tasks)
+    groups = [[i for i in range(len(tasks)) if not extra[i]], [i for i in range(len(tasks)) if extra[i]]]
+    specs = [spec]
+    if groups[1]:
+        if not spec.extra_max_target_length:
+            raise ValueError(
+                f'tasks {[tasks[i].name for i in groups[1]]} form an extra sub-batch: their BatchSpec needs '
+                'extra_max_source_length and extra_max_target_length'
+            )
+        share = sum(rates[i] for i in groups[1]) / sum(rates)
+        extra_rows = max(granule, round(spec.batch_size * share / granule) * granule)
+        if extra_rows >= spec.batch_size:
+            raise ValueError(f'a batch of {spec.batch_size} rows has no room for {extra_rows} extra rows')
+        specs = [
+            dataclasses.replace(spec, batch_size=spec.batch_size - extra_rows),
+            dataclasses.replace(
+                spec,
+                batch_size=extra_rows,
+                max_source_length=spec.extra_max_source_length,
+                max_target_length=spec.extra_max_target_length,
+            ),
+        ]
+    streams = []
+    for part, members in enumerate(g for g in groups if g):
+        stream = example_stream(
+            [tasks[i] for i in members],
+            [rates[i] for i in members],
+            seed=seed + part,  # the extra stream's shuffles and randomness are its own
+            repeat=repeat,
+            shard_index=shard_index,
+            shard_count=shard_count,
+            strict=strict,
+        ).to_iter_dataset()
+        if workers:
+            if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, use their defaults
+                flags.FLAGS.mark_as_parsed()
+            stream = stream.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=_leave_sigterm_to_the_trainer
+            )
+        streams.append(stream)
+    return _BatchDataset(streams, specs, tasks, repeat, strict)

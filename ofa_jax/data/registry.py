@@ -33,6 +33,9 @@ class Task:
     kind: str = ''  # a name in ofa_jax.data.tasks.TASKS; '' for a task of mixed kinds (OFA's vision-language rows)
     prompt_type: str = 'none'  # what its examples put before the answer in the decoder (pipeline.PROMPT_TYPES)
     answers: tuple[str, ...] = ()  # a closed answer set its data declares (VQA's answer list): evaluation scores it
+    # One of OFA's extra pretraining tasks (text, image and detection): its examples form a sub-batch of their own,
+    # with longer sources and targets and their loss normalized on its own (OFA's second sample list).
+    extra: bool = False
 
     def preprocess(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         example = dict(record)

@@ -778,15 +778,19 @@ def answer_match(vocab: Vocabulary, negatives: Any) -> Preprocessor:
     return preprocess
 
 
-def detection(vocab: Vocabulary) -> Preprocessor:
-    """Target: for each box, four bins then the label's tokens."""
+def detection(vocab: Vocabulary, max_tokens: int | None = None) -> Preprocessor:
+    """Target: for each box, four bins then the label's tokens; at most max_tokens of them, whole objects only (OFA
+    does not cut; a fixed batch shape must)."""
 
     def preprocess(example, rng):
         if not len(example['labels']):
             raise DropExample('no_boxes')
         target = []
         for box, label in zip(example['boxes'], example['labels']):
-            target += B.box_to_tokens(box, vocab, MAX_IMAGE_SIZE) + _target(vocab, clean_text(label), 'empty_label')
+            tokens = B.box_to_tokens(box, vocab, MAX_IMAGE_SIZE) + _target(vocab, clean_text(label), 'empty_label')
+            if max_tokens is not None and len(target) + len(tokens) > max_tokens:
+                break
+            target += tokens
         return {**example, **_source('detection', vocab), 'target_ids': target}
 
     return preprocess
@@ -863,14 +867,26 @@ def span_mask(
 
 
 def text_infill(
-    vocab: Vocabulary, mask_ratio: float = 0.3, poisson_lambda: float = 3.0, max_tokens: int = 64
+    vocab: Vocabulary,
+    mask_ratio: float = 0.3,
+    poisson_lambda: float = 3.0,
+    max_tokens: int = 64,
+    keep_last: bool = False,
 ) -> Preprocessor:
     """BART span masking over whole words: spans of Poisson(3) words replace 30% of the words, each by one <mask>.
-    The masked text (spans as '<mask>') is kept in 'masked_text'."""
+    The masked text (spans as '<mask>') is kept in 'masked_text'. The text is cut to whole words of at most
+    max_tokens tokens: its first ones, or with keep_last the last ones of its first 2 * max_tokens (as OFA's
+    pretraining keeps tokens [-256:] of the first 512)."""
 
     def preprocess(example, rng):
         words = clean_text(example['text']).split()
         word_tokens = [vocab.encode_spaced(w) for w in words]
+        if keep_last:
+            while sum(map(len, word_tokens)) > 2 * max_tokens and len(word_tokens) > 1:
+                word_tokens.pop()
+            while sum(map(len, word_tokens)) > max_tokens and len(word_tokens) > 1:
+                word_tokens.pop(0)
+                words.pop(0)
         while sum(map(len, word_tokens)) > max_tokens and len(word_tokens) > 1:
             word_tokens.pop()
         masked = span_mask(len(word_tokens), rng, mask_ratio, poisson_lambda)
