@@ -127,22 +127,28 @@ def fail_together(poll_seconds: float = 1.0) -> Iterator[None]:
 
     client, me, finished = distributed.global_state.client, jax.process_index(), threading.Event()
 
+    def stop_for_a_failed_peer() -> None:
+        """Exits naming the first other process that left its error, if one did."""
+        try:
+            failures = [(int(k.rsplit('/', 1)[1]), m) for k, m in client.key_value_dir_get(FAILED_PROCESSES)]
+        except Exception as error:  # noqa: BLE001 - the service is gone: the job is over for this process too
+            failures = [('the coordinator', f'unreachable ({type(error).__name__}: {error})')]
+        failures = [(who, message) for who, message in failures if who != me]
+        if failures:
+            who, message = failures[0]
+            print(f'process {me}: stopping: process {who} failed: {message}', file=sys.stderr, flush=True)
+            os._exit(1)
+
     def watch() -> None:
         while not finished.wait(poll_seconds):
-            try:
-                failures = [(int(k.rsplit('/', 1)[1]), m) for k, m in client.key_value_dir_get(FAILED_PROCESSES)]
-            except Exception as error:  # noqa: BLE001 - the service is gone: the job is over for this process too
-                failures = [('the coordinator', f'unreachable ({type(error).__name__}: {error})')]
-            failures = [(who, message) for who, message in failures if who != me]
-            if failures and not finished.is_set():
-                who, message = failures[0]
-                print(f'process {me}: stopping: process {who} failed: {message}', file=sys.stderr, flush=True)
-                os._exit(1)
+            stop_for_a_failed_peer()
 
     threading.Thread(target=watch, name='peer-failures', daemon=True).start()
     try:
         yield
     except BaseException as error:
+        # A collective broken by a peer that failed first (its error is already in the store) is that peer's failure.
+        stop_for_a_failed_peer()
         message = f'{type(error).__name__}: {error}'
         with contextlib.suppress(Exception):
             client.key_value_set(f'{FAILED_PROCESSES}{me}', message)
