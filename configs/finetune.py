@@ -7,6 +7,9 @@ summarization (Gigaword), with OFA's finetuning recipes where it published them 
         --config.init_from=checkpoints/ofa_base --config.data.tasks.caption.path=caption_stage1_train.tsv \\
         --config.data.tasks.caption.valid_path=caption_val.tsv    # validated every 500 steps, the best kept
     python -m ofa_jax.train --config configs/finetune.py:vqa,large ...    # TASK[,SIZE]; the size defaults to base
+    python -m ofa_jax.train --config configs/finetune.py:caption_scst --workdir workdir/caption_scst_base \\
+        --config.init_from=workdir/caption_base/best --config.data.tasks.caption.path=caption_stage2_train.tsv \\
+        --config.data.tasks.caption.valid_path=caption_val.tsv    # stage 2: CIDEr optimization (SCST)
 
 A recipe counts epochs where OFA's script does (--config.epochs; for a fixed number of updates instead:
 --config.epochs=0 --config.total_steps=N). The TSV files are OFA's released finetuning data (tsv_kind says which
@@ -41,6 +44,7 @@ class Recipe(NamedTuple):
     image_size: int
     max_source_length: int
     max_target_length: int
+    end_learning_rate: float = 0.0
 
 
 # The base-size recipes: OFA's *_base scripts for caption (run_scripts/caption/train_caption_stage1_base.sh), VQA
@@ -61,11 +65,14 @@ TASKS = {
     'rte': Recipe(5e-5, 512, 0, 5_000, 0.06, 0, 0.0, 0.0, 0.0, False, 0.0, 0, 32, 256, 4),
     'qqp': Recipe(5e-5, 512, 0, 40_000, 0.06, 0, 0.0, 0.0, 0.0, False, 0.0, 0, 32, 256, 4),
     'summarization': Recipe(1e-4, 512, 0, 50_000, 0.06, 0, 0.1, 0.0, 0.0, False, 0.0, 0, 32, 256, 33),
+    # Stage 2 (caption/train_caption_stage2{_base,}.sh): SCST from stage 1's best checkpoint, dropout 0.
+    'caption_scst': Recipe(1e-5, 64, 3, 0, 0.06, 0, 0.0, 0.0, 0.0, True, 0.0, 0, 480, 80, 32),
 }
 # Where OFA's large scripts (train_caption_stage1.sh, train_vqa_distributed.sh, train_refcoco.sh, train_snli_ve.sh)
 # differ; huge uses them too, tiny and medium the base recipes.
 LARGE = {
     'caption': dict(epochs=2, drop_worst_after=2500),
+    'caption_scst': dict(end_learning_rate=2e-7),
     'vqa': dict(epochs=0, total_steps=40_000, warmup=0.0, warmup_steps=1000, drop_path=0.2),
     'grounding': dict(learning_rate=3e-5, drop_path=0.2),
     'snli_ve': dict(learning_rate=2e-5, epochs=6, drop_path=0.2),
@@ -96,6 +103,10 @@ def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     config.model_overrides = dict(
         dtype='bfloat16', encoder_drop_path_rate=recipe.drop_path, decoder_drop_path_rate=recipe.drop_path
     )
+    config.scst = task == 'caption_scst'
+    if config.scst:
+        config.model_overrides.update(dropout=0.0, attention_dropout=0.0)
+    kind = 'caption' if config.scst else task
     options = OPTIONS.get(task, {})
     # The prev_output prompt puts the source's tokens (all but its eos) before the answer, bos already counted.
     prompt_length = recipe.max_source_length - 2 if options.get('prompt_type') == 'prev_output' else 0
@@ -105,11 +116,11 @@ def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
         max_target_length=prompt_length + recipe.max_target_length,
         workers=8,
     )
-    config.data.tasks = {task: {**finetune_task_config(task), **options}}
+    config.data.tasks = {kind: {**finetune_task_config(kind), **options}}
 
     config.batch_size = recipe.batch_size
     config.epochs, config.total_steps = recipe.epochs, recipe.total_steps
-    config.learning_rate = recipe.learning_rate
+    config.learning_rate, config.end_learning_rate = recipe.learning_rate, recipe.end_learning_rate
     config.warmup_steps, config.warmup_ratio = recipe.warmup_steps, recipe.warmup
     config.label_smoothing = recipe.label_smoothing
     config.ema_decay = recipe.ema_decay
@@ -121,5 +132,5 @@ def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     # OFA's scripts validate every 500 updates (--validate-interval-updates=500) and keep the best checkpoint by the
     # task's score (--best-checkpoint-metric): give the validation file, data.tasks.TASK.valid_path.
     if task != 'summarization':  # no automatic metric
-        config.validation.update(every=500, metric=f'{task}_cider' if task == 'caption' else f'{task}_accuracy')
+        config.validation.update(every=500, metric='caption_cider' if kind == 'caption' else f'{kind}_accuracy')
     return config

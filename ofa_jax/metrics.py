@@ -205,31 +205,57 @@ def cider(refs: Mapping[Hashable, Sequence[str]], cands: Mapping[Hashable, str])
     the mean over images. A corpus of one image scores 0, since every idf is then 0.
     """
     pairs = _caption_pairs(refs, cands)
-    ref_counts = [[_ngram_counts(ref, _CIDER_N) for ref in image_refs] for _, image_refs in pairs]
-    doc_freq = Counter(gram for image in ref_counts for gram in set().union(*image))
-    log_images = np.log(float(len(pairs)))
-    # numpy's log, as the official scorer takes it, so that the weights agree to the last bit.
-    idf = {gram: float(log_images - np.log(float(df))) for gram, df in doc_freq.items()}
-    unseen_idf = float(log_images)
+    image_refs = [[' '.join(ref) for ref in refs_words] for _, refs_words in pairs]
+    return float(np.mean(CiderD.of_corpus(image_refs).scores(image_refs, [' '.join(cand) for cand, _ in pairs])))
 
-    scores = []
-    for (cand, _), image_ref_counts in zip(pairs, ref_counts):
-        cand_vectors, cand_norms, cand_length = _tfidf(_ngram_counts(cand, _CIDER_N), idf, unseen_idf)
-        per_order = np.zeros(_CIDER_N)
-        for counts in image_ref_counts:
-            ref_vectors, ref_norms, ref_length = _tfidf(counts, idf, unseen_idf)
-            penalty = math.e ** (-(float(cand_length - ref_length) ** 2) / (2 * _CIDER_SIGMA**2))
-            similarity = np.zeros(_CIDER_N)
-            for k in range(_CIDER_N):
-                for gram, weight in cand_vectors[k].items():
-                    ref_weight = ref_vectors[k].get(gram, 0.0)
-                    similarity[k] += min(weight, ref_weight) * ref_weight
-                if cand_norms[k] != 0 and ref_norms[k] != 0:
-                    similarity[k] /= cand_norms[k] * ref_norms[k]
-                similarity[k] *= penalty
-            per_order += similarity
-        scores.append(np.mean(per_order) / len(image_ref_counts) * 10.0)
-    return float(np.mean(np.array(scores)))
+
+class CiderD:
+    """CIDEr-D (n=4, sigma=6; see `cider`) with document frequencies taken once from a corpus of references, as
+    OFA's SCST reward takes them from the training references (its cached coco-train-words)."""
+
+    def __init__(self, document_frequency: Mapping[Ngram, int], log_images: float):
+        """document_frequency: of each n-gram (n <= 4), the number of images whose references hold it;
+        log_images: the log of the number of images."""
+        self.document_frequency, self.log_images = dict(document_frequency), float(log_images)
+
+    @classmethod
+    def of_corpus(cls, corpus: Sequence[Sequence[str]]) -> 'CiderD':
+        """corpus: each image's references, tokenized (words split by spaces)."""
+        if not corpus:
+            raise ValueError('CiderD needs a corpus of at least one image')
+        per_image = [set().union(*(_ngram_counts(ref.split(), _CIDER_N) for ref in refs)) for refs in corpus]
+        # numpy's log, as the official scorer takes it, so that the weights agree to the last bit.
+        return cls(Counter(gram for grams in per_image for gram in grams), np.log(float(len(corpus))))
+
+    def scores(self, refs: Sequence[Sequence[str]], cands: Sequence[str]) -> np.ndarray:
+        """float64 [n]: the CIDEr-D of each tokenized candidate against its tokenized references."""
+        idf = {gram: float(self.log_images - np.log(float(df))) for gram, df in self.document_frequency.items()}
+        unseen_idf = float(self.log_images)
+        scores = []
+        for cand, image_refs in zip(cands, refs, strict=True):
+            cand_vectors, cand_norms, cand_length = _tfidf(_ngram_counts(cand.split(), _CIDER_N), idf, unseen_idf)
+            per_order = np.zeros(_CIDER_N)
+            for ref in image_refs:
+                ref_vectors, ref_norms, ref_length = _tfidf(_ngram_counts(ref.split(), _CIDER_N), idf, unseen_idf)
+                penalty = math.e ** (-(float(cand_length - ref_length) ** 2) / (2 * _CIDER_SIGMA**2))
+                similarity = np.zeros(_CIDER_N)
+                for k in range(_CIDER_N):
+                    for gram, weight in cand_vectors[k].items():
+                        ref_weight = ref_vectors[k].get(gram, 0.0)
+                        similarity[k] += min(weight, ref_weight) * ref_weight
+                    if cand_norms[k] != 0 and ref_norms[k] != 0:
+                        similarity[k] /= cand_norms[k] * ref_norms[k]
+                    similarity[k] *= penalty
+                per_order += similarity
+            scores.append(np.mean(per_order) / len(image_refs) * 10.0)
+        return np.array(scores, np.float64)
+
+
+def scst_text(text: str) -> str:
+    """A caption as OFA's SCST reward reads it: punctuation deleted, a final period gone, then ' <eos>' (so that the
+    end of a sentence counts in its n-grams, as in OFA's cached document frequencies)."""
+    text = ' '.join(strip_punctuation(text).split())
+    return f'{text.removesuffix(".").strip()} <eos>'
 
 
 # The official VQA evaluation's normalization tables.

@@ -37,8 +37,8 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
-from ofa_jax import api, console, evaluate, sharding
-from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, load_model, model_from_config, restore_fitting
+from ofa_jax import api, console, evaluate, scst, sharding
+from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, load_checkpoint, model_from_config, restore_fitting
 from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
 from ofa_jax.data.vocab import vocabulary_from_spec
@@ -402,8 +402,9 @@ def initial_state(
 def start_from(
     state: TrainState, directory: str, optimizer: optax.GradientTransformation, shardings: TrainState
 ) -> TrainState:
-    """The state with its model replaced by a saved (or converted OFA) model, for finetuning."""
-    _, loaded = load_model(directory)
+    """The state with its model replaced by a saved (or converted OFA) model, or a training workdir's (its EMA when
+    kept; e.g. WORKDIR/best), for finetuning."""
+    loaded = load_checkpoint(directory).variables
     params = jax.device_put(loaded['params'], shardings.params)
     return state.replace(
         params=params,
@@ -546,8 +547,9 @@ def batch_spec(config: ml_collections.ConfigDict, rows: int) -> pipeline.BatchSp
         config.data.max_source_length,
         config.data.max_target_length,
         trie_vocab_size,
-        config.data.get('extra_max_source_length', 0),
-        config.data.get('extra_max_target_length', 0),
+        with_references=config.scst,
+        extra_max_source_length=config.data.get('extra_max_source_length', 0),
+        extra_max_target_length=config.data.get('extra_max_target_length', 0),
     )
 
 
@@ -613,7 +615,7 @@ def train_step_flops(config: ml_collections.ConfigDict) -> float:
     mesh = sharding.make_mesh(**config.mesh)
     model, optimizer = model_from_config(config), make_optimizer(config)
     batch = next(iter(pipeline.batches(tasks, rates, batch_spec(config, config.batch_size), seed=config.seed)))
-    batch = {k: v for k, v in batch.items() if k != 'dropped'}
+    batch = {k: v for k, v in batch.items() if k not in ('dropped', 'references')}
     state = jax.eval_shape(functools.partial(initial_state, model, optimizer, config, config.data.image_size))
     step = functools.partial(train_step, model, optimizer, config, len(tasks))
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.logical_axis_rules):
@@ -775,11 +777,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     )
 
     def device_batch(batch):
-        arrays = {k: v for k, v in batch.items() if k != 'dropped'}
-        global_batch = jax.tree_util.tree_map(
+        arrays = {k: v for k, v in batch.items() if k not in ('dropped', 'references')}  # those stay on the host
+        return jax.tree_util.tree_map(
             lambda x: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), x), arrays
         )
-        return global_batch, batch['dropped']
+
+    scorer = None
+    if config.scst:
+        scst.check_config(config)
+        scorer = scst.reward_scorer(tasks, workdir)
+    vocab = vocabulary_from_spec(config.data.vocab)
+    window_cider = []
 
     def save(step: int) -> None:
         manager.save(
@@ -816,7 +824,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.logical_axis_rules):
         for step in range(start_step, config.total_steps):
             host_batch = next(data_iter)
-            batch, dropped = device_batch(host_batch)
+            dropped = host_batch['dropped']
+            if scorer:  # the step trains on the model's own captions of the batch's images, rewarded
+                variables = {'params': state.params, 'batch_stats': state.batch_stats}
+                host_batch, cider = scst.scst_batch(
+                    model, variables, device_batch(host_batch), host_batch, vocab, scorer
+                )
+                window_cider.append(float(cider.mean()))
+            batch = device_batch(host_batch)
             if flops_per_step is None:  # compile once, ahead of time
                 lowered = step_fn.lower(state, batch)
                 # The model's FLOPs, as written, over the whole batch: not what XLA's optimized, partitioned program
@@ -856,6 +871,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     'skipped_steps': skipped_steps,
                     'dropped': dict(dropped_total),
                 }
+                if window_cider:  # the mean CIDEr-D of the captions SCST trained on
+                    logged['scst_cider'] = float(np.mean(window_cider))
+                    window_cider.clear()
                 for i, name in enumerate(task_names):
                     logged[f'loss/{name}'] = float(metrics['task_loss'][i])
                     logged[f'accuracy/{name}'] = float(metrics['task_accuracy'][i])
@@ -873,6 +891,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                         f'MFU {logged["mfu"]:.1%}'
                         + (f', dropped {sum(dropped_total.values())}' if dropped_total else '')
                         + (f', skipped {skipped_steps} non-finite steps' if skipped_steps else '')
+                        + (f', SCST captions CIDEr-D {logged["scst_cider"]:.3f}' if 'scst_cider' in logged else '')
                     )
                 window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
                 # An asynchronous save that failed (a full disk, a lost bucket) stops the run here, not at the next

@@ -108,6 +108,7 @@ def default_config(source: str = 'world') -> ml_collections.ConfigDict:
     config.ema_decay = 0.0  # 0: no EMA of the parameters
     config.nonfinite = 'skip'  # a step with a NaN or Inf loss or gradient: 'skip' its update (counted), or 'stop'
     config.sample_patch_num = 0  # 0: every image patch; OFA pretraining samples 196
+    config.scst = False  # self-critical training on the model's own captions, rewarded by CIDEr-D (ofa_jax.scst)
 
     config.mesh = dict(replica=1, data=-1, fsdp=1, tensor=1)
     config.logical_axis_rules = sharding.DEFAULT_RULES

@@ -24,11 +24,12 @@ from ofa_jax.train_config import DATA_SOURCES, data_config, default_config
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 SIZES = ('tiny', 'medium', 'base', 'large', 'huge')
 FINETUNE_KINDS = mixtures.FINETUNE_TASKS  # configs/finetune.py offers every finetuning task
+FINETUNE_ARGS = (*FINETUNE_KINDS, 'caption_scst')  # and caption stage 2, on caption data
 DEMO_VARIANTS = ('pretrain', 'text_to_image')
 ABLATION_VARIANTS = ('cpu', 'pod')
 SHIPPED = (
     [('pretrain', size) for size in SIZES]
-    + [('finetune', kind) for kind in FINETUNE_KINDS]
+    + [('finetune', arg) for arg in FINETUNE_ARGS]
     + [('demo', variant) for variant in DEMO_VARIANTS]
 )
 
@@ -76,7 +77,12 @@ def test_each_size_of_a_shipped_ablation_is_a_training_config(variant):
 
 @pytest.mark.parametrize(
     'name, choices',
-    [('pretrain', SIZES), ('finetune', FINETUNE_KINDS), ('demo', DEMO_VARIANTS), ('ablate', ABLATION_VARIANTS)],
+    [
+        ('pretrain', SIZES),
+        ('finetune', FINETUNE_ARGS),
+        ('demo', DEMO_VARIANTS),
+        ('ablate', ABLATION_VARIANTS),
+    ],
 )
 def test_configs_reject_unknown_arguments_naming_every_choice(name, choices):
     """The choices named are all the shipped ones: the lists above cover every config."""

@@ -9,6 +9,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from ofa_jax import metrics
 from ofa_jax.data.tasks import caption_metrics
 from ofa_jax.metrics import (
     accuracy,
@@ -431,3 +432,23 @@ def test_caption_metrics_score_as_ofa_does():
     assert scores['cider'] > cider(
         {k: [r.lower() for r in refs] for k, refs in references.items()}, predictions
     )  # untokenized text scores lower: 'surfboard.' never matches 'surfboard'
+
+
+@pytest.mark.parity
+def test_cider_d_of_a_corpus_scores_each_candidate_as_pycocoevalcap():
+    refs, cands = random_captions(2)
+    keys = list(cands)
+    _, want = Cider().compute_score(refs, {key: [cands[key]] for key in keys})
+    scorer = metrics.CiderD.of_corpus([refs[key] for key in keys])
+    got = scorer.scores([refs[key] for key in keys], [cands[key] for key in keys])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    # Frequencies from a larger corpus (OFA's SCST takes the training references'): an n-gram in every image of it
+    # weighs nothing.
+    common = metrics.CiderD.of_corpus([[*refs[key], 'w0 w1'] for key in keys])
+    assert common.scores([['w0 w1']], ['w0 w1'])[0] == 0.0 < scorer.scores([['w0 w1']], ['w0 w1'])[0]
+
+
+def test_scst_text_is_what_ofas_reward_reads():
+    # criterions/scst_loss.py: punctuation deleted (a final period with it), then ' <eos>'.
+    assert metrics.scst_text("A man's T-shirt, on the beach.") == 'A mans Tshirt on the beach <eos>'
+    assert metrics.scst_text('  two   dogs ') == 'two dogs <eos>'

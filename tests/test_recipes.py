@@ -160,6 +160,8 @@ def test_epochs_count_the_tasks_records():
         ('grounding,large', 128, 10, 0, 3e-5, 0.2),  # refcoco/train_refcoco.sh:29-30,38-40
         ('snli_ve', 256, 5, 0, 5e-5, 0.1),  # snli_ve/train_snli_ve_base.sh:26-30,39-41: 4 x 8 x 8
         ('snli_ve,large', 256, 6, 0, 2e-5, 0.2),  # snli_ve/train_snli_ve.sh:29-30,39-41
+        ('caption_scst', 64, 3, 0, 1e-5, 0.0),  # caption/train_caption_stage2_base.sh:22-34,41: 2 x 4 x 8
+        ('caption_scst,large', 64, 3, 0, 1e-5, 0.0),  # caption/train_caption_stage2.sh
     ],
 )
 def test_the_finetuning_recipes_are_ofas_scripts(arg, batch, epochs, steps, lr, drop_path):
@@ -168,7 +170,12 @@ def test_the_finetuning_recipes_are_ofas_scripts(arg, batch, epochs, steps, lr, 
     overrides = config.model_overrides
     assert overrides['encoder_drop_path_rate'] == overrides['decoder_drop_path_rate'] == drop_path
     kind = arg.split(',')[0]
-    assert config.freeze_token_embedding == (kind in ('caption', 'vqa'))  # --freeze-{en,de}coder-embedding
+    assert config.freeze_token_embedding == (kind in ('caption', 'vqa', 'caption_scst'))  # --freeze-*-embedding
+    assert config.scst == (kind == 'caption_scst')
+    if config.scst:  # stage 2: dropout 0, to OFA's --end-learning-rate (large: 2e-7), the best stage-2 CIDEr kept
+        assert (config.model_overrides['dropout'], config.model_overrides['attention_dropout']) == (0.0, 0.0)
+        assert config.end_learning_rate == (2e-7 if arg.endswith('large') else 0.0)
+        assert config.validation.metric == 'caption_cider' and list(config.data.tasks) == ['caption']
     assert (config.drop_worst_ratio, config.drop_worst_after) == {
         'caption': (0.2, 6000),
         'caption,large': (0.2, 2500),

@@ -482,3 +482,29 @@ def test_ofa_pretraining_trains_its_extra_samples_in_a_sub_batch_of_their_own(tm
     for name in ('ofa_text_infill', 'ofa_image_infill', 'ofa_detection', 'ofa_vl_first'):
         assert any(r[f'loss/{name}'] > 0 for r in logged), name
     train.train(config.copy_and_resolve_references(), str(tmp_path / 'run'))  # resumes both streams: nothing to do
+
+
+@pytest.mark.slow
+def test_scst_raises_the_cider_of_its_starting_checkpoint(tmp_path):
+    """Stage 1 (cross-entropy) on 64 scenes' captions, then SCST from its checkpoint on the same scenes: the CIDEr of
+    the captions it decodes for them rises (measured: 1.98 to 2.29 after 60 steps), as does its reward."""
+    data = {'mixture': mixtures.world_task_name('caption'), 'world_size': 64, 'max_target_length': 17}
+    stage1 = small_config(data=data, learning_rate=1e-3, total_steps=150, checkpoint_every=150, log_every=50)
+    train.train(stage1, str(tmp_path / 'stage1'))
+    stage2 = small_config(
+        data=data,
+        scst=True,
+        init_from=str(tmp_path / 'stage1'),
+        learning_rate=1e-4,
+        batch_size=16,
+        total_steps=60,
+        checkpoint_every=60,
+        log_every=5,
+    )
+    train.train(stage2, str(tmp_path / 'stage2'))
+    rewards = [r['scst_cider'] for r in train.read_metrics(str(tmp_path / 'stage2'))]
+    assert len(rewards) == 12 and np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.1
+    before, _ = evaluate.evaluate(stage1, str(tmp_path / 'stage1'), str(tmp_path / 'before'))
+    after, _ = evaluate.evaluate(stage1, str(tmp_path / 'stage2'), str(tmp_path / 'after'))
+    assert before['caption_examples'] == after['caption_examples'] == 64
+    assert after['caption_cider'] > before['caption_cider'] + 0.15

@@ -37,10 +37,14 @@ class BatchSpec:
     # > 0: batches carry 'allowed_tokens', per target position the tokens a trie-constrained answer may take, packed
     # over a vocabulary of this size (`ofa_jax.data.answers.AnswerTrie`); 0: no example is trie-constrained.
     trie_vocab_size: int = 0
+    with_references: bool = False  # batches carry 'references': each row's reference captions (for SCST)
     # The lengths of the extra sub-batch (OFA's text, image and detection pretraining samples; see `batches`).
     extra_max_source_length: int = 0
     extra_max_target_length: int = 0
 
+
+# The model's inputs of a batch, besides the decoder's.
+SOURCE_KEYS = ('src_tokens', 'patch_images', 'patch_masks')
 
 # What precedes the answer in the decoder (OFA's --prompt-type): 'none' bos alone, 'src' the whole source (bos ...
 # eos), 'prev_output' the source without its eos. The prompt's positions are not scored.
@@ -163,6 +167,9 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
         batch['constraint_ranges'][row] = example.get('constraint_range', UNCONSTRAINED)
         batch['task_ids'][row] = task_names.index(example['task'])
         batch['example_mask'][row] = True
+    if spec.with_references:  # a host-side list, never placed on the devices
+        batch['references'] = [list(e.get('references') or [e.get('caption', '')]) for e in examples]
+        batch['references'] += [[] for _ in range(b - len(examples))]
     return batch
 
 
@@ -179,7 +186,7 @@ def to_source_batch(
         {'source_ids': ids, 'target_ids': [], 'task': '', 'image': image} for ids, image in zip(source_ids, images)
     ]
     batch = to_batch(examples, BatchSpec(batch_size, image_size, max_source_length, 1), [''])
-    return {k: batch[k] for k in ('src_tokens', 'patch_images', 'patch_masks')}
+    return {k: batch[k] for k in SOURCE_KEYS}
 
 
 def _check_shapes(example: dict, spec: BatchSpec) -> str | None:
