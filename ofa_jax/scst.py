@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from ofa_jax import decode, metrics
-from ofa_jax.data import pipeline
+from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
 from ofa_jax.data.registry import Task
 from ofa_jax.data.tasks import TASKS
@@ -30,7 +30,7 @@ CORPUS_FILE = 'scst_document_frequency.json'  # under the workdir: the training 
 def check_config(config: Any) -> None:
     """SCST trains captions alone, on their beams as targets: one caption task, targets that hold a whole caption."""
     kinds = {spec['kind'] for spec in config.data.tasks.values()} if config.data.source == 'tasks' else set()
-    if config.data.source == 'world' and config.data.mixture == 'world_caption':
+    if config.data.source == 'world' and config.data.mixture == mixtures.world_task_name('caption'):
         kinds = {'caption'}
     if kinds != {'caption'}:
         raise ValueError('scst trains captions alone: its data must be one caption task')

@@ -120,8 +120,9 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
     'prompt_type' (PROMPT_TYPES: the decoder reads the prompt, then the answer; the prompt's targets are PAD, as in
     OFA's datasets) and 'allowed_tokens' (uint8 [len(target_ids) + 1, ceil(V / 8)], see BatchSpec.trie_vocab_size).
     Returns src_tokens [B, Ls], patch_images [B, S, S, 3], patch_masks [B], prev_output_tokens / target_tokens [B, Lt],
-    loss_weights [B], code_masks [B], constraint_ranges [B, 2], task_ids [B], example_mask [B] and, with
-    spec.trie_vocab_size, allowed_tokens [B, Lt, ceil(V / 8)] uint8 (every bit set where no trie constrains)."""
+    loss_weights [B], code_masks [B], constraint_ranges [B, 2], task_ids [B], example_mask [B], with
+    spec.trie_vocab_size allowed_tokens [B, Lt, ceil(V / 8)] uint8 (every bit set where no trie constrains), and with
+    spec.with_references 'references' (a list of B lists of reference captions, for the host)."""
     b, ls, lt, s = spec.batch_size, spec.max_source_length, spec.max_target_length, spec.image_size
     batch = {
         'src_tokens': np.full((b, ls), V.PAD, np.int32),
