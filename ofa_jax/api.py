@@ -30,6 +30,7 @@ from ofa_jax.checkpoint import load_checkpoint
 from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import tasks as task_declarations
 from ofa_jax.data import transforms as T
+from ofa_jax.data.answers import AnswerTrie
 from ofa_jax.data.image_codes import ImageTokenizer, images_from_code_tokens
 from ofa_jax.data.registry import DropExample
 from ofa_jax.data.tasks import TASKS, TaskKind, task_kind
@@ -458,6 +459,7 @@ class Predictor:
         """Log-probability [n_candidates] of every candidate answer per input (teacher-forced, summed, each token's
         renormalized over the candidates' trie)."""
         candidate_ids = [self._answer_ids(c) for c in candidates]
+        trie = AnswerTrie(candidate_ids, self.config.vocab_size)  # once: its masks serve every batch
         outputs = []
         for rows, batch in self._batches(inputs):
             with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
@@ -469,7 +471,7 @@ class Predictor:
                     batch['patch_masks'],
                     candidate_ids,
                     prefix_tokens=self._prefix(kind, batch),
-                    renormalize=True,
+                    trie=trie,
                 )
             outputs += list(np.asarray(scores)[:rows])
         return outputs

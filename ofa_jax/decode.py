@@ -459,13 +459,13 @@ def score_candidates(
     candidates: Sequence[Sequence[int]],
     batch_size: int = 256,
     prefix_tokens: np.ndarray | None = None,
-    renormalize: bool = False,
+    trie: AnswerTrie | None = None,
 ) -> jax.Array:
     """OFA's "all candidates" scoring: scores [b, n_candidates], each the summed log-prob of the candidate
     (ids without bos/eos) followed by eos, teacher-forced after bos and the row's prefix_tokens [b, p] (PAD-padded on
-    the right, see `prompt_prefix`; not scored). renormalize: each position's log-probs are taken over the tokens
-    that continue some candidate there (the candidates' trie), as OFA's allcand evaluation does; else over the whole
-    vocabulary.
+    the right, see `prompt_prefix`; not scored). trie: the candidates' AnswerTrie, built once by a caller that
+    scores them batch after batch; each position's log-probs are then taken over the tokens that continue some
+    candidate there, as OFA's allcand evaluation does; None: over the whole vocabulary.
 
     batch_size bounds the (row, candidate) pairs of one decoder pass, and so the memory of its logits."""
     validate_source(model.config, src_tokens, patch_images, patch_masks)
@@ -486,20 +486,19 @@ def score_candidates(
     pair_candidates = np.arange(padded) % count
     inputs = np.full((padded, length), V.PAD, np.int32)
     targets = np.full((padded, length), V.PAD, np.int32)
-    # With renormalize: per scored position the row of `masks` (packed, see AnswerTrie) of its trie node; -1 elsewhere.
+    # With a trie: per scored position the row of `masks` (packed, see AnswerTrie) of its trie node; -1 elsewhere.
     mask_rows = np.full((padded, length), -1, np.int32)
     masks = None
-    if renormalize:
-        trie = AnswerTrie(candidates, model.config.vocab_size)
+    if trie is not None:
         nodes = [trie.nodes(c) for c in candidates]
-        used = sorted({n for path in nodes for n in path})
-        masks = jnp.asarray(np.stack([trie.packed_mask(n) for n in used]))
-        nodes = [[used.index(n) for n in path] for path in nodes]
+        row_of = {node: row for row, node in enumerate(sorted({n for path in nodes for n in path}))}
+        masks = jnp.asarray(np.stack([trie.packed_mask(n) for n in row_of]))
+        nodes = [[row_of[n] for n in path] for path in nodes]
     for i, (row, candidate) in enumerate(zip(pair_rows, pair_candidates)):
         forced, answer = prefixes[row], candidates[candidate]
         inputs[i, : len(forced) + len(answer) + 1] = [V.BOS, *forced, *answer]
         targets[i, len(forced) : len(forced) + len(answer) + 1] = [*answer, V.EOS]
-        if renormalize:
+        if trie is not None:
             mask_rows[i, len(forced) : len(forced) + len(answer) + 1] = nodes[candidate]
     encoder_out = _encode(model, variables, jnp.asarray(src_tokens, jnp.int32), patch_images, patch_masks)
     scores = [
