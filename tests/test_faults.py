@@ -77,10 +77,14 @@ def test_sigterm_at_awkward_moments_saves_and_exits_cleanly(tmp_path, moment):
 
 @pytest.mark.slow
 def test_a_failing_asynchronous_save_stops_the_run_and_is_never_restored(tmp_path):
-    # Files up to 2 MiB: the 1 MiB probe of the workdir passes, the checkpoint's 6 MiB array file does not.
+    # Files up to 2 MiB: the 1 MiB probe of the workdir passes, and the first save fails whatever the timing of its
+    # writes, which decides how they group into files: one array alone, the 4 MiB image position table of a
+    # 128-wide bucket grid, cannot fit.
     workdir, log, deadline = tmp_path / 'run', tmp_path / 'run.log', time.time() + 600
     # Saves 200 steps apart: the failed one surfaces within seconds, tens of steps of this small model.
-    process = launch(workdir, 500, log, 'checkpoint_every=200', limit_file_size=2 << 20)
+    process = launch(
+        workdir, 500, log, 'checkpoint_every=200', 'model_overrides.image_bucket_size=128', limit_file_size=2 << 20
+    )
     assert process.wait(timeout=600) != 0
     output = log.read_text()
     assert 'File too large' in output, output[-3000:]
