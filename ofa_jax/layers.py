@@ -93,13 +93,36 @@ class DropPath(nn.Module):
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+ATTENTION_IMPLEMENTATIONS = ('einsum', 'xla', 'cudnn')
+
+
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, mask: jax.Array, implementation: str
+) -> jax.Array:
+    """softmax(q k^T + bias, masked) v by jax.nn.dot_product_attention. q: [batch, q_len, heads, head_dim], already
+    scaled; k, v: [batch, kv_len, heads, head_dim]; bias and mask broadcastable to [batch, heads, q_len, kv_len].
+
+    cuDNN takes the mask folded into the bias, in the inputs' dtype (a fully masked row, which XLA's path and the
+    einsum path spread evenly, is undefined there: OFA's rows always attend to something)."""
+    bias, mask = jnp.broadcast_to(bias, jnp.broadcast_shapes(bias.shape, mask.shape)), jnp.asarray(mask)
+    if implementation == 'cudnn':
+        bias, mask = jnp.where(mask, bias, -1e9).astype(q.dtype), None
+    else:
+        mask = jnp.broadcast_to(mask, bias.shape)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0, implementation=implementation)
+
+
 class MultiHeadAttention(nn.Module):
-    """Attention with additive position bias and NormFormer's learned per-head output scale (`c_attn`)."""
+    """Attention with additive position bias and NormFormer's learned per-head output scale (`c_attn`).
+
+    `implementation` picks how softmax(QK^T + bias)V is computed (ATTENTION_IMPLEMENTATIONS): 'einsum' spells it
+    out (and is the only one with attention dropout); 'xla' and 'cudnn' call jax.nn.dot_product_attention."""
 
     num_heads: int
     scale_factor: float = 2.0
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    implementation: str = 'einsum'
 
     @nn.compact
     def __call__(
@@ -147,11 +170,21 @@ class MultiHeadAttention(nn.Module):
             k, v = cached_k.value, cached_v.value
         else:
             k, v = keys_values()
-        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) + bias
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1)
-        probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic).astype(self.dtype)
-        out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+        if self.implementation == 'einsum':
+            logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) + bias
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1)
+            probs = nn.Dropout(self.dropout)(probs, deterministic=deterministic).astype(self.dtype)
+            out = jnp.einsum('bhqk,bkhd->bqhd', probs, v)
+        elif self.implementation in ATTENTION_IMPLEMENTATIONS:
+            if self.dropout and not deterministic:
+                raise ValueError(
+                    f'attention {self.implementation!r} has no attention dropout: set attention_dropout=0 '
+                    f"(it is {self.dropout}) or attention='einsum'"
+                )
+            out = attend(q, k, v, bias, mask, self.implementation)
+        else:
+            raise ValueError(f'attention {self.implementation!r}: expected one of {ATTENTION_IMPLEMENTATIONS}')
         c_attn = self.param(
             'c_attn', nn.with_logical_partitioning(nn.initializers.ones, ('heads',)), (self.num_heads,), jnp.float32
         )
@@ -171,6 +204,7 @@ def attention_block(
     scale_factor: float,
     dropout: float,
     attention_dropout: float,
+    implementation: str,
     drop_path: DropPath,
     deterministic: bool,
     dtype: jnp.dtype,
@@ -181,7 +215,7 @@ def attention_block(
     Called inside a layer's compact method; submodules are named `{prefix}`, `{prefix}_layer_norm` and
     `{prefix}_mid_layer_norm` as in OFA's checkpoints. cache_args go to MultiHeadAttention (incremental decoding)."""
     h = layer_norm(dtype, f'{prefix}_layer_norm')(x)
-    h = MultiHeadAttention(num_heads, scale_factor, attention_dropout, dtype, name=prefix)(
+    h = MultiHeadAttention(num_heads, scale_factor, attention_dropout, dtype, implementation, name=prefix)(
         h, h if kv is None else kv, bias, mask, deterministic, **cache_args
     )
     h = layer_norm(dtype, f'{prefix}_mid_layer_norm')(h)

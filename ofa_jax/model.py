@@ -52,6 +52,9 @@ class OFAConfig:
     freeze_batch_norm: bool = False
     dtype: str = 'float32'  # compute dtype; parameters are always float32
     remat: bool = False  # recompute each transformer layer in the backward pass to save activation memory
+    # How attention's softmax(QK^T + bias)V is computed (layers.ATTENTION_IMPLEMENTATIONS): 'einsum' (explicit, with
+    # attention dropout), 'xla' or 'cudnn' (jax.nn.dot_product_attention; cuDNN's fused kernel on NVIDIA GPUs).
+    attention: str = 'einsum'
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -151,6 +154,7 @@ class EncoderLayer(nn.Module):
             scale_factor=cfg.attn_scale_factor,
             dropout=cfg.dropout,
             attention_dropout=cfg.attention_dropout,
+            implementation=cfg.attention,
             drop_path=drop_path,
             deterministic=deterministic,
             dtype=cfg.compute_dtype,
@@ -192,6 +196,7 @@ class DecoderLayer(nn.Module):
             scale_factor=cfg.attn_scale_factor,
             dropout=cfg.dropout,
             attention_dropout=cfg.attention_dropout,
+            implementation=cfg.attention,
             drop_path=drop_path,
             deterministic=deterministic,
             dtype=cfg.compute_dtype,

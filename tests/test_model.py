@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ofa_jax import layers
+from ofa_jax.decode import DecodeSettings, generate
 from ofa_jax.model import OFA, PRESETS, count_params, init_variables, model_config
 
 # One test process builds this module's fixtures once (tests/run.sh distributes by group).
@@ -174,6 +175,40 @@ def test_bfloat16_compute_keeps_float32_parameters(nano):
     assert float(jnp.max(jnp.abs(fast - exact)) / jnp.max(jnp.abs(exact))) < 0.1
     agreement = np.mean(np.argmax(fast, -1) == np.argmax(exact, -1))
     assert agreement >= 0.8
+
+
+def test_fused_attention_gives_the_einsum_paths_logits_gradients_and_beams(nano):
+    """jax.nn.dot_product_attention (the path cuDNN's kernel takes on a GPU, here XLA's) against the spelled-out
+    attention: padded sources and targets (masked keys), the causal decoder, gradients and cached beam search."""
+    model, variables = nano
+    fused = OFA(dataclasses.replace(model.config, attention='xla'))
+    src, images, masks, tgt = inputs()
+    src = np.concatenate([src, np.ones((2, 3), np.int32)], axis=1)
+    tgt[1, 3:] = 1
+    np.testing.assert_allclose(
+        jitted(fused)(variables, src, images, masks, tgt), jitted(model)(variables, src, images, masks, tgt), atol=2e-5
+    )
+
+    def loss(m, params):
+        logits = m.apply({**variables, 'params': params}, src, images, masks, tgt)
+        return jnp.mean(jax.nn.logsumexp(logits, -1))
+
+    params = nn.meta.unbox(variables['params'])
+    spelled, grads = (
+        jax.jit(jax.grad(lambda p: loss(model, p)))(params),
+        jax.jit(jax.grad(lambda p: loss(fused, p)))(params),
+    )
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), spelled, grads)
+    settings = DecodeSettings(beam_size=3, max_length=6)
+    for a, b in zip(
+        generate(model, variables, src, images, masks, settings),
+        generate(fused, variables, src, images, masks, settings),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+    with pytest.raises(ValueError, match="attention 'xla' has no attention dropout"):
+        OFA(dataclasses.replace(fused.config, attention_dropout=0.1)).apply(
+            variables, src, images, masks, tgt, train=True, mutable='batch_stats', rngs={'dropout': jax.random.key(0)}
+        )
 
 
 def test_image_code_rows_differ_from_text_rows(nano):
