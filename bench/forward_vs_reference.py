@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/forward_vs_reference.py [--repeats 10] [--threads 2]
 
-Batch 8, 256 px images, 64 source and 32 target tokens, float32, eval mode. Prints the median times and their ratio
-(reference / ofa-jax: above 1 means ofa-jax is faster). Needs the test requirements (torch, modelscope).
+Batch 8, 256 px images, 64 source and 32 target tokens, float32, eval mode. Times the two in turns
+(bench/_common.interleaved) and prints the medians and their ratio (reference / ofa-jax: above 1 means ofa-jax is
+faster). Needs the test requirements (torch, modelscope).
 """
 
 import argparse
@@ -13,7 +14,7 @@ import time
 
 import jax
 import numpy as np
-from _common import median_seconds  # also puts tests/ on the path for `reference`
+from _common import interleaved  # also puts tests/ on the path for `reference`
 from reference import tiny_reference, torch
 
 from ofa_jax.convert import from_torch_state_dict
@@ -44,8 +45,6 @@ def main() -> None:
     start = time.perf_counter()
     forward(variables, *jax_inputs).block_until_ready()
     compile_s = time.perf_counter() - start
-    ours = median_seconds(lambda: forward(variables, *jax_inputs).block_until_ready(), args.repeats)
-
     torch_inputs = dict(
         input_ids=torch.from_numpy(src),
         patch_images=torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
@@ -53,8 +52,9 @@ def main() -> None:
         decoder_input_ids=torch.from_numpy(tgt),
     )
     with torch.no_grad():
-        reference(**torch_inputs)  # warm-up
-        theirs = median_seconds(lambda: reference(**torch_inputs), args.repeats)
+        timings = interleaved(
+            lambda: forward(variables, *jax_inputs).block_until_ready(), lambda: reference(**torch_inputs), args.repeats
+        )
 
     print(
         json.dumps(
@@ -64,9 +64,7 @@ def main() -> None:
                 'image_size': args.image_size,
                 'threads': args.threads,
                 'device': jax.devices()[0].device_kind,
-                'ofa_jax_s': round(ours, 4),
-                'reference_s': round(theirs, 4),
-                'speedup': round(theirs / ours, 2),
+                **timings,
                 'ofa_jax_compile_s': round(compile_s, 1),
             }
         )

@@ -5,10 +5,11 @@ ofa-jax against modelscope's PyTorch OFA and taming's VQGAN decoder, same random
         [--code_image_size 256]
 
 Both sample like OFA's image generation: top-k 256 within the 8,192 code tokens, exactly (code image size / 8)^2
-codes (32x32 for OFA's 256 px), `--samples` images per caption; float32. Prints the median seconds per query (codes
-and pixels) and the ratio (above 1: ofa-jax is faster). The reference needs no warm-up and takes minutes per 256 px
-query on a CPU (its cost grows with the square of the code count), so it runs `--repeats` times only. Needs the test
-requirements (torch, modelscope, taming-transformers).
+codes (32x32 for OFA's 256 px), `--samples` images per caption; float32. Times the two in turns
+(bench/_common.interleaved) and prints the median seconds per query (codes and pixels) and the ratio (above 1:
+ofa-jax is faster). The reference takes minutes per 256 px query on a CPU (its cost grows with the square of the code
+count), so it runs `--repeats` times only, after one untimed query of each. Needs the test requirements (torch,
+modelscope, taming-transformers).
 """
 
 import argparse
@@ -18,7 +19,7 @@ import time
 
 import jax
 import numpy as np
-from _common import median_seconds  # also puts tests/ on the path for `reference`
+from _common import interleaved  # also puts tests/ on the path for `reference`
 from reference import IdsOnlyTokenizer, SequenceGenerator, tiny_reference, torch
 from vqgan_reference import random_reference
 
@@ -74,7 +75,6 @@ def main() -> None:
     start = time.perf_counter()
     images = ours()
     compile_s = time.perf_counter() - start
-    ours_s = median_seconds(ours, args.repeats)
 
     tokenizer = IdsOnlyTokenizer(config.vocab_size)
     generator = SequenceGenerator(
@@ -97,7 +97,7 @@ def main() -> None:
         pixels = reference_vqgan.decode(codes.reshape(-1, side, side))
         drawn.append(((np.clip(pixels, -1, 1) + 1) / 2 * 255).astype(np.uint8))
 
-    theirs_s = median_seconds(theirs, args.repeats)
+    timings = interleaved(ours, theirs, args.repeats)
     expected = (args.samples, side * 8, side * 8, 3)
     assert images.shape == drawn[-1].shape == expected, (images.shape, drawn[-1].shape)
 
@@ -109,9 +109,7 @@ def main() -> None:
                 'samples': args.samples,
                 'threads': args.threads,
                 'device': jax.devices()[0].device_kind,
-                'ofa_jax_s_per_query': round(ours_s, 2),
-                'reference_s_per_query': round(theirs_s, 2),
-                'speedup': round(theirs_s / ours_s, 2),
+                **timings,
                 'ofa_jax_compile_s': round(compile_s, 1),
             }
         )

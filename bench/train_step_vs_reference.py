@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/train_step_vs_reference.py [--repeats 5] [--threads 2]
 
-Batch 8, 256 px, 64 source and 32 target tokens, AdamW, float32, dropout 0.1 in both. Prints median seconds per step
-and the throughput ratio (reference time / ofa-jax time: above 1 means ofa-jax is faster). Needs the test
-requirements (torch, modelscope).
+Batch 8, 256 px, 64 source and 32 target tokens, AdamW, float32, dropout 0.1 in both. Times the two in turns
+(bench/_common.interleaved) and prints the median seconds per step, the throughput ratio (reference time / ofa-jax
+time: above 1 means ofa-jax is faster) and ofa-jax's model-FLOPs utilization of the measured matmul peak. Needs the
+test requirements (torch, modelscope).
 """
 
 import argparse
@@ -14,14 +15,12 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from _common import median_seconds  # also puts tests/ on the path for `reference` and `conftest`
+from _common import interleaved, synthetic_batch  # also puts tests/ on the path for `reference` and `conftest`
 from conftest import load_config
 from reference import tiny_reference, torch
 
 from ofa_jax import train
-from ofa_jax.data import pipeline
 from ofa_jax.model import OFA, model_config
 
 
@@ -32,10 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batch, image_size, src_len, tgt_len = 8, 256, 64, 32
-    rng = np.random.default_rng(0)
-    src = rng.integers(4, 50000, (batch, src_len))
-    tgt = rng.integers(4, 50000, (batch, tgt_len + 1))
-    images = rng.uniform(-1, 1, (batch, image_size, image_size, 3)).astype(np.float32)
+    rows = synthetic_batch(batch, image_size, src_len, tgt_len)
 
     config = load_config('demo')
     config.model, config.model_overrides = 'tiny', dict(dropout=0.1)
@@ -43,20 +39,10 @@ def main() -> None:
     optimizer = train.make_optimizer(config)
     state = jax.jit(functools.partial(train.initial_state, model, optimizer, config, image_size))()
     step = jax.jit(functools.partial(train.train_step, model, optimizer, config, 1), donate_argnums=0)
-    jax_batch = {
-        'src_tokens': jnp.asarray(src, jnp.int32),
-        'patch_images': jnp.asarray(images),
-        'patch_masks': jnp.ones((batch,), bool),
-        'prev_output_tokens': jnp.asarray(tgt[:, :-1], jnp.int32),
-        'target_tokens': jnp.asarray(tgt[:, 1:], jnp.int32),
-        'loss_weights': jnp.ones((batch,)),
-        'code_masks': jnp.zeros((batch,), bool),
-        'constraint_ranges': jnp.tile(jnp.array(pipeline.UNCONSTRAINED, jnp.int32), (batch, 1)),
-        'task_ids': jnp.zeros((batch,), jnp.int32),
-        'example_mask': jnp.ones((batch,), bool),
-    }
+    jax_batch = jax.device_put(rows)
     start = time.perf_counter()
-    state, metrics = step(state, jax_batch)
+    lowered = step.lower(state, jax_batch)
+    state, metrics = lowered.compile()(state, jax_batch)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
 
@@ -65,19 +51,17 @@ def main() -> None:
         state, metrics = step(state, jax_batch)
         jax.block_until_ready(metrics)
 
-    ours = median_seconds(jax_step, args.repeats)
-
     reference = tiny_reference(dropout=0.1).train()
     torch_optimizer = torch.optim.AdamW(
         reference.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01
     )
     inputs = dict(
-        input_ids=torch.from_numpy(src),
-        patch_images=torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
+        input_ids=torch.from_numpy(rows['src_tokens'].astype(np.int64)),
+        patch_images=torch.from_numpy(rows['patch_images'].transpose(0, 3, 1, 2).copy()),
         patch_masks=torch.ones(batch, dtype=torch.bool),
-        decoder_input_ids=torch.from_numpy(tgt[:, :-1]),
+        decoder_input_ids=torch.from_numpy(rows['prev_output_tokens'].astype(np.int64)),
     )
-    targets = torch.from_numpy(tgt[:, 1:])
+    targets = torch.from_numpy(rows['target_tokens'].astype(np.int64))
 
     def torch_step():
         torch_optimizer.zero_grad()
@@ -87,19 +71,22 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
         torch_optimizer.step()
 
-    torch_step()  # warm-up
-    theirs = median_seconds(torch_step, args.repeats)
+    timings = interleaved(jax_step, torch_step, args.repeats)
+    flops = train.flops_of(lowered)
     print(
         json.dumps(
             {
                 'benchmark': 'tiny train step',
                 'batch': batch,
                 'image_size': image_size,
+                'tokens': f'{src_len}+{tgt_len}',
                 'threads': args.threads,
-                'ofa_jax_s': round(ours, 3),
-                'reference_s': round(theirs, 3),
-                'speedup': round(theirs / ours, 2),
+                'device': jax.devices()[0].device_kind,
+                **timings,
                 'ofa_jax_compile_s': round(compile_s, 1),
+                'flops_per_step': flops,
+                # Of the peak a large float32 matmul reaches on this machine (train.peak_flops_per_device).
+                'mfu': round(flops / timings['ofa_jax_s'] / train.peak_flops_per_device(), 3),
             }
         )
     )

@@ -3,9 +3,9 @@ random weights, same CPU, one run.
 
     .venv/bin/python bench/vqgan_vs_reference.py [--batch 2] [--repeats 3] [--threads N]
 
-Encoding 256 px images to argmax codes (codes/s) and decoding 32x32 code grids to pixels (images/s), float32. Prints
-medians and the ratios ofa-jax / reference (above 1 means ofa-jax is faster). Needs the test requirements (torch,
-taming-transformers).
+Encoding 256 px images to argmax codes (codes/s) and decoding 32x32 code grids to pixels (images/s), float32. Times
+each side in turns with the reference's (bench/_common.interleaved) and prints medians and the ratios (reference /
+ofa-jax: above 1 means ofa-jax is faster). Needs the test requirements (torch, taming-transformers).
 """
 
 import argparse
@@ -15,7 +15,7 @@ import time
 
 import jax
 import numpy as np
-from _common import median_seconds  # also puts tests/ on the path for `vqgan_reference`
+from _common import interleaved  # also puts tests/ on the path for `vqgan_reference`
 from vqgan_reference import random_reference, torch
 
 from ofa_jax import vqgan
@@ -46,14 +46,13 @@ def main() -> None:
     start = time.perf_counter()
     decode(variables, codes).block_until_ready()
     compile_s += time.perf_counter() - start
-    ours_encode = median_seconds(lambda: encode(variables, images).block_until_ready(), args.repeats)
-    ours_decode = median_seconds(lambda: decode(variables, codes).block_until_ready(), args.repeats)
+    encoding = interleaved(
+        lambda: encode(variables, images).block_until_ready(), lambda: reference.logits(images).argmax(-1), args.repeats
+    )
+    decoding = interleaved(
+        lambda: decode(variables, codes).block_until_ready(), lambda: reference.decode(codes), args.repeats
+    )
 
-    reference.logits(images)  # warm-up
-    theirs_encode = median_seconds(lambda: reference.logits(images).argmax(-1), args.repeats)
-    theirs_decode = median_seconds(lambda: reference.decode(codes), args.repeats)
-
-    codes_per_batch = codes.size
     print(
         json.dumps(
             {
@@ -62,16 +61,9 @@ def main() -> None:
                 'image_size': args.image_size,
                 'threads': args.threads,
                 'device': jax.devices()[0].device_kind,
-                'encode_codes_per_s': {
-                    'ofa_jax': round(codes_per_batch / ours_encode, 1),
-                    'reference': round(codes_per_batch / theirs_encode, 1),
-                },
-                'decode_images_per_s': {
-                    'ofa_jax': round(args.batch / ours_decode, 3),
-                    'reference': round(args.batch / theirs_decode, 3),
-                },
-                'encode_ratio': round(theirs_encode / ours_encode, 2),
-                'decode_ratio': round(theirs_decode / ours_decode, 2),
+                'encode': {**encoding, 'codes_per_s': round(codes.size / encoding['ofa_jax_s'], 1)},
+                'decode': {**decoding, 'images_per_s': round(args.batch / decoding['ofa_jax_s'], 3)},
+                'speedup': min(encoding['speedup'], decoding['speedup']),
                 'ofa_jax_compile_s': round(compile_s, 1),
             }
         )
