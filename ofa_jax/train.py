@@ -696,8 +696,18 @@ def best_manager(workdir: str, metric: str, mode: str) -> ocp.CheckpointManager:
     )
 
 
+def use_compilation_cache(directory: str) -> None:
+    """Keeps this process's compiled programs in `directory` (config.compilation_cache_dir), unless the environment
+    already chose one (JAX_COMPILATION_CACHE_DIR) or `directory` is ''."""
+    if directory and not jax.config.jax_compilation_cache_dir:
+        jax.config.update(
+            'jax_compilation_cache_dir', directory if '://' in directory else os.path.expanduser(directory)
+        )
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains until config.total_steps (or a preemption); returns the final state."""
+    use_compilation_cache(config.compilation_cache_dir)
     if config.nonfinite not in ('skip', 'stop'):
         raise ValueError(f"nonfinite is {config.nonfinite!r}; it must be 'skip' or 'stop'")
     check_writable(workdir)
@@ -837,7 +847,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 # The model's FLOPs, as written, over the whole batch: not what XLA's optimized, partitioned program
                 # executes (per device, rematerialized layers counted twice).
                 flops_per_step = flops_of(lowered)
+                started = time.perf_counter()
                 step_fn = lowered.compile()
+                logging.info(
+                    'train step compiled (or loaded from the compilation cache) in %.1f s',
+                    time.perf_counter() - started,
+                )
                 window_start = time.perf_counter()  # compilation is not throughput
             state, metrics = step_fn(state, batch)
             failed = settle()

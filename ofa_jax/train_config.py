@@ -123,6 +123,11 @@ def default_config(source: str = 'world') -> ml_collections.ConfigDict:
     config.validation.metric = ''  # the score keeping the best checkpoint, e.g. 'caption_cider'; '': the first one
     config.validation.mode = 'max'  # 'max' or 'min': which way the metric is better
 
+    # Compiled programs are kept here across runs, so a restarted or resumed run loads its train step instead of
+    # compiling it again (a directory on each host, or a gs:// path); '' turns it off. An environment's
+    # JAX_COMPILATION_CACHE_DIR takes precedence.
+    config.compilation_cache_dir = '~/.cache/ofa_jax/compilation'
+
     config.log_every = 50
     config.checkpoint_every = 1000
     config.keep_checkpoints = 3

@@ -333,6 +333,22 @@ def test_non_finite_steps_are_counted_or_stop_the_run(tmp_path):
         train.train(small_config(nonfinite='ignore'), str(tmp_path / 'bad'))
 
 
+@pytest.mark.slow  # two runs of the trainer in processes of their own
+def test_a_second_run_loads_its_compiled_programs_from_the_compilation_cache(tmp_path):
+    cache = tmp_path / 'cache'
+    env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}  # the config's key decides
+
+    def run(name):
+        command = [sys.executable, 'tests/train_worker.py', str(tmp_path / name), '2', f'compilation_cache_dir={cache}']
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return sorted(p.name for p in cache.iterdir())
+
+    compiled = run('first')
+    assert any(name.startswith('jit_train_step') for name in compiled), compiled
+    assert run('second') == compiled  # the same config compiles nothing new
+
+
 def test_an_unwritable_workdir_fails_before_training(tmp_path):
     (tmp_path / 'file').write_text('not a directory')
     with pytest.raises(ValueError, match=r'workdir .*file/run cannot be written: Not a directory'):
