@@ -37,10 +37,19 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(replica: int = 1, data: int = -1, fsdp: int = 1, tensor: int = 1, num_devices: int = 0) -> Mesh:
-    """A mesh of all devices (or the first num_devices); one axis may be -1 to take what the others leave. Raises
-    ValueError naming the sizes when they do not multiply to the device count."""
-    devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+def make_mesh(
+    replica: int = 1,
+    data: int = -1,
+    fsdp: int = 1,
+    tensor: int = 1,
+    num_devices: int = 0,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+    """A mesh of all devices (or the first num_devices; or `devices`, e.g. a TPU topology's abstract ones to compile
+    for); one axis may be -1 to take what the others leave. Raises ValueError naming the sizes when they do not
+    multiply to the device count."""
+    devices = list(devices or jax.devices())
+    devices = devices[:num_devices] if num_devices else devices
     sizes = [replica, data, fsdp, tensor]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise ValueError(f'mesh sizes {dict(zip(MESH_AXES, sizes))}: each must be positive, at most one -1')

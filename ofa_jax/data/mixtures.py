@@ -135,6 +135,11 @@ def square_image(size: int) -> Preprocessor:
 PRETRAIN_FILES = ('vision_language', 'text', 'image', 'detection')
 
 
+# OFA's unify dataset: every 8 vision-language rows give 8 + 8 samples and add 2 text-infilling, 1 image-infilling and
+# 1 detection sample (the extra ones, a fifth of the batch).
+OFA_PRETRAIN_RATES = {'vl_first': 8, 'vl_second': 8, 'text_infill': 2, 'image_infill': 1, 'detection': 1}
+
+
 def register_ofa_pretraining(
     vocab: Vocabulary,
     paths: dict[str, str],
@@ -181,19 +186,23 @@ def register_ofa_pretraining(
         }
     )
     # A vision-language task mixes row types; it has no single declaration to be evaluated by.
-    tasks = {'vl_first': (vl, (decode_image, first), 8, ''), 'vl_second': (vl, (decode_image, second), 8, '')}
+    rates = OFA_PRETRAIN_RATES
+    tasks = {
+        'vl_first': (vl, (decode_image, first), rates['vl_first'], ''),
+        'vl_second': (vl, (decode_image, second), rates['vl_second'], ''),
+    }
     if 'text' in paths:
         tasks['text_infill'] = (
             sources.OFATsvSource(paths['text'], 'pretrain_text'),
             (require_text('text'), text_infill(vocab, max_tokens=extra_max_target_length - 1, keep_last=True), twice),
-            2,
+            rates['text_infill'],
             'text_infill',
         )
     if 'image' in paths:
         tasks['image_infill'] = (
             sources.OFATsvSource(paths['image'], 'pretrain_image'),
             (decode_image, square_image(image_size), image_infill(vocab, None), twice),
-            1,
+            rates['image_infill'],
             'image_infill',
         )
     if 'detection' in paths:
@@ -206,7 +215,7 @@ def register_ofa_pretraining(
                 detection(vocab, max_tokens=extra_max_target_length - 1),
                 twice,
             ),
-            1,
+            rates['detection'],
             'detection',
         )
     for name, (source, steps, _, kind) in tasks.items():

@@ -310,6 +310,24 @@ def in_extra_sub_batch(tasks: Sequence[Task]) -> list[bool]:
     return [t.extra and mixed for t in tasks]
 
 
+def sub_batch_specs(spec: BatchSpec, extra_share: float, granule: int = 1) -> list[BatchSpec]:
+    """The main and the extra sub-batch's specs when a share of the rates (extra_share, in (0, 1)) goes to the extra
+    tasks: the extra sub-batch gets that share of spec.batch_size rows, as a multiple of `granule` (at least one),
+    at spec.extra_max_source_length / extra_max_target_length."""
+    extra_rows = max(granule, round(spec.batch_size * extra_share / granule) * granule)
+    if extra_rows >= spec.batch_size:
+        raise ValueError(f'a batch of {spec.batch_size} rows has no room for {extra_rows} extra rows')
+    return [
+        dataclasses.replace(spec, batch_size=spec.batch_size - extra_rows),
+        dataclasses.replace(
+            spec,
+            batch_size=extra_rows,
+            max_source_length=spec.extra_max_source_length,
+            max_target_length=spec.extra_max_target_length,
+        ),
+    ]
+
+
 def batches(
     tasks: Sequence[Task],
     rates: Sequence[float],
@@ -342,19 +360,7 @@ def batches(
                 f'tasks {[tasks[i].name for i in groups[1]]} form an extra sub-batch: their BatchSpec needs '
                 'extra_max_source_length and extra_max_target_length'
             )
-        share = sum(rates[i] for i in groups[1]) / sum(rates)
-        extra_rows = max(granule, round(spec.batch_size * share / granule) * granule)
-        if extra_rows >= spec.batch_size:
-            raise ValueError(f'a batch of {spec.batch_size} rows has no room for {extra_rows} extra rows')
-        specs = [
-            dataclasses.replace(spec, batch_size=spec.batch_size - extra_rows),
-            dataclasses.replace(
-                spec,
-                batch_size=extra_rows,
-                max_source_length=spec.extra_max_source_length,
-                max_target_length=spec.extra_max_target_length,
-            ),
-        ]
+        specs = sub_batch_specs(spec, sum(rates[i] for i in groups[1]) / sum(rates), granule)
     streams = []
     for part, members in enumerate(g for g in groups if g):
         stream = example_stream(
