@@ -522,9 +522,13 @@ class Preemption:
     def _handle(self, signum, frame):
         self.requested = True
 
-    def agreed(self) -> bool:
+    def agreed(self, step: int, every: int) -> bool:
+        """Whether to stop after `step`: a single process at once; several every `every` steps, where all of them
+        gather their flags (a collective that waits for the step in flight, so not at every step)."""
         if jax.process_count() == 1:
             return self.requested
+        if step % every:
+            return False
         return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
 
 
@@ -939,7 +943,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                         + f'; best step {best.best_step()}'
                     )
                 window_start += time.perf_counter() - started  # validating is not training throughput
-            stop = preemption.agreed()
+            stop = preemption.agreed(done, config.preemption_check_every)
             if done % config.checkpoint_every == 0 or done == config.total_steps or stop:
                 save(done)
             if stop:

@@ -128,6 +128,11 @@ def default_config(source: str = 'world') -> ml_collections.ConfigDict:
     # JAX_COMPILATION_CACHE_DIR takes precedence.
     config.compilation_cache_dir = '~/.cache/ofa_jax/compilation'
 
+    # Processes of a multi-process job agree on a SIGTERM (a preemption) every this many steps: the agreement is a
+    # collective that waits for the step in flight, so each check costs the host its lead over the devices. A single
+    # process stops after the step it is in. Keep it * step time well inside the grace before SIGKILL.
+    config.preemption_check_every = 10
+
     config.log_every = 50
     config.checkpoint_every = 1000
     config.keep_checkpoints = 3

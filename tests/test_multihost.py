@@ -15,6 +15,7 @@ import os
 import pathlib
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -199,3 +200,21 @@ def test_a_process_whose_data_fails_ends_the_job(tmp_path, strict):
     named = r'line \d+ of \S*bad/captions.jsonl' if strict else 'were all dropped'
     assert 'process 1: error: ValueError' in outputs[1] and re.search(named, outputs[1]), shown(codes, outputs)
     assert 'process 0: stopping: process 1 failed: ValueError' in outputs[0], shown(codes, outputs)
+
+
+@pytest.mark.slow
+@pytest.mark.multihost
+def test_a_sigterm_to_one_process_stops_the_job_at_an_agreed_step(tmp_path):
+    # A preemption notice may reach one host first: the processes agree every 5 steps, and all save that step.
+    workdir = tmp_path / 'job'
+    job = start_job(workdir, 500, 2, lambda index: ['preemption_check_every=5', 'checkpoint_every=1000'])
+    log, deadline = workdir / 'metrics.jsonl', time.time() + TIMEOUT
+    while not log.exists() or log.read_text().count('\n') < 3:
+        assert time.time() < deadline and all(p.poll() is None for p, _ in job), 'the job did not reach step 3'
+        time.sleep(0.1)
+    job[1][0].send_signal(signal.SIGTERM)
+    codes, outputs, _ = wait_job(job)
+    assert codes == [0, 0], shown(codes, outputs)
+    saved = [int(re.search(r'SIGTERM: saved step (\d+)', out).group(1)) for out in outputs]
+    assert saved[0] == saved[1] and saved[0] % 5 == 0 and 3 <= saved[0] < 500, saved
+    assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == [str(saved[0])]
