@@ -106,9 +106,8 @@ def prepare_image(image: ImageInput, task: str, size: int) -> tuple[np.ndarray, 
     """The image as the model sees it for `task`, float32 [size, size, 3] in [-1, 1], and the resize ratio (sx, sy)."""
     sample = T.finetune_transform(size)(T.Sample.from_image(read_image(image)), np.random.default_rng(0))
     if task == 'image_infill':  # the centre half (per side) is what the model fills in, as in training
-        middle = task_declarations.centre(size)
-        sample.image[middle, middle] = 0.0
-    return sample.image, sample.scale
+        return task_declarations.blank_centre(sample.image), sample.scale
+    return T.normalize(sample.image), sample.scale
 
 
 def prepare_input(

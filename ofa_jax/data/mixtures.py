@@ -206,7 +206,7 @@ def register_ofa_pretraining(
             'image_infill',
         )
     if 'detection' in paths:
-        boxes = image_transform(T.Compose([T.RandomHorizontalFlip(), T.Resize(image_size), T.Normalize()]))
+        boxes = image_transform(T.Compose([T.RandomHorizontalFlip(), T.Resize(image_size)]))
         tasks['detection'] = (
             sources.OFATsvSource(paths['detection'], 'pretrain_detection'),
             (

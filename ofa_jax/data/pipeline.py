@@ -18,6 +18,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from ofa_jax.data import transforms as T
 from ofa_jax.data import vocab as V
 from ofa_jax.data.registry import DropExample, Task
 
@@ -115,7 +116,9 @@ def example_stream(
 def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str]) -> dict[str, np.ndarray]:
     """Fixed-shape model inputs from preprocessed examples (fewer than batch_size: the rest is padding).
 
-    Examples hold 'source_ids' and 'target_ids' (no bos/eos), optionally 'image' float32 [S, S, 3] in [-1, 1],
+    Examples hold 'source_ids' and 'target_ids' (no bos/eos), optionally 'image' [S, S, 3]: uint8 pixels, normalized
+    here (on the host that feeds the devices: the data workers send a quarter of float32's bytes), or float32 already
+    in [-1, 1],
     'loss_weight', 'code_target', 'constraint_range' (the token ids [lo, hi) the target may take besides eos),
     'prompt_type' (PROMPT_TYPES: the decoder reads the prompt, then the answer; the prompt's targets are PAD, as in
     OFA's datasets) and 'allowed_tokens' (uint8 [len(target_ids) + 1, ceil(V / 8)], see BatchSpec.trie_vocab_size).
@@ -156,7 +159,8 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
                 )
             batch['allowed_tokens'][row, len(prompt) - 1 : len(decoder_input)] = allowed[: len(answer)]
         if example.get('image') is not None:
-            batch['patch_images'][row] = example['image']
+            image = example['image']
+            batch['patch_images'][row] = T.normalize(image) if image.dtype == np.uint8 else image
             batch['patch_masks'][row] = True
         batch['loss_weights'][row] = example.get('loss_weight', 1.0)
         batch['code_masks'][row] = example.get('code_target', False)

@@ -4,9 +4,9 @@ metrics. Training (through these preprocessors), `ofa_jax.evaluate`, `ofa_jax.pr
 inference.
 
 Every preprocessor takes an example dict and a numpy Generator and returns the next example (or raises DropExample);
-a task's chain ends in 'source_ids' / 'target_ids' (no bos/eos) and, where it has one, 'image' (float32 [S, S, 3] in
-[-1, 1]). Templates are OFA's, leading spaces included. Source mixtures and registration from a config live in
-`ofa_jax.data.mixtures`.
+a task's chain ends in 'source_ids' / 'target_ids' (no bos/eos) and, where it has one, 'image' ([S, S, 3] uint8 pixels,
+normalized when batched; image infilling's float32 in [-1, 1]). Templates are OFA's, leading spaces included. Source
+mixtures and registration from a config live in `ofa_jax.data.mixtures`.
 """
 
 import dataclasses
@@ -50,7 +50,7 @@ MASK = '<mask>'  # marks a missing span in text infilling's input
 MAX_OBJECTS = 30  # object words added to a VQA question (OFA's max_object_length)
 
 Preprocessor = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
-# (uint8 image [H, W, 3], boxes [N, 4], rng) -> (float32 image [S, S, 3] in [-1, 1], boxes [N, 4], keep [N] bool)
+# (uint8 image [H, W, 3], boxes [N, 4], rng) -> (uint8 image [S, S, 3], boxes [N, 4], keep [N] bool)
 ImageTransform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -494,7 +494,7 @@ def trained_constraint(kind: str, vocab: Vocabulary) -> dict[str, Any]:
 
 
 def image_transform(pipeline: T.Compose) -> ImageTransform:
-    """An ImageTransform from a transforms pipeline (which must end in Normalize)."""
+    """An ImageTransform from a transforms pipeline (uint8 in and out: batches normalize)."""
 
     def transform(image, boxes, rng):
         sample = pipeline(T.Sample.from_image(image, boxes), rng)
@@ -504,7 +504,7 @@ def image_transform(pipeline: T.Compose) -> ImageTransform:
 
 
 def resize_transform(size: int) -> ImageTransform:
-    """Bicubic resize to size x size and normalization to [-1, 1] (finetuning and evaluation)."""
+    """Bicubic resize to size x size (finetuning and evaluation)."""
     return image_transform(T.finetune_transform(size))
 
 
@@ -801,12 +801,22 @@ def centre(size: int) -> slice:
     return slice(size // 4, size - size // 4)
 
 
+def blank_centre(image: np.ndarray) -> np.ndarray:
+    """uint8 [S, S, 3] -> the model's float32 [S, S, 3] with its centre half (per side) blanked to 0, as OFA's image
+    infilling blanks the normalized image."""
+    blanked = T.normalize(image)
+    middle = centre(image.shape[0])
+    blanked[middle, middle] = 0.0
+    return blanked
+
+
 def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None, train_constraint: bool = False) -> Preprocessor:
     """Source: the image with its centre half (per side) blanked; target: the image codes of that centre, from the
     record's 'codes' (OFA's image TSV) or else from `tokenizer`; train_constraint: the loss over codes only (as
     `grounding`'s).
 
-    Runs on the uint8 image of the model's input size; leaves the normalized image in 'image'."""
+    Runs on the uint8 image of the model's input size; leaves the normalized, blanked image in 'image' (float32:
+    no pixel value normalizes to the blank's 0)."""
 
     def preprocess(example, rng):
         image = example['image']
@@ -821,8 +831,7 @@ def image_infill(vocab: Vocabulary, tokenizer: ImageTokenizer | None, train_cons
             target = [vocab.code_id(int(c)) for c in codes]
         except ValueError as error:  # a code outside the codebook
             raise DropExample('bad_codes', str(error)) from None
-        masked = image.astype(np.float32) / 127.5 - 1.0
-        masked[middle, middle] = 0.0
+        masked = blank_centre(image)
         return {
             **example,
             **_source('image_infill', vocab),

@@ -17,8 +17,10 @@ What OFA (OFA-Sys/OFA) does, and the pipelines below reproduce:
 - Pretraining grounding: the same random resize, then a crop centred on the referred box (boxes clamped, none
   deleted), normalize. No flip: the referring expressions say "left" and "right", and a flip would make them lie.
   RandomHorizontalFlip appears only in detection pretraining.
-- Normalize uses mean = std = 0.5, so pixels land in [-1, 1]. Boxes are quantized later against max_image_size 512
-  (see `ofa_jax.data.boxes`), not against the patch size.
+- Normalization (mean = std = 0.5, so pixels land in [-1, 1]) is `normalize`, applied when a batch is built
+  (`ofa_jax.data.pipeline.to_batch`) rather than here: images cross from the data workers to the trainer as uint8,
+  a quarter of the bytes of float32. Boxes are quantized later against max_image_size 512 (see
+  `ofa_jax.data.boxes`), not against the patch size.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def warp_boxes(
 class Sample:
     """An image with its boxes, as the transforms leave it.
 
-    image: [H, W, 3] uint8, or float32 in [-1, 1] once normalized (HWC, the model's NHWC layout per example).
+    image: [H, W, 3] uint8 (HWC, the model's NHWC layout per example; `normalize` makes the model's floats).
     boxes: [N, 4] float32 x0, y0, x1, y1 in pixels of `image`, always clipped to it.
     keep: [N] bool; False once a box lost all its area (cropped away, pushed off the image, or zero-sized on
         input). Such boxes stay in place so indices still match labels and text; `drop_degenerate` removes them.
@@ -181,7 +183,7 @@ def drop_degenerate(sample: Sample) -> tuple[Sample, int]:
 
 def _uint8_image(sample: Sample) -> np.ndarray:
     if sample.image.dtype != np.uint8:
-        raise ValueError('geometric and colour transforms take uint8 images; apply Normalize last')
+        raise ValueError(f'the transforms take uint8 images, got {sample.image.dtype}')
     return sample.image
 
 
@@ -399,18 +401,15 @@ class RandomAugment:
         return sample
 
 
-@dataclasses.dataclass(frozen=True)
-class Normalize:
-    """uint8 [H, W, 3] to float32 (x / 255 - mean) / std, HWC; OFA's mean = std = 0.5 gives [-1, 1]. Boxes stay in
-    pixels: the bin quantization (`ofa_jax.data.boxes`) divides by max_image_size, as OFA's Normalize does."""
+# OFA's normalization: pixels / 255, less the mean, over the standard deviation, per channel.
+MEAN = STD = 0.5
 
-    mean: Sequence[float] = (0.5, 0.5, 0.5)
-    std: Sequence[float] = (0.5, 0.5, 0.5)
 
-    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        pixels = _uint8_image(sample).astype(np.float32) / 255.0
-        image = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return dataclasses.replace(sample, image=image)
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 [..., 3] pixels to the model's float32 in [-1, 1] (OFA's mean = std = 0.5)."""
+    if image.dtype != np.uint8:
+        raise ValueError(f'normalize takes uint8 pixels, got {image.dtype}')
+    return (image.astype(np.float32) / 255.0 - MEAN) / STD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,9 +425,9 @@ class Compose:
 
 
 def finetune_transform(patch_image_size: int = 480) -> Compose:
-    """Finetuning and evaluation: bicubic square resize, normalize. OFA uses 480 for caption, VQA and SNLI-VE, and
-    512 for RefCOCO (whose RandomResize([512], max_size=512) is this same square resize)."""
-    return Compose([Resize(patch_image_size), Normalize()])
+    """Finetuning and evaluation: bicubic square resize. OFA uses 480 for caption, VQA and SNLI-VE, and 512 for RefCOCO
+    (whose RandomResize([512], max_size=512) is this same square resize)."""
+    return Compose([Resize(patch_image_size)])
 
 
 def _pretrain_sizes(patch_image_size: int, max_short_side: int) -> range:
@@ -441,13 +440,12 @@ def pretrain_image_text_transform(
     patch_image_size: int = 384, max_short_side: int = 480, max_size: int = 672
 ) -> Compose:
     """Pretraining captions, VQA and image-text matching: random shorter side in [patch_image_size, max_short_side]
-    (both sides capped at max_size), centre crop to patch_image_size, RandomAugment(2, 7), normalize."""
+    (both sides capped at max_size), centre crop to patch_image_size, RandomAugment(2, 7)."""
     return Compose(
         [
             RandomResize(_pretrain_sizes(patch_image_size, max_short_side), max_size),
             CenterCrop(patch_image_size),
             RandomAugment(),
-            Normalize(),
         ]
     )
 
@@ -456,11 +454,10 @@ def pretrain_grounding_transform(
     patch_image_size: int = 384, max_short_side: int = 480, max_size: int = 672
 ) -> Compose:
     """Pretraining grounding (and grounded captioning): the same random resize, a patch_image_size crop centred on
-    box 0 (the referred region), normalize; no flip and no RandomAugment."""
+    box 0 (the referred region); no flip and no RandomAugment."""
     return Compose(
         [
             RandomResize(_pretrain_sizes(patch_image_size, max_short_side), max_size),
             ObjectCenterCrop(patch_image_size),
-            Normalize(),
         ]
     )
