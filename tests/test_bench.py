@@ -26,7 +26,8 @@ def test_interleaved_timing_alternates_the_sides_and_flags_a_wide_spread(capsys)
     timings = interleaved(side('ours'), side('reference'), repeats=3)
     assert calls == ['ours', 'reference'] * 4  # one untimed call of each, then in turns
     assert timings['repeats'] == 3 and timings['ofa_jax_s'] >= 0.01
-    assert timings['speedup'] == round(timings['reference_s'] / timings['ofa_jax_s'], 2)
+    assert timings['speedup'] == pytest.approx(timings['reference_s'] / timings['ofa_jax_s'], rel=0.1)
+    assert timings['speedup'] < 1  # ours sleeps longer
     assert timings['spread']['ofa_jax'] > 0.2
     assert 'warning: ofa_jax repeats spread' in capsys.readouterr().err
 
