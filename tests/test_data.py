@@ -93,6 +93,20 @@ def test_worker_processes_give_the_same_batches(world_mixture):
     )
 
 
+def test_batches_from_worker_processes_resume_exactly(world_mixture):
+    # The workers send uint8 images, normalized in a prefetching thread here: its state must be the consumer's.
+    task_list, rates = world_mixture
+    iterator = iter(pipeline.batches(task_list, rates, SPEC, seed=2, workers=2))
+    for _ in range(2):
+        next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(2)]
+    restored = iter(pipeline.batches(task_list, rates, SPEC, seed=2, workers=2))
+    restored.set_state(state)
+    assert_same_batches([next(restored) for _ in range(2)], expected)
+    assert expected[0]['patch_images'].dtype == np.float32 and expected[0]['patch_images'].min() >= -1
+
+
 def test_process_shards_partition_the_stream(world_mixture):
     task_list, rates = world_mixture
     whole = pipeline.example_stream(task_list, rates, seed=0)

@@ -314,6 +314,13 @@ def in_extra_sub_batch(tasks: Sequence[Task]) -> list[bool]:
     return [t.extra and mixed for t in tasks]
 
 
+def _normalized(element: Any) -> Any:
+    """A stream element with its uint8 image normalized (a Dropped marker, or an example without one, as it is)."""
+    if isinstance(element, dict) and getattr(element.get('image'), 'dtype', None) == np.uint8:
+        return {**element, 'image': T.normalize(element['image'])}
+    return element
+
+
 def sub_batch_specs(spec: BatchSpec, extra_share: float, granule: int = 1) -> list[BatchSpec]:
     """The main and the extra sub-batch's specs when a share of the rates (extra_share, in (0, 1)) goes to the extra
     tasks: the extra sub-batch gets that share of spec.batch_size rows, as a multiple of `granule` (at least one),
@@ -375,12 +382,20 @@ def batches(
             shard_index=shard_index,
             shard_count=shard_count,
             strict=strict,
-        ).to_iter_dataset()
-        if workers:
+        )
+        # Pixels become the model's floats in this process, off the thread that builds batches (numpy leaves the GIL
+        # while it computes): without workers in the threads that preprocess, with workers after them, in a thread
+        # of its own, so that they send uint8 (a quarter of float32's bytes).
+        if not workers:
+            stream = stream.map(_normalized).to_iter_dataset()
+        else:
             if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, use their defaults
                 flags.FLAGS.mark_as_parsed()
-            stream = stream.mp_prefetch(
+            stream = stream.to_iter_dataset().mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=_leave_sigterm_to_the_trainer
+            )
+            stream = grain.experimental.ThreadPrefetchIterDataset(
+                stream.map(_normalized), prefetch_buffer_size=2 * spec.batch_size
             )
         streams.append(stream)
     return _BatchDataset(streams, specs, tasks, repeat, strict)

@@ -406,10 +406,13 @@ MEAN = STD = 0.5
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 [..., 3] pixels to the model's float32 in [-1, 1] (OFA's mean = std = 0.5)."""
+    """uint8 [..., 3] pixels to the model's float32 in [-1, 1] (OFA's mean = std = 0.5), in one new array."""
     if image.dtype != np.uint8:
         raise ValueError(f'normalize takes uint8 pixels, got {image.dtype}')
-    return (image.astype(np.float32) / 255.0 - MEAN) / STD
+    out = np.divide(image, np.float32(255.0), dtype=np.float32)
+    out -= np.float32(MEAN)
+    out /= np.float32(STD)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
