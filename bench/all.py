@@ -3,9 +3,10 @@
     .venv/bin/python bench/all.py [--out BENCHMARKS.md] [--compile_sizes tiny]
 
 Runs each bench/*_vs_reference.py in a process of its own (each times both sides in turns; see
-bench/_common.interleaved), then, with --compile_sizes, bench/compile_time.py, and writes the figures with the date,
-the machine and the versions. Run it on a quiet machine: load slows the reference more than ofa-jax, and a ratio
-measured under load says more about the load than the code (a spread over 20% is flagged in the table).
+bench/_common.interleaved), bench/input_pipeline.py, then, with --compile_sizes, bench/compile_time.py, and writes
+the figures with the date, the machine and the versions. Run it on a quiet machine: load slows the reference more
+than ofa-jax, and a ratio measured under load says more about the load than the code (a spread over 20% is flagged
+in the table).
 """
 
 import argparse
@@ -74,6 +75,12 @@ def main() -> None:
     extra = [r.get('mfu') for r in records if r.get('mfu') is not None]
     if extra:
         lines += ['', f'Train step model-FLOPs utilization: {extra[0]:.1%} of the float32 matmul peak measured here.']
+    print('running input_pipeline.py ...', file=sys.stderr)
+    feeds = run('input_pipeline.py', '--workers', '0', '2')
+    step = records[0]  # the train step: what it consumes, at 256 px
+    lines += ['', '| input pipeline: world mixture, 384 px, batch 32 | examples/s |', '|---|---|']
+    lines += [f'| {f["workers"]} worker processes | {f["examples_per_second"]} |' for f in feeds]
+    lines += [f'| the tiny train step above consumes (batch 8 at 256 px) | {8 / step["ofa_jax_s"]:.1f} |']
     if args.compile_sizes:
         print('running compile_time.py ...', file=sys.stderr)
         compiles = run('compile_time.py', '--sizes', *args.compile_sizes)
