@@ -72,9 +72,9 @@ def main() -> None:
         for record in run(script, *arguments):
             records.append(record)
             lines += comparison_rows(record, measures)
-    extra = [r.get('mfu') for r in records if r.get('mfu') is not None]
-    if extra:
-        lines += ['', f'Train step model-FLOPs utilization: {extra[0]:.1%} of the float32 matmul peak measured here.']
+    mfus = [r['mfu'] for r in records if 'mfu' in r]
+    if mfus:
+        lines += ['', f'Train step model-FLOPs utilization: {mfus[0]:.1%} of the float32 matmul peak measured here.']
     print('running input_pipeline.py ...', file=sys.stderr)
     feeds = run('input_pipeline.py', '--workers', '0', '2')
     step = records[0]  # the train step: what it consumes, at 256 px

@@ -28,7 +28,8 @@ import time
 import traceback
 
 import jax
-from _common import synthetic_batch
+from _common import synthetic_batch  # also puts tests/ on the path for `conftest`
+from conftest import load_config
 
 from ofa_jax import train
 from ofa_jax.data import tasks
@@ -99,9 +100,6 @@ def time_train_step(size: str, batch: int, image_size: int, steps: int) -> dict:
 
 def train_config():
     """The trainer's defaults (AdamW with OFA's betas, clipping, label smoothing) from the demo config."""
-    sys.path.insert(0, str(ROOT / 'tests'))
-    from conftest import load_config  # noqa: PLC0415 - tests/ holds the one config loader
-
     config = load_config('demo')
     config.model_overrides = {}
     return config

@@ -104,11 +104,8 @@ def attend(
 
     cuDNN takes the mask folded into the bias, in the inputs' dtype (a fully masked row, which XLA's path and the
     einsum path spread evenly, is undefined there: OFA's rows always attend to something)."""
-    bias, mask = jnp.broadcast_to(bias, jnp.broadcast_shapes(bias.shape, mask.shape)), jnp.asarray(mask)
     if implementation == 'cudnn':
         bias, mask = jnp.where(mask, bias, -1e9).astype(q.dtype), None
-    else:
-        mask = jnp.broadcast_to(mask, bias.shape)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0, implementation=implementation)
 
 

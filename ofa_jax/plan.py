@@ -84,9 +84,11 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -
         specs = pipeline.sub_batch_specs(spec, share, config.grad_accum_steps * sharding.batch_shards(mesh))
     shard = sharding.batch_sharding(mesh)
     parts = []
-    for part in specs:
-        padding = pipeline.to_batch([], dataclasses.replace(part, with_references=False), [])
-        parts.append({k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shard) for k, v in padding.items()})
+    for part in specs:  # one padding row gives each array's row shape and dtype, without building the batch
+        row = pipeline.to_batch([], dataclasses.replace(part, batch_size=1, with_references=False), [])
+        parts.append(
+            {k: jax.ShapeDtypeStruct((part.batch_size, *v.shape[1:]), v.dtype, sharding=shard) for k, v in row.items()}
+        )
     return parts[0] | ({'extra': parts[1]} if len(parts) > 1 else {})
 
 

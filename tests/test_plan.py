@@ -50,19 +50,11 @@ def test_the_plan_command_shows_fsdp_dividing_the_state_over_the_chips(tmp_path)
     assert plan_for('fsdp') < 0.4 * plan_for('data')  # each chip holds a quarter of the state, not all of it
 
 
-def test_a_topology_without_its_compiler_is_named():
-    if importlib.util.find_spec('libtpu'):
-        pytest.skip("jax's TPU extra is installed here")
-    with pytest.raises(ValueError, match=r"topology 'v5e:2x2'.*jax\[tpu\]"):
-        plan.topology_devices('v5e:2x2')
-
-
-@pytest.mark.slow  # the TPU compiler on a CPU machine: about two minutes for nano
-def test_a_tpu_plan_reads_the_chips_memory():
-    if not importlib.util.find_spec('libtpu'):
-        pytest.skip("jax's TPU extra (pip install jax[tpu]) is not installed")
-    config = load_config('demo')
-    config.mesh.fsdp = 4
-    result = plan.plan(config, 'v5e:2x2')
-    assert result['device_kind'].startswith('TPU v5') and result['chips'] == 4 and result['chip_gib'] == 16
-    assert result['fits'] is True and result['step_s_at_40%_mfu'] > 0
+def test_a_tpu_topology_gives_its_chips_or_names_the_missing_compiler():
+    # CI has no TPU extra (an optional one): there the error must say how to get it; with it, the chips come.
+    if importlib.util.find_spec('libtpu') is None:
+        with pytest.raises(ValueError, match=r"topology 'v5e:2x2'.*jax\[tpu\]"):
+            plan.topology_devices('v5e:2x2')
+    else:
+        devices = plan.topology_devices('v5e:2x2')
+        assert len(devices) == 4 and devices[0].device_kind.startswith('TPU v5')
