@@ -313,7 +313,9 @@ def _generate(
             nodes = jnp.where(jnp.repeat(generated >= 0, beam), trie.advance(nodes, chosen.reshape(-1)), nodes)
         cache = dict(state['cache'])
         if 'cache' in cache:
-            cache['cache'] = jax.tree_util.tree_map(lambda x: x[flat_origin], cache['cache'])
+            # Scanned layers stack their caches on a leading [layers] axis: the beams are the next one.
+            beam_axis = 1 if model.config.scan_layers else 0
+            cache['cache'] = jax.tree_util.tree_map(lambda x: jnp.take(x, flat_origin, beam_axis), cache['cache'])
         logits, cache = decoder(tokens, jnp.minimum(step + 1, steps - 1), cache)
         return dict(
             state, step=step + 1, tokens=tokens, logits=logits, cache=cache, scores=scores, nodes=nodes, **update

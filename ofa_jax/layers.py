@@ -80,13 +80,14 @@ def embedding(
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: zeroes a whole sample's residual branch with probability `rate` while training."""
+    """Stochastic depth: zeroes a whole sample's residual branch with probability `rate` while training (a traced
+    rate in scanned layers, whose rate depends on the layer index)."""
 
-    rate: float
+    rate: float | jax.Array
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        if deterministic or self.rate == 0.0:
+        if deterministic or (isinstance(self.rate, float) and self.rate == 0.0):
             return x
         keep = 1.0 - self.rate
         mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))

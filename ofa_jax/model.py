@@ -11,6 +11,7 @@ Training passes `train=True`, `rngs={'dropout': key}` and `mutable=['batch_stats
 """
 
 import dataclasses
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -51,7 +52,14 @@ class OFAConfig:
     resnet_drop_path_rate: float = 0.0
     freeze_batch_norm: bool = False
     dtype: str = 'float32'  # compute dtype; parameters are always float32
-    remat: bool = False  # recompute each transformer layer in the backward pass to save activation memory
+    remat: bool = False  # recompute each transformer layer and ResNet block in the backward pass to save memory
+    # One encoder and one decoder layer traced, compiled once and looped (nn.scan) instead of every layer unrolled:
+    # compiles in a fraction of the time; the same parameters, stacked on a leading `layers` axis (`scan_layout`
+    # converts between the layouts).
+    scan_layers: bool = False
+    # The same for the ResNet blocks after the first of each stage (23 or 36 in the large trunks). For accelerators:
+    # XLA:CPU computes a convolution's weight gradient inside a loop about 40x slower than unrolled.
+    scan_resnet: bool = False
     # How attention's softmax(QK^T + bias)V is computed (layers.ATTENTION_IMPLEMENTATIONS): 'einsum' (explicit, with
     # attention dropout), 'xla' or 'cudnn' (jax.nn.dot_product_attention; cuDNN's fused kernel on NVIDIA GPUs).
     attention: str = 'einsum'
@@ -235,6 +243,95 @@ def _layer_class(cls: type[nn.Module], remat: bool) -> type[nn.Module]:
     return nn.remat(cls) if remat else cls
 
 
+def _relative_table(cfg: OFAConfig, name: str, num_buckets: int) -> nn.Embed:
+    return layers.embedding(num_buckets, cfg.num_heads, cfg.compute_dtype, name, ('rel_buckets', 'heads'))
+
+
+def _image_table_size(cfg: OFAConfig) -> int:
+    return (2 * cfg.image_bucket_size - 1) ** 2 + 3
+
+
+def _encoder_layer_bias(
+    cfg: OFAConfig,
+    suffix: str,
+    abs_bias: jax.Array,
+    token_buckets: jax.Array,
+    image_buckets: jax.Array | None,
+    num_patches: int,
+) -> jax.Array:
+    """One layer's self-attention bias [rows, heads, src, src]: the absolute-position bias plus the layer's own
+    relative tables (`token_rel_pos_table{suffix}`, `image_rel_pos_table{suffix}`), images first, then text."""
+    token_table = _relative_table(cfg, f'token_rel_pos_table{suffix}', 2 * cfg.token_bucket_size - 1)
+    bias = abs_bias.at[:, :, num_patches:, num_patches:].add(layers.gather_table(token_table, token_buckets))
+    if image_buckets is not None:
+        image_table = _relative_table(cfg, f'image_rel_pos_table{suffix}', _image_table_size(cfg))
+        bias = bias.at[:, :, :num_patches, :num_patches].add(layers.gather_table(image_table, image_buckets))
+    return bias
+
+
+def _decoder_relative_bias(
+    cfg: OFAConfig, suffix: str, token_buckets: jax.Array, image_buckets: jax.Array | None, is_code: jax.Array | None
+) -> jax.Array:
+    """One layer's relative-position bias [1 or batch, heads, q, k]: the 2D code table on image-code rows."""
+    token_table = _relative_table(cfg, f'token_rel_pos_table{suffix}', 2 * cfg.token_bucket_size - 1)
+    rel = layers.gather_table(token_table, token_buckets)[None]
+    if image_buckets is not None:
+        image_table = _relative_table(cfg, f'image_rel_pos_table{suffix}', _image_table_size(cfg))
+        rel = jnp.where(is_code, layers.gather_table(image_table, image_buckets)[None], rel)
+    return rel
+
+
+def _layer_drop_path_rate(rate: float, index: jax.Array, num_layers: int) -> float | jax.Array:
+    """`layers.linear_rates(rate, num_layers)[index]` for a traced layer index."""
+    return rate * index / (num_layers - 1) if rate and num_layers > 1 else 0.0
+
+
+class EncoderBlock(nn.Module):
+    """The body of the scanned encoder: one layer with its relative-position tables (named without the index)."""
+
+    config: OFAConfig
+    num_patches: int
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x, index, abs_bias, mask, token_buckets, image_buckets):
+        cfg = self.config
+        bias = _encoder_layer_bias(cfg, '', abs_bias, token_buckets, image_buckets, self.num_patches)
+        rate = _layer_drop_path_rate(cfg.encoder_drop_path_rate, index, cfg.encoder_layers)
+        return EncoderLayer(cfg, rate, self.deterministic, name='layer')(x, bias, mask), None
+
+
+class DecoderBlock(nn.Module):
+    """The body of the scanned decoder: one layer with its relative-position tables (named without the index)."""
+
+    config: OFAConfig
+    cache_length: int
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x, index, self_bias, token_buckets, image_buckets, is_code, *layer_args):
+        cfg = self.config
+        bias = self_bias + _decoder_relative_bias(cfg, '', token_buckets, image_buckets, is_code)
+        rate = _layer_drop_path_rate(cfg.decoder_drop_path_rate, index, cfg.decoder_layers)
+        layer = DecoderLayer(cfg, rate, self.deterministic, name='layer')
+        return layer(x, bias, *layer_args, self.cache_length), None
+
+
+def _scanned(block: type[nn.Module], cfg: OFAConfig, length: int, broadcast_args: int, remat: bool | None = None):
+    """`block` looped over `length` layers: parameters and decoding caches stacked on a leading `layers` axis, each
+    layer its own dropout key; the carry is the hidden state, the layer index is scanned, the rest broadcast."""
+    remat = cfg.remat if remat is None else remat
+    body = nn.remat(block, prevent_cse=False) if remat else block  # a scan already keeps the recompute in place
+    return nn.scan(
+        body,
+        variable_axes={'params': 0, 'cache': 0, 'encoder_cache': 0},
+        split_rngs={'params': True, 'dropout': True},
+        in_axes=(0,) + (nn.broadcast,) * broadcast_args,
+        length=length,
+        metadata_params={nn.PARTITION_NAME: 'layers'},
+    )
+
+
 class Encoder(nn.Module):
     config: OFAConfig
     embed_tokens: nn.Embed
@@ -270,6 +367,8 @@ class Encoder(nn.Module):
                 cfg.resnet_drop_path_rate,
                 cfg.freeze_batch_norm,
                 dtype,
+                remat=cfg.remat,
+                scan=cfg.scan_resnet,
                 name='embed_images',
             )(patch_images, train)
             _, height, width, channels = features.shape
@@ -307,35 +406,27 @@ class Encoder(nn.Module):
             cfg.attn_scale_factor,
         )
         mask = valid[:, None, None, :]
-        token_buckets = layers.token_relative_buckets(cfg.token_bucket_size, cfg.max_positions)[:text_len, :text_len]
+        token_buckets = jnp.asarray(
+            layers.token_relative_buckets(cfg.token_bucket_size, cfg.max_positions)[:text_len, :text_len]
+        )
+        image_buckets = None
         if patch_images is not None:
             if sample_patch_num is None:
                 ids = layers.image_position_ids(height, width, cfg.image_bucket_size)
-                image_buckets = layers.image_relative_buckets(ids, ids, cfg.image_bucket_size)
+                image_buckets = jnp.asarray(layers.image_relative_buckets(ids, ids, cfg.image_bucket_size))
             else:
                 image_buckets = _image_relative_buckets_jnp(image_ids, cfg.image_bucket_size)
-
-        layer_cls = _layer_class(EncoderLayer, cfg.remat)
-        rates = layers.linear_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
-        for i in range(cfg.encoder_layers):
-            token_table = layers.embedding(
-                2 * cfg.token_bucket_size - 1,
-                cfg.num_heads,
-                dtype,
-                f'token_rel_pos_table_{i}',
-                ('rel_buckets', 'heads'),
+        if cfg.scan_layers:
+            blocks = _scanned(EncoderBlock, cfg, cfg.encoder_layers, broadcast_args=4)
+            x, _ = blocks(cfg, num_patches, not train, name='layers')(
+                x, jnp.arange(cfg.encoder_layers), abs_bias, mask, token_buckets, image_buckets
             )
-            bias = abs_bias.at[:, :, num_patches:, num_patches:].add(layers.gather_table(token_table, token_buckets))
-            if patch_images is not None:
-                image_table = layers.embedding(
-                    (2 * cfg.image_bucket_size - 1) ** 2 + 3,
-                    cfg.num_heads,
-                    dtype,
-                    f'image_rel_pos_table_{i}',
-                    ('rel_buckets', 'heads'),
-                )
-                bias = bias.at[:, :, :num_patches, :num_patches].add(layers.gather_table(image_table, image_buckets))
-            x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(x, bias, mask)
+        else:
+            layer_cls = _layer_class(EncoderLayer, cfg.remat)
+            rates = layers.linear_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
+            for i in range(cfg.encoder_layers):
+                bias = _encoder_layer_bias(cfg, f'_{i}', abs_bias, token_buckets, image_buckets, num_patches)
+                x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(x, bias, mask)
         x = layers.layer_norm(dtype, 'layer_norm')(x)
         return EncoderOutput(
             hidden=x, padding_mask=~valid, position_embedding=jnp.broadcast_to(pos, (batch,) + pos.shape[1:])
@@ -403,6 +494,7 @@ class Decoder(nn.Module):
         # Rows whose targets are image codes take image positions, their own embedding norm and the 2D table.
         # The code branch is also traced at initialization so its parameters always exist.
         with_codes = code_masks is not None or self.is_initializing()
+        image_buckets = is_code = None
         if with_codes:
             if code_masks is None:
                 code_masks = jnp.zeros((batch,), bool)
@@ -441,35 +533,19 @@ class Decoder(nn.Module):
             token_buckets = np.pad(token_buckets, (0, positions - cfg.max_positions), mode='edge')
         token_buckets = query_rows(jnp.asarray(token_buckets[:positions, :positions]), 0)
 
-        layer_cls = DecoderLayer if decoding else _layer_class(DecoderLayer, cfg.remat)  # remat only pays in training
-        rates = layers.linear_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
-        for i in range(cfg.decoder_layers):
-            token_table = layers.embedding(
-                2 * cfg.token_bucket_size - 1,
-                cfg.num_heads,
-                dtype,
-                f'token_rel_pos_table_{i}',
-                ('rel_buckets', 'heads'),
+        layer_args = (self_mask, encoder_out.hidden, cross_bias, cross_mask, decode_position)
+        relative = (token_buckets, image_buckets, is_code)
+        if cfg.scan_layers:
+            blocks = _scanned(DecoderBlock, cfg, cfg.decoder_layers, broadcast_args=9, remat=cfg.remat and not decoding)
+            x, _ = blocks(cfg, cache_length, not train, name='layers')(
+                x, jnp.arange(cfg.decoder_layers), self_bias, *relative, *layer_args
             )
-            rel = layers.gather_table(token_table, token_buckets)[None]
-            if with_codes:
-                image_table = layers.embedding(
-                    (2 * cfg.image_bucket_size - 1) ** 2 + 3,
-                    cfg.num_heads,
-                    dtype,
-                    f'image_rel_pos_table_{i}',
-                    ('rel_buckets', 'heads'),
-                )
-                rel = jnp.where(is_code, layers.gather_table(image_table, image_buckets)[None], rel)
-            x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(
-                x,
-                self_bias + rel,
-                self_mask,
-                encoder_out.hidden,
-                cross_bias,
-                cross_mask,
-                *((decode_position, cache_length) if decoding else ()),
-            )
+        else:
+            layer_cls = DecoderLayer if decoding else _layer_class(DecoderLayer, cfg.remat)  # remat pays in training
+            rates = layers.linear_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
+            for i in range(cfg.decoder_layers):
+                bias = self_bias + _decoder_relative_bias(cfg, f'_{i}', *relative)
+                x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(x, bias, *layer_args, cache_length)
         x = layers.layer_norm(dtype, 'layer_norm')(x)
         logits = self.embed_tokens.attend(x).astype(jnp.float32)
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
@@ -611,6 +687,65 @@ def validate_target(config: OFAConfig, prev_output_tokens: Any, code_masks: Any,
         raise ValueError(f'prev_output_tokens has batch {prev_output_tokens.shape[0]} but the source has batch {batch}')
     if code_masks is not None:
         _check_row_flags('code_masks', code_masks, batch)
+
+
+# Per-layer subtrees of the unrolled layout (`{name}_{i}`) and their names in the scanned block `layers`.
+_PER_LAYER_NAMES = {
+    'layers': 'layer',
+    'token_rel_pos_table': 'token_rel_pos_table',
+    'image_rel_pos_table': 'image_rel_pos_table',
+}
+
+
+def scan_layout(tree: dict[str, Any], config: OFAConfig) -> dict[str, Any]:
+    """A variable collection (`params` or `batch_stats`, unboxed) in the layout `config` builds (`scan_layers`,
+    `scan_resnet`); what is already in it stays as is.
+
+    Unrolled, the encoder and decoder hold `layers_{i}`, `token_rel_pos_table_{i}` and `image_rel_pos_table_{i}`, and
+    the ResNet `layer{stage}_{i}`; scanned, one block `layers` holds `layer`, `token_rel_pos_table` and
+    `image_rel_pos_table`, and `layer{stage}_rest` the ResNet blocks after the first, every leaf stacked on a leading
+    layer axis."""
+    layers_to = _stacked if config.scan_layers else _unstacked
+    trunk_to = _stacked if config.scan_resnet else _unstacked
+    tree = dict(tree)
+    for name in ('encoder', 'decoder'):
+        if name in tree:
+            stack = layers_to(tree[name], 'layers', _PER_LAYER_NAMES, first=0)
+            if 'embed_images' in stack:
+                trunk = stack['embed_images']
+                for stage in (1, 2, 3):
+                    trunk = trunk_to(trunk, f'layer{stage}_rest', {f'layer{stage}': None}, first=1)
+                stack = {**stack, 'embed_images': trunk}
+            tree[name] = stack
+    return tree
+
+
+def _stacked(stack: dict[str, Any], block: str, names: dict[str, str | None], first: int) -> dict[str, Any]:
+    """Moves `{name}_{i}` (i >= first) of every name into `block` (under names[name], or directly when None)."""
+    rest = dict(stack)
+    stacked = {}
+    for unrolled, scanned in names.items():
+        indices = range(first, sum(1 for key in stack if re.fullmatch(f'{unrolled}_\\d+', key)))
+        if not indices:
+            continue
+        per_layer = [rest.pop(f'{unrolled}_{i}') for i in indices]
+        leaves = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *per_layer)
+        stacked.update({scanned: leaves} if scanned else leaves)
+    return {**rest, block: stacked} if stacked else rest
+
+
+def _unstacked(stack: dict[str, Any], block: str, names: dict[str, str | None], first: int) -> dict[str, Any]:
+    if block not in stack:
+        return stack
+    rest = dict(stack)
+    stacked = rest.pop(block)
+    for unrolled, scanned in names.items():
+        leaves = stacked.get(scanned) if scanned else stacked
+        if leaves is None:
+            continue
+        for i in range(jax.tree_util.tree_leaves(leaves)[0].shape[0]):
+            rest[f'{unrolled}_{first + i}'] = jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], leaves)
+    return rest
 
 
 def init_variables(config: OFAConfig, rng: jax.Array, image_size: int = 32) -> dict[str, Any]:

@@ -81,57 +81,120 @@ class Conv(nn.Module):
         )
 
 
+def _bottleneck(
+    x: jax.Array,
+    train: bool,
+    drop_path_rate: float | jax.Array,
+    *,
+    planes: int,
+    stride: int,
+    downsample: bool,
+    frozen_batch_norm: bool,
+    dtype: jnp.dtype,
+) -> jax.Array:
+    """The body of a Bottleneck block, its submodules created in the calling module's compact method."""
+
+    def norm(name):
+        return BatchNorm(frozen=frozen_batch_norm, dtype=dtype, name=name)
+
+    out = nn.relu(norm('bn1')(Conv(planes, 1, 1, dtype, name='conv1')(x), train))
+    out = nn.relu(norm('bn2')(Conv(planes, 3, stride, dtype, name='conv2')(out), train))
+    out = norm('bn3')(Conv(planes * 4, 1, 1, dtype, name='conv3')(out), train)
+    shortcut = x
+    if downsample:
+        shortcut = norm('downsample_1')(Conv(planes * 4, 1, stride, dtype, name='downsample_0')(x), train)
+    return nn.relu(shortcut + DropPath(drop_path_rate)(out, deterministic=not train))
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (carries the stride) -> 1x1 (x4 channels), with a projected shortcut when the shape changes."""
 
     planes: int
     stride: int = 1
     downsample: bool = False
-    drop_path_rate: float = 0.0
     frozen_batch_norm: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        def norm(name):
-            return BatchNorm(frozen=self.frozen_batch_norm, dtype=self.dtype, name=name)
+    def __call__(self, x: jax.Array, train: bool, drop_path_rate: float = 0.0) -> jax.Array:
+        return _bottleneck(
+            x,
+            train,
+            drop_path_rate,
+            planes=self.planes,
+            stride=self.stride,
+            downsample=self.downsample,
+            frozen_batch_norm=self.frozen_batch_norm,
+            dtype=self.dtype,
+        )
 
-        out = nn.relu(norm('bn1')(Conv(self.planes, 1, 1, self.dtype, name='conv1')(x), train))
-        out = nn.relu(norm('bn2')(Conv(self.planes, 3, self.stride, self.dtype, name='conv2')(out), train))
-        out = norm('bn3')(Conv(self.planes * 4, 1, 1, self.dtype, name='conv3')(out), train)
-        shortcut = x
-        if self.downsample:
-            projection = Conv(self.planes * 4, 1, self.stride, self.dtype, name='downsample_0')
-            shortcut = norm('downsample_1')(projection(x), train)
-        return nn.relu(shortcut + DropPath(self.drop_path_rate)(out, deterministic=not train))
+
+class RepeatedBottleneck(nn.Module):
+    """Blocks 1.. of a stage (same shape in and out) as the body of a scan over the scanned block index."""
+
+    planes: int
+    num_blocks: int  # in the whole stage, block 0 included
+    drop_path_rate: float  # of the stage's last block
+    train: bool
+    frozen_batch_norm: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, index: jax.Array) -> tuple[jax.Array, None]:
+        rate = self.drop_path_rate * index / (self.num_blocks - 1) if self.drop_path_rate else 0.0
+        y = _bottleneck(
+            x,
+            self.train,
+            rate,
+            planes=self.planes,
+            stride=1,
+            downsample=False,
+            frozen_batch_norm=self.frozen_batch_norm,
+            dtype=self.dtype,
+        )
+        return y, None
 
 
 class ResNet(nn.Module):
-    """Maps images [batch, H, W, 3] to features [batch, H/16, W/16, 16 * width]."""
+    """Maps images [batch, H, W, 3] to features [batch, H/16, W/16, 16 * width].
+
+    `remat` recomputes each block in the backward pass; `scan` runs the blocks after the first of each stage as one
+    scanned block `layer{stage}_rest` (parameters and statistics stacked on a leading axis) instead of unrolled
+    `layer{stage}_{i}`, which compiles the 23 or 36 blocks of the large trunks once."""
 
     blocks: Sequence[int]
     width: int = 64
     drop_path_rate: float = 0.0
     frozen_batch_norm: bool = False
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+    scan: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool) -> jax.Array:
         x = Conv(self.width, 7, 2, self.dtype, name='conv1')(images.astype(self.dtype))
         x = nn.relu(BatchNorm(frozen=self.frozen_batch_norm, dtype=self.dtype, name='bn1')(x, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        # train and the drop-path rate stay Python values under remat: they decide what is traced.
+        block_cls = nn.remat(Bottleneck, static_argnums=(2, 3)) if self.remat else Bottleneck
+        common = dict(frozen_batch_norm=self.frozen_batch_norm, dtype=self.dtype)
         for layer, (num_blocks, stride) in enumerate(zip(self.blocks, (1, 2, 2)), start=1):
             planes = self.width * 2 ** (layer - 1)
+            x = block_cls(planes, stride, downsample=True, name=f'layer{layer}_0', **common)(x, train, 0.0)
             # As in OFA: the first block of a layer never drops its path; the rest ramp up to the rate.
+            if self.scan and num_blocks > 1:
+                body = nn.remat(RepeatedBottleneck, prevent_cse=False) if self.remat else RepeatedBottleneck
+                stage = nn.scan(
+                    body,
+                    variable_axes={'params': 0, 'batch_stats': 0},
+                    split_rngs={'params': True, 'dropout': True},
+                    length=num_blocks - 1,
+                    metadata_params={nn.PARTITION_NAME: 'layers'},
+                )
+                rest = stage(planes, num_blocks, self.drop_path_rate, train, name=f'layer{layer}_rest', **common)
+                x, _ = rest(x, jnp.arange(1, num_blocks))
+                continue
             rates = linear_rates(self.drop_path_rate, num_blocks)
-            for i in range(num_blocks):
-                x = Bottleneck(
-                    planes,
-                    stride=stride if i == 0 else 1,
-                    downsample=i == 0,
-                    drop_path_rate=rates[i] if i > 0 else 0.0,
-                    frozen_batch_norm=self.frozen_batch_norm,
-                    dtype=self.dtype,
-                    name=f'layer{layer}_{i}',
-                )(x, train)
+            for i in range(1, num_blocks):
+                x = block_cls(planes, name=f'layer{layer}_{i}', **common)(x, train, rates[i])
         return nn.with_logical_constraint(x, ('batch', None, None, 'conv_out'))

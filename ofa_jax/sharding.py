@@ -34,6 +34,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ('positions', None),
     ('rel_buckets', None),
     ('types', None),
+    ('layers', None),  # the stacked axis of scanned layers: each device keeps every layer's shard
 )
 
 

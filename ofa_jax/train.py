@@ -42,7 +42,7 @@ from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, load_checkpoint, model_from
 from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
 from ofa_jax.data.vocab import vocabulary_from_spec
-from ofa_jax.model import OFA, abstract_variables, init_variables
+from ofa_jax.model import OFA, OFAConfig, abstract_variables, init_variables, scan_layout
 
 # Dense bfloat16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {
@@ -400,11 +400,15 @@ def initial_state(
 
 
 def start_from(
-    state: TrainState, directory: str, optimizer: optax.GradientTransformation, shardings: TrainState
+    state: TrainState,
+    directory: str,
+    optimizer: optax.GradientTransformation,
+    shardings: TrainState,
+    model_config: OFAConfig,
 ) -> TrainState:
     """The state with its model replaced by a saved (or converted OFA) model, or a training workdir's (its EMA when
-    kept; e.g. WORKDIR/best), for finetuning."""
-    loaded = load_checkpoint(directory).variables
+    kept; e.g. WORKDIR/best), for finetuning; its layers restacked when it was saved in another layout."""
+    loaded = {name: scan_layout(tree, model_config) for name, tree in load_checkpoint(directory).variables.items()}
     params = jax.device_put(loaded['params'], shardings.params)
     return state.replace(
         params=params,
@@ -781,7 +785,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             functools.partial(initial_state, model, optimizer, config, config.data.image_size), out_shardings=shardings
         )()
         if config.init_from:
-            state = start_from(state, config.init_from, optimizer, shardings)
+            state = start_from(state, config.init_from, optimizer, shardings, model.config)
 
     step_fn = jax.jit(
         functools.partial(train_step, model, optimizer, config, len(tasks)),

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from ofa_jax import layers
-from ofa_jax.decode import DecodeSettings, generate
-from ofa_jax.model import OFA, PRESETS, count_params, init_variables, model_config
+from ofa_jax.decode import DecodeSettings, generate, sample_codes
+from ofa_jax.model import OFA, PRESETS, count_params, init_variables, model_config, scan_layout
 
 # One test process builds this module's fixtures once (tests/run.sh distributes by group).
 pytestmark = pytest.mark.xdist_group('model')
@@ -209,6 +209,76 @@ def test_fused_attention_gives_the_einsum_paths_logits_gradients_and_beams(nano)
         OFA(dataclasses.replace(fused.config, attention_dropout=0.1)).apply(
             variables, src, images, masks, tgt, train=True, mutable='batch_stats', rngs={'dropout': jax.random.key(0)}
         )
+
+
+@pytest.mark.slow  # compiles both layouts forward, backward and decoding
+def test_scanned_layers_compute_what_the_unrolled_layers_compute():
+    """scan_layers and scan_resnet stack the same parameters (`scan_layout`, both ways): the same logits for image,
+    text-only and image-code rows, gradients, batch statistics, cached beams and sampled code grids; training with
+    drop path and remat runs."""
+    unrolled = OFA(model_config('nano', dropout=0.0, resnet_blocks=(2, 1, 3), code_image_size=16))
+    scanned = OFA(dataclasses.replace(unrolled.config, scan_layers=True, scan_resnet=True))
+    variables = nn.meta.unbox(init_variables(unrolled.config, jax.random.key(0)))
+    stacked = {name: scan_layout(tree, scanned.config) for name, tree in variables.items()}
+    fresh = nn.meta.unbox(init_variables(scanned.config, jax.random.key(0)))
+    assert jax.tree_util.tree_structure(stacked) == jax.tree_util.tree_structure(fresh)
+    assert stacked['params']['decoder']['layers']['layer']['fc1']['kernel'].shape == (2, 64, 256)
+    assert stacked['batch_stats']['encoder']['embed_images']['layer3_rest']['bn1']['mean'].shape == (2, 64)
+    for name, tree in stacked.items():
+        jax.tree_util.tree_map(np.testing.assert_array_equal, scan_layout(tree, unrolled.config), variables[name])
+        assert scan_layout(tree, scanned.config) == tree
+
+    src, images, masks, tgt = inputs()
+    codes = np.array([True, False])
+    for args in ((src, images, masks, tgt, codes), (src, None, None, tgt)):
+        np.testing.assert_allclose(jitted(scanned)(stacked, *args), jitted(unrolled)(variables, *args), atol=1e-6)
+
+    def train_loss(model, tree, params):
+        logits, updates = model.apply(
+            {**tree, 'params': params}, src, images, masks, tgt, codes, train=True, mutable='batch_stats'
+        )
+        return jnp.mean(jax.nn.logsumexp(logits, -1)), updates['batch_stats']
+
+    (loss, stats), grads = jax.jit(
+        jax.value_and_grad(functools.partial(train_loss, unrolled, variables), has_aux=True)
+    )(variables['params'])
+    (scan_loss, scan_stats), scan_grads = jax.jit(
+        jax.value_and_grad(functools.partial(train_loss, scanned, stacked), has_aux=True)
+    )(stacked['params'])
+    np.testing.assert_allclose(scan_loss, loss, rtol=1e-6)
+    for got, want in ((scan_grads, grads), (scan_stats, stats)):
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), scan_layout(got, unrolled.config), want
+        )
+
+    settings = DecodeSettings(beam_size=3, max_length=6)
+    for a, b in zip(
+        generate(unrolled, variables, src, images, masks, settings),
+        generate(scanned, stacked, src, images, masks, settings),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+    draws = [
+        sample_codes(m, v, src, (100, 200), 2, jax.random.key(3))
+        for m, v in ((unrolled, variables), (scanned, stacked))
+    ]
+    np.testing.assert_array_equal(draws[0][0], draws[1][0])
+
+    regularized = OFA(
+        dataclasses.replace(
+            scanned.config,
+            remat=True,
+            dropout=0.1,
+            encoder_drop_path_rate=0.2,
+            decoder_drop_path_rate=0.2,
+            resnet_drop_path_rate=0.2,
+        )
+    )
+    logits, _ = jax.jit(functools.partial(regularized.apply, train=True, mutable='batch_stats'))(
+        stacked, src, images, masks, tgt, codes, rngs={'dropout': jax.random.key(1)}
+    )
+    assert np.all(np.isfinite(logits)) and not np.allclose(
+        logits, jitted(scanned)(stacked, src, images, masks, tgt, codes)
+    )
 
 
 def test_image_code_rows_differ_from_text_rows(nano):

@@ -25,7 +25,7 @@ from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
 from ofa_jax.data.vocab import vocabulary_from_spec
 from ofa_jax.data.world import COLORS, World
-from ofa_jax.model import OFA, init_variables
+from ofa_jax.model import OFA, init_variables, scan_layout
 from ofa_jax.sharding import make_mesh
 
 
@@ -299,6 +299,28 @@ def test_finetuning_with_ema_starts_from_a_saved_model(tmp_path):
     ema, trained = state.ema_params['embed_tokens']['embedding'], state.params['embed_tokens']['embedding']
     # EMA 0.5 of the loaded start: (start + p1) / 4 + p2 / 2, between the start and the trained parameters.
     assert not np.array_equal(np.asarray(ema), np.asarray(trained)) and not np.array_equal(np.asarray(ema), start)
+
+
+@pytest.mark.slow
+def test_a_run_with_scanned_layers_starts_from_an_unrolled_model_and_trains_as_the_unrolled_run(tmp_path):
+    """A converted OFA checkpoint is unrolled; a run with scan_layers restacks it and takes the same steps."""
+    config = small_config(total_steps=2, model_overrides=dict(resnet_blocks=(1, 2, 3)))
+    model = model_from_config(config)
+    variables = init_variables(model.config, jax.random.key(7), 32)
+    save_model(tmp_path / 'model', model.config, nn.unbox(variables))
+    config.init_from = str(tmp_path / 'model')
+    unrolled = train.train(config, str(tmp_path / 'unrolled'))
+    config.model_overrides.update(scan_layers=True, scan_resnet=True)
+    scanned = train.train(config, str(tmp_path / 'scanned'))
+    assert 'layers' in scanned.params['encoder'] and 'layer3_rest' in scanned.params['encoder']['embed_images']
+    np.testing.assert_allclose(
+        list(losses(tmp_path / 'scanned').values()), list(losses(tmp_path / 'unrolled').values()), rtol=1e-5
+    )
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        scan_layout(scanned.params, model.config),
+        unrolled.params,
+    )
 
 
 def test_a_non_finite_step_is_skipped_and_counted():
