@@ -1,11 +1,12 @@
 """Compile time of the pretraining train step per model size, on a simulated mesh of 8 CPU devices.
 
-    .venv/bin/python bench/compile_time.py [--sizes tiny medium base] [--batch 16] [--fsdp 4]
+    .venv/bin/python bench/compile_time.py [--sizes tiny medium base] [--batch 16] [--fsdp 4] [--layouts all]
 
 Uses configs/pretrain.py's settings for each size (384 px, 196 sampled patches, 80/30 tokens and the extra
 sub-batch's 288/257, bf16 compute) on a (data, fsdp) mesh of 8 host devices, compiled as `python -m ofa_jax.plan`
 compiles it: parameters stay abstract (nothing is allocated), so only tracing, lowering and XLA compilation are
-timed. Prints one JSON line per size.
+timed. Prints one JSON line per size and layout: `unrolled`, `layers` (model_overrides.scan_layers: one encoder and one
+decoder layer compiled, looped) or `all` (scan_resnet too: one ResNet block per stage after the first).
 """
 
 import argparse
@@ -28,16 +29,21 @@ def main() -> None:
     parser.add_argument('--sizes', nargs='+', default=['tiny', 'medium', 'base'])
     parser.add_argument('--batch', type=int, default=16)
     parser.add_argument('--fsdp', type=int, default=4)
+    parser.add_argument(
+        '--layouts', nargs='+', choices=('unrolled', 'layers', 'all'), default=['unrolled', 'layers', 'all']
+    )
     args = parser.parse_args()
-    for size in args.sizes:
+    for size, layout in [(size, layout) for size in args.sizes for layout in args.layouts]:
         config = load_config('pretrain', size)
         config.batch_size = args.batch
+        config.model_overrides.update(scan_layers=layout != 'unrolled', scan_resnet=layout == 'all')
         config.mesh = dict(replica=1, data=-1, fsdp=args.fsdp, tensor=1)
         compiled = plan.compile_train_step(config, jax.devices())
         print(
             json.dumps(
                 {
                     'size': size,
+                    'layers': layout,
                     'params_m': round(count_params(compiled['model'].config) / 1e6, 1),
                     'mesh': dict(compiled['mesh'].shape),
                     'batch': args.batch,

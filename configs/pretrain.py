@@ -20,7 +20,9 @@ import ml_collections
 from ofa_jax.train_config import default_config
 
 # Global batch, image side (OFA-Huge starts at 256 px), and how far parameters are sharded (fsdp; data takes the
-# rest of the devices). The larger sizes recompute layers in the backward pass to fit activations.
+# rest of the devices). The larger sizes recompute layers in the backward pass to fit activations. Every size scans
+# its transformer layers and ResNet blocks, so a pod compiles each kind once (on a CPU, where a scanned ResNet's
+# backward is slow, train with --config.model_overrides.scan_resnet=False).
 SIZES = {
     'tiny': dict(batch_size=1024, image_size=384, fsdp=1, remat=False),
     'medium': dict(batch_size=1024, image_size=384, fsdp=1, remat=False),
@@ -36,7 +38,7 @@ def get_config(size: str = 'base') -> ml_collections.ConfigDict:
     settings = SIZES[size]
     config = default_config('ofa_pretrain')
     config.model = size
-    config.model_overrides = dict(dtype='bfloat16', remat=settings['remat'])
+    config.model_overrides = dict(dtype='bfloat16', remat=settings['remat'], scan_layers=True, scan_resnet=True)
     config.data.update(image_size=settings['image_size'], max_source_length=80, max_target_length=30, workers=8)
 
     config.batch_size = settings['batch_size']

@@ -117,6 +117,7 @@ def test_pretraining_config_per_size(size, tmp_path):
     )
     assert train.warmup_steps(config) == config.total_steps // 100
     assert (config.data.max_source_length, config.data.max_target_length) == (80, 30)
+    assert config.model_overrides.scan_layers and config.model_overrides.scan_resnet
     with pytest.raises(ValueError, match='vision_language_path is empty'):
         mixtures.register_from_config(config.data)
     vl = tmp_path / 'vl.tsv'
