@@ -17,7 +17,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from ofa_jax.data.vocab import vocabulary_from_spec
-from ofa_jax.model import OFA, OFAConfig, abstract_variables, model_config
+from ofa_jax.model import OFA, OFAConfig, abstract_variables, model_config, pad_token_table
 
 CONFIG_FILE = 'config.json'
 VARIABLES_DIR = 'variables'
@@ -45,6 +45,8 @@ def load_model(directory: str | os.PathLike, config_type: type = OFAConfig) -> t
     with open(config_path) as f:
         config = config_type.from_dict(json.load(f))
     variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
+    if isinstance(config, OFAConfig):  # written before the token table was padded
+        variables = {**variables, 'params': pad_token_table(variables['params'], config)}
     return config, variables
 
 

@@ -11,6 +11,7 @@ The model size is read off the weights themselves. Checkpoint files are read wit
 """
 
 import argparse
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ofa_jax import layers
-from ofa_jax.model import OFAConfig, abstract_variables
+from ofa_jax.model import OFAConfig, abstract_variables, scan_layout
 from ofa_jax.torch_layout import SHARED_EMBEDDING, read_state_dict, to_flax, to_torch, torch_name
 
 # fairseq's module names -> HF/modelscope's (the names this converter works in).
@@ -119,7 +120,10 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any
                     f'state dict lacks weight {name} (a {config.encoder_layers}+'
                     f'{config.decoder_layers}-layer, d_model {config.d_model} OFA was inferred)'
                 )
-            converted[path] = to_flax(path, weights[name], leaf.shape)
+            weight = weights[name]
+            if name == SHARED_EMBEDDING:  # zero rows up to the padded table
+                weight = np.pad(weight, ((0, config.padded_vocab_size - config.vocab_size), (0, 0)))
+            converted[path] = to_flax(path, weight, leaf.shape)
             unused.discard(name)
         variables[collection] = unflatten_dict(converted)
     if unused:
@@ -129,10 +133,13 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any
 
 def to_torch_state_dict(config: OFAConfig, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """modelscope-named numpy state dict, lookup buffers included, that `OFAModel.load_state_dict` takes strictly."""
+    unrolled = dataclasses.replace(config, scan_layers=False, scan_resnet=False)
     state = {}
     for collection in ('params', 'batch_stats'):
-        for path, value in flatten_dict(nn.meta.unbox(dict(variables[collection]))).items():
+        tree = scan_layout(nn.meta.unbox(dict(variables[collection])), unrolled)
+        for path, value in flatten_dict(tree).items():
             state[torch_name(path)] = to_torch(path, value)
+    state[SHARED_EMBEDDING] = state[SHARED_EMBEDDING][: config.vocab_size]  # without the padding rows
     for alias in TIED_EMBEDDINGS:
         state[alias] = state[SHARED_EMBEDDING]
     for name in [n for n in state if n.endswith('.running_mean')]:

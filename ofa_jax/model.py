@@ -39,6 +39,9 @@ class OFAConfig:
     resnet_blocks: tuple[int, int, int] = (3, 4, 6)
     resnet_width: int = 64  # channels of the stem; the trunk outputs 16x this
     vocab_size: int = 59457
+    # The token table's rows are padded to a multiple of this so that `vocab` can shard over `tensor` (OFA's 59,457
+    # ids divide by no power of two); no id reaches the padding rows and the logits keep vocab_size columns.
+    vocab_multiple: int = 128
     max_positions: int = 1024
     token_bucket_size: int = 256
     image_bucket_size: int = 42  # also the largest patch grid side
@@ -63,6 +66,10 @@ class OFAConfig:
     # How attention's softmax(QK^T + bias)V is computed (layers.ATTENTION_IMPLEMENTATIONS): 'einsum' (explicit, with
     # attention dropout), 'xla' or 'cudnn' (jax.nn.dot_product_attention; cuDNN's fused kernel on NVIDIA GPUs).
     attention: str = 'einsum'
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -547,8 +554,17 @@ class Decoder(nn.Module):
                 bias = self_bias + _decoder_relative_bias(cfg, f'_{i}', *relative)
                 x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(x, bias, *layer_args, cache_length)
         x = layers.layer_norm(dtype, 'layer_norm')(x)
-        logits = self.embed_tokens.attend(x).astype(jnp.float32)
+        logits = self.embed_tokens.attend(x)[..., : cfg.vocab_size].astype(jnp.float32)  # the padding rows out
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+
+
+def _token_table_init(vocab_size: int):
+    """N(0, 0.02) rows for the vocabulary, zero padding rows (they get no gradient, so they stay zero)."""
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return layers.init_normal(key, shape, dtype).at[vocab_size:].set(0)
+
+    return init
 
 
 class OFA(nn.Module):
@@ -560,11 +576,11 @@ class OFA(nn.Module):
         cfg = self.config
         # One table for encoder input, decoder input and the (bias-free) output projection.
         self.embed_tokens = nn.Embed(
-            cfg.vocab_size,
+            cfg.padded_vocab_size,
             cfg.d_model,
             dtype=cfg.compute_dtype,
             param_dtype=jnp.float32,
-            embedding_init=nn.with_logical_partitioning(layers.init_normal, ('vocab', 'embed')),
+            embedding_init=nn.with_logical_partitioning(_token_table_init(cfg.vocab_size), ('vocab', 'embed')),
         )
         self.encoder = Encoder(cfg, self.embed_tokens)
         self.decoder = Decoder(cfg, self.embed_tokens)
@@ -764,6 +780,17 @@ def abstract_variables(config: OFAConfig) -> dict[str, Any]:
 
 
 def count_params(config: OFAConfig) -> int:
-    """Number of trainable parameters (the shared token embedding counted once)."""
+    """Number of trainable parameters (the shared token embedding counted once, its padding rows not)."""
     params = nn.meta.unbox(abstract_variables(config)['params'])
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
+    padding = (config.padded_vocab_size - config.vocab_size) * config.d_model
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params)) - padding
+
+
+def pad_token_table(params: dict[str, Any], config: OFAConfig) -> dict[str, Any]:
+    """`params` whose token table has vocab_size rows (a model saved before the table was padded, or OFA's) with the
+    zero padding rows `config` adds."""
+    table = params['embed_tokens']['embedding']
+    if table.shape[0] != config.vocab_size or config.padded_vocab_size == config.vocab_size:
+        return params
+    missing = config.padded_vocab_size - config.vocab_size
+    return {**params, 'embed_tokens': {'embedding': np.pad(np.asarray(table), ((0, missing), (0, 0)))}}

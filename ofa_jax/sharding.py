@@ -25,7 +25,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ('embed', 'fsdp'),
     ('mlp', 'tensor'),
     ('heads', 'tensor'),
-    ('vocab', None),  # OFA's 59,457 ids divide by no power of two: the token table shards over embed only
+    ('vocab', 'tensor'),  # the token table's rows, padded to a multiple of 128 (OFAConfig.vocab_multiple)
     ('conv_out', 'fsdp'),
     ('conv_in', None),
     ('kv', None),

@@ -2,6 +2,7 @@
 
 import argparse
 import collections
+import dataclasses
 
 import jax
 import numpy as np
@@ -11,8 +12,8 @@ from flax import linen as nn
 from safetensors.numpy import load_file
 
 from ofa_jax import convert
-from ofa_jax.checkpoint import load_model
-from ofa_jax.model import OFA, init_variables, model_config
+from ofa_jax.checkpoint import load_model, save_model
+from ofa_jax.model import OFA, init_variables, model_config, scan_layout
 
 # One test process builds this module's fixtures once (tests/run.sh distributes by group).
 pytestmark = pytest.mark.xdist_group('convert')
@@ -37,6 +38,22 @@ def test_round_trip_infers_the_architecture(nano):
     inferred, converted = convert.from_torch_state_dict(state)
     assert inferred == config
     assert_same_tree(converted, variables)
+
+
+def test_a_scanned_model_converts_to_the_unrolled_models_state_dict(nano):
+    config, variables = nano
+    scanned = dataclasses.replace(config, scan_layers=True, scan_resnet=True)
+    stacked = {name: scan_layout(tree, scanned) for name, tree in variables.items()}
+    assert_same_tree(convert.to_torch_state_dict(scanned, stacked), convert.to_torch_state_dict(config, variables))
+
+
+def test_a_model_saved_before_the_token_table_was_padded_loads_padded(nano, tmp_path):
+    config, variables = nano
+    table = variables['params']['embed_tokens']['embedding']
+    assert table.shape[0] == config.padded_vocab_size > config.vocab_size
+    unpadded = {**variables['params'], 'embed_tokens': {'embedding': table[: config.vocab_size]}}
+    save_model(tmp_path / 'model', config, {**variables, 'params': unpadded})
+    assert_same_tree(load_model(tmp_path / 'model')[1], variables)
 
 
 def test_overrides_set_what_weights_cannot_tell(nano):

@@ -281,6 +281,22 @@ def test_scanned_layers_compute_what_the_unrolled_layers_compute():
     )
 
 
+def test_the_token_table_is_padded_and_its_padding_never_reaches_logits_or_gradients(nano):
+    model, variables = nano
+    table = variables['params']['embed_tokens']['embedding']
+    assert table.value.shape == (59520, 64) and table.names == ('vocab', 'embed')  # 465 x 128: shards over tensor
+    assert not np.any(np.asarray(table.value[59457:])) and np.all(np.any(np.asarray(table.value[:59457]), axis=1))
+    src, images, masks, tgt = inputs()
+    logits = jitted(model)(variables, src, images, masks, tgt)
+    assert logits.shape == (2, 5, 59457)
+    params = nn.meta.unbox(variables['params'])
+    noisy = jax.tree_util.tree_map(lambda x: x, params)
+    noisy['embed_tokens']['embedding'] = params['embed_tokens']['embedding'].at[59457:].set(5.0)
+    np.testing.assert_array_equal(jitted(model)({**variables, 'params': noisy}, src, images, masks, tgt), logits)
+    grads = jax.grad(lambda p: jnp.sum(model.apply({**variables, 'params': p}, src, images, masks, tgt) ** 2))(params)
+    assert not np.any(np.asarray(grads['embed_tokens']['embedding'][59457:]))
+
+
 def test_image_code_rows_differ_from_text_rows(nano):
     model, variables = nano
     src, images, masks, tgt = inputs()
