@@ -96,6 +96,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list[jax.Devi
     """Compiles the config's train step for `devices` from shapes alone; returns the lowered and compiled step and
     the seconds tracing/lowering and compiling took."""
     mesh = sharding.make_mesh(**config.mesh, devices=devices)
+    train.validate_layout(config, mesh)
     model, optimizer = model_from_config(config), train.make_optimizer(config)
     shardings = train.state_shardings(model, optimizer, config, mesh)
     state = jax.eval_shape(functools.partial(train.initial_state, model, optimizer, config, config.data.image_size))

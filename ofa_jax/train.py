@@ -447,9 +447,20 @@ def state_shardings(
 
 
 def validate_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
-    """Checks batch, accumulation, mesh and processes fit together; returns the per-process batch size."""
+    """Checks batch, accumulation, mesh and processes fit together; returns the per-process batch size.
+
+    With `device_batch_size` set, grad_accum_steps becomes the number of micro-batches that carry batch_size rows at
+    that many rows per batch shard: one config runs on any slice, accumulating where devices are few."""
     shards, processes = sharding.batch_shards(mesh), jax.process_count()
     per_process = config.batch_size // processes
+    if config.device_batch_size:
+        rows = shards * config.device_batch_size
+        if config.batch_size % rows:
+            raise ValueError(
+                f'batch_size {config.batch_size} must be a multiple of device_batch_size {config.device_batch_size} '
+                f'x the {shards} batch shards of mesh {dict(mesh.shape)}'
+            )
+        config.grad_accum_steps = config.batch_size // rows
     problems = []
     if config.batch_size % (shards * config.grad_accum_steps):
         problems.append(
@@ -723,13 +734,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     validation = evaluate.validation_setup(config) if config.validation.every else None
     if config.epochs:
         config.total_steps = steps_for_epochs(config, tasks)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, 'config.json'), 'w') as f:
-            f.write(config.to_json_best_effort(indent=2))
 
     # Mesh, model, optimizer.
     mesh = sharding.make_mesh(**config.mesh)
     per_process_batch = validate_layout(config, mesh)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+            f.write(config.to_json_best_effort(indent=2))
     model = model_from_config(config)
     optimizer = make_optimizer(config)
 

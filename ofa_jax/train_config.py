@@ -92,6 +92,7 @@ def default_config(source: str = 'world') -> ml_collections.ConfigDict:
 
     config.batch_size = 256  # global, over all processes
     config.grad_accum_steps = 1
+    config.device_batch_size = 0  # rows per batch shard in one pass; when set, grad_accum_steps follows from it
     config.total_steps = 10_000
     config.epochs = 0.0  # or train for this many passes over the (one) task's records: OFA's --max-epoch
     config.learning_rate = 1e-4

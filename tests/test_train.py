@@ -26,7 +26,7 @@ from ofa_jax.data import vocab as V
 from ofa_jax.data.vocab import vocabulary_from_spec
 from ofa_jax.data.world import COLORS, World
 from ofa_jax.model import OFA, init_variables, scan_layout
-from ofa_jax.sharding import make_mesh
+from ofa_jax.sharding import MESH_AXES, make_mesh
 
 
 def losses(workdir):
@@ -64,6 +64,21 @@ def test_layout_errors_name_the_sizes():
         train.validate_layout(small_config(batch_size=6, grad_accum_steps=4), make_mesh())
     with pytest.raises(ValueError, match='needs 8 devices'):
         make_mesh(data=8)
+    with pytest.raises(
+        ValueError, match=r'batch_size 30 must be a multiple of device_batch_size 4 x the 2 batch shards'
+    ):
+        train.validate_layout(small_config(batch_size=30, device_batch_size=4), abstract_mesh(data=2))
+
+
+def abstract_mesh(**sizes):
+    """A mesh of the given axis sizes without devices (validate_layout reads its shape only)."""
+    return jax.sharding.AbstractMesh(tuple(sizes.get(axis, 1) for axis in MESH_AXES), MESH_AXES)
+
+
+def test_a_device_batch_size_derives_the_accumulation_for_the_mesh():
+    config = small_config(batch_size=64, device_batch_size=4)
+    assert train.validate_layout(config, abstract_mesh(data=2, fsdp=4, tensor=2)) == 64 and config.grad_accum_steps == 2
+    assert train.validate_layout(config, make_mesh()) == 64 and config.grad_accum_steps == 16
 
 
 @pytest.mark.slow
