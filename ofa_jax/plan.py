@@ -116,6 +116,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list[jax.Devi
     return {
         'model': model,
         'mesh': mesh,
+        'batch': batch,
         'lowered': lowered,
         'compiled': compiled,
         'trace_lower_s': lowered_s,
@@ -134,7 +135,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_slices: int = 1, 
     total = held + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes
     kind = devices[0].device_kind
     capacity = next((v for k, v in CHIP_MEMORY_GIB.items() if kind.startswith(k)), None)
-    flops = train.flops_of(result['lowered']) or train.flops_of(result['compiled'])  # where lowering counts none
+    flops = train.model_flops(config, 1, result['batch'])
     peak = next((v for k, v in train.PEAK_FLOPS.items() if kind.startswith(k)), None)
     step_s = flops / (len(devices) * peak * mfu) if peak and flops else None
     return {

@@ -627,18 +627,31 @@ def flops_of(stage: Any) -> float:
     return float((cost or {}).get('flops', 0.0))
 
 
+def loops_in_step(config: ml_collections.ConfigDict) -> bool:
+    """Whether the train step loops (micro-batches, scanned layers), whose bodies XLA's cost analysis counts once."""
+    overrides = config.model_overrides
+    return config.grad_accum_steps > 1 or bool(overrides.get('scan_layers') or overrides.get('scan_resnet'))
+
+
+def model_flops(config: ml_collections.ConfigDict, num_tasks: int, batch: Any) -> float:
+    """The model's FLOPs in one train step of `config` over `batch` (arrays or shapes of the global batch), as
+    written: the step is lowered, not compiled, with its layers unrolled and its micro-batches in one pass, because
+    XLA counts a loop's body once."""
+    flat = ml_collections.ConfigDict(config.to_dict())
+    flat.grad_accum_steps = 1
+    flat.model_overrides.update(scan_layers=False, scan_resnet=False)
+    model, optimizer = model_from_config(flat), make_optimizer(flat)
+    state = jax.eval_shape(functools.partial(initial_state, model, optimizer, flat, flat.data.image_size))
+    shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+    return flops_of(jax.jit(functools.partial(train_step, model, optimizer, flat, num_tasks)).lower(state, shapes))
+
+
 def train_step_flops(config: ml_collections.ConfigDict) -> float:
-    """The FLOPs of one train step of `config` (the model's, over the global batch), read off the step lowered for
-    its first batch, as the trainer logs them (nothing is compiled or allocated): what a FLOPs budget divides by."""
+    """The FLOPs of one train step of `config` (the model's, over the global batch) for its first batch, as the
+    trainer logs them (nothing is compiled or allocated): what a FLOPs budget divides by."""
     tasks, rates = mixtures.register_from_config(config.data)
-    mesh = sharding.make_mesh(**config.mesh)
-    model, optimizer = model_from_config(config), make_optimizer(config)
     batch = next(iter(pipeline.batches(tasks, rates, batch_spec(config, config.batch_size), seed=config.seed)))
-    batch = {k: v for k, v in batch.items() if k not in ('dropped', 'references')}
-    state = jax.eval_shape(functools.partial(initial_state, model, optimizer, config, config.data.image_size))
-    step = functools.partial(train_step, model, optimizer, config, len(tasks))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(config.logical_axis_rules):
-        return flops_of(jax.jit(step).lower(state, batch))
+    return model_flops(config, len(tasks), {k: v for k, v in batch.items() if k not in ('dropped', 'references')})
 
 
 BEST_DIR = 'best'  # under a training workdir: the best validated checkpoint, itself readable as a training workdir
@@ -865,7 +878,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 lowered = step_fn.lower(state, batch)
                 # The model's FLOPs, as written, over the whole batch: not what XLA's optimized, partitioned program
                 # executes (per device, rematerialized layers counted twice).
-                flops_per_step = flops_of(lowered)
+                flops_per_step = model_flops(config, len(tasks), batch) if loops_in_step(config) else flops_of(lowered)
                 started = time.perf_counter()
                 step_fn = lowered.compile()
                 logging.info(

@@ -75,6 +75,14 @@ def abstract_mesh(**sizes):
     return jax.sharding.AbstractMesh(tuple(sizes.get(axis, 1) for axis in MESH_AXES), MESH_AXES)
 
 
+def test_step_flops_count_every_layer_and_micro_batch():
+    """XLA counts a loop's body once: a step that accumulates over scanned layers still counts the whole model."""
+    plain = small_config(model_overrides=dict(resnet_blocks=(1, 2, 2)))
+    looped = small_config(grad_accum_steps=2, model_overrides=dict(resnet_blocks=(1, 2, 2), scan_layers=True))
+    assert train.loops_in_step(looped) and not train.loops_in_step(plain)
+    assert train.train_step_flops(looped) == train.train_step_flops(plain) > 0
+
+
 def test_a_device_batch_size_derives_the_accumulation_for_the_mesh():
     config = small_config(batch_size=64, device_batch_size=4)
     assert train.validate_layout(config, abstract_mesh(data=2, fsdp=4, tensor=2)) == 64 and config.grad_accum_steps == 2
