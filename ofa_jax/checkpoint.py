@@ -74,7 +74,8 @@ def restore_fitting(manager: ocp.CheckpointManager, step: int, args: Any, config
         raise ValueError(
             f'{manager.directory} step {step} does not fit the model its config describes ({config.model}, '
             f'vocabulary {config.data.vocab!r} of {vocabulary_from_spec(config.data.vocab).size} ids): '
-            f'{str(error).split(". ")[0]} (written when they had other sizes: train in a new workdir)'
+            f'{str(error).split(". ")[0]} (written when they had other sizes, or before the token table was padded '
+            'to a multiple of 128 rows: train in a new workdir, or start one from this with --config.init_from)'
         ) from None
 
 
@@ -105,7 +106,11 @@ def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
             f'checkpoint {path!r} is neither a model directory ({CONFIG_FILE} + {VARIABLES_DIR}/) nor '
             f'a training workdir ({TRAINING_CHECKPOINTS}/)'
         )
-    manager = ocp.CheckpointManager(os.path.join(path, TRAINING_CHECKPOINTS), item_names=('state', 'config'))
+    manager = ocp.CheckpointManager(
+        os.path.join(path, TRAINING_CHECKPOINTS),
+        item_names=('state', 'config'),
+        item_handlers={'state': ocp.PyTreeCheckpointHandler()},  # so that the stored shapes can be read
+    )
     saved = sorted(manager.all_steps())
     if not saved:
         raise ValueError(f'checkpoint {path!r}: the training workdir has no saved step yet')
@@ -122,6 +127,13 @@ def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
         nn.meta.unbox(abstract_variables(model.config)),
     )
     wanted = {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
+    stored = manager.item_metadata(step)['state']
+    stored_rows = getattr(stored, 'tree', stored)['params']['embed_tokens']['embedding'].shape[0]
+    if stored_rows == model.config.vocab_size:  # written before the token table was padded: read it so, pad after
+        table = abstract['params']['embed_tokens']['embedding']
+        table = jax.ShapeDtypeStruct((stored_rows, table.shape[1]), table.dtype, sharding=device)
+        abstract['params'] = {**abstract['params'], 'embed_tokens': {'embedding': table}}
+        wanted['params'] = abstract['params']
     if train_config.ema_decay:
         wanted['ema_params'] = abstract['params']
     # Only the model's leaves of the saved TrainState are read; their placement comes from the target, so restoring
@@ -139,5 +151,5 @@ def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
         ).state
     finally:
         manager.close()
-    params = restored.get('ema_params', restored['params'])
+    params = pad_token_table(restored.get('ema_params', restored['params']), model.config)
     return Checkpoint(model.config, {'params': params, 'batch_stats': restored['batch_stats']}, train_config, step)

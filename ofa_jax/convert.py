@@ -111,7 +111,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any
             raise ValueError(f'{alias} differs from {SHARED_EMBEDDING}: OFA ties its input and output embeddings')
     unused = {name for name in weights if not _BUFFER.search(name)}
     variables = {}
-    for collection, tree in nn.meta.unbox(abstract_variables(config)).items():
+    unrolled = dataclasses.replace(config, scan_layers=False, scan_resnet=False)  # PyTorch's layout
+    for collection, tree in nn.meta.unbox(abstract_variables(unrolled)).items():
         converted = {}
         for path, leaf in flatten_dict(tree).items():
             name = torch_name(path)
@@ -125,7 +126,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any
                 weight = np.pad(weight, ((0, config.padded_vocab_size - config.vocab_size), (0, 0)))
             converted[path] = to_flax(path, weight, leaf.shape)
             unused.discard(name)
-        variables[collection] = unflatten_dict(converted)
+        variables[collection] = scan_layout(unflatten_dict(converted), config)
     if unused:
         raise ValueError(f'state dict has weights this model does not use: {sorted(unused)[:10]}')
     return config, variables

@@ -112,6 +112,25 @@ def test_loads_a_training_workdir_with_its_ema(workdir):
     )
 
 
+def test_loads_a_workdir_written_before_the_token_table_was_padded(workdir, tmp_path):
+    _, state = workdir
+    config = small_config()
+    vocab_size = model_from_config(config).config.vocab_size
+
+    def unpadded(params):
+        return {**params, 'embed_tokens': {'embedding': params['embed_tokens']['embedding'][:vocab_size]}}
+
+    assert state.params['embed_tokens']['embedding'].shape[0] > vocab_size
+    manager = ocp.CheckpointManager(str(tmp_path / 'checkpoints'), item_names=('state', 'config'))
+    old = state.replace(params=unpadded(state.params), ema_params=unpadded(state.ema_params))
+    manager.save(
+        2, args=ocp.args.Composite(state=ocp.args.StandardSave(old), config=ocp.args.JsonSave(config.to_dict()))
+    )
+    manager.wait_until_finished()
+    checkpoint = load_checkpoint(tmp_path)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['params'], state.ema_params)
+
+
 def test_loads_the_step_asked_for(workdir, tmp_path):
     _, state = workdir
     config = small_config()
