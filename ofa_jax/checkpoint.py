@@ -74,8 +74,8 @@ def restore_fitting(manager: ocp.CheckpointManager, step: int, args: Any, config
         raise ValueError(
             f'{manager.directory} step {step} does not fit the model its config describes ({config.model}, '
             f'vocabulary {config.data.vocab!r} of {vocabulary_from_spec(config.data.vocab).size} ids): '
-            f'{str(error).split(". ")[0]} (written when they had other sizes, or before the token table was padded '
-            'to a multiple of 128 rows: train in a new workdir, or start one from this with --config.init_from)'
+            f'{str(error).split(". ")[0]} (written when they had other sizes: train in a new workdir; a workdir '
+            'written before the token table was padded to 128-row multiples can start one with --config.init_from)'
         ) from None
 
 
