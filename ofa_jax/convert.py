@@ -99,6 +99,11 @@ def infer_config(state_dict: Mapping[str, np.ndarray], **overrides: Any) -> OFAC
     return OFAConfig(**{**derived, **overrides})
 
 
+def _unrolled(config: OFAConfig) -> OFAConfig:
+    """`config` with every layer unrolled: PyTorch's layout, one weight name per layer."""
+    return dataclasses.replace(config, scan_layers=False, scan_resnet=False)
+
+
 def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any) -> tuple[OFAConfig, dict[str, Any]]:
     """(config, variables) from an OFA PyTorch state dict (fairseq or HF/modelscope names; tensors or arrays).
 
@@ -111,8 +116,7 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any
             raise ValueError(f'{alias} differs from {SHARED_EMBEDDING}: OFA ties its input and output embeddings')
     unused = {name for name in weights if not _BUFFER.search(name)}
     variables = {}
-    unrolled = dataclasses.replace(config, scan_layers=False, scan_resnet=False)  # PyTorch's layout
-    for collection, tree in nn.meta.unbox(abstract_variables(unrolled)).items():
+    for collection, tree in nn.meta.unbox(abstract_variables(_unrolled(config))).items():
         converted = {}
         for path, leaf in flatten_dict(tree).items():
             name = torch_name(path)
@@ -134,10 +138,9 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], **config_overrides: Any
 
 def to_torch_state_dict(config: OFAConfig, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """modelscope-named numpy state dict, lookup buffers included, that `OFAModel.load_state_dict` takes strictly."""
-    unrolled = dataclasses.replace(config, scan_layers=False, scan_resnet=False)
     state = {}
     for collection in ('params', 'batch_stats'):
-        tree = scan_layout(nn.meta.unbox(dict(variables[collection])), unrolled)
+        tree = scan_layout(nn.meta.unbox(dict(variables[collection])), _unrolled(config))
         for path, value in flatten_dict(tree).items():
             state[torch_name(path)] = to_torch(path, value)
     state[SHARED_EMBEDDING] = state[SHARED_EMBEDDING][: config.vocab_size]  # without the padding rows

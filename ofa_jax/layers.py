@@ -326,3 +326,8 @@ def computed_once(module: nn.Module, name: str, compute: Callable[[], Any]) -> A
 def linear_rates(rate: float, num: int) -> Sequence[float]:
     """Per-layer drop-path rates rising linearly from 0 to `rate`."""
     return np.linspace(0.0, rate, num).tolist()
+
+
+def linear_rate(rate: float, index: jax.Array, num: int) -> float | jax.Array:
+    """`linear_rates(rate, num)[index]` for a traced index (a scanned layer's); 0.0 stays a Python float."""
+    return rate * index / (num - 1) if rate and num > 1 else 0.0

@@ -288,11 +288,6 @@ def _decoder_relative_bias(
     return rel
 
 
-def _layer_drop_path_rate(rate: float, index: jax.Array, num_layers: int) -> float | jax.Array:
-    """`layers.linear_rates(rate, num_layers)[index]` for a traced layer index."""
-    return rate * index / (num_layers - 1) if rate and num_layers > 1 else 0.0
-
-
 class EncoderBlock(nn.Module):
     """The body of the scanned encoder: one layer with its relative-position tables (named without the index)."""
 
@@ -304,7 +299,7 @@ class EncoderBlock(nn.Module):
     def __call__(self, x, index, abs_bias, mask, token_buckets, image_buckets):
         cfg = self.config
         bias = _encoder_layer_bias(cfg, '', abs_bias, token_buckets, image_buckets, self.num_patches)
-        rate = _layer_drop_path_rate(cfg.encoder_drop_path_rate, index, cfg.encoder_layers)
+        rate = layers.linear_rate(cfg.encoder_drop_path_rate, index, cfg.encoder_layers)
         return EncoderLayer(cfg, rate, self.deterministic, name='layer')(x, bias, mask), None
 
 
@@ -319,7 +314,7 @@ class DecoderBlock(nn.Module):
     def __call__(self, x, index, self_bias, token_buckets, image_buckets, is_code, *layer_args):
         cfg = self.config
         bias = self_bias + _decoder_relative_bias(cfg, '', token_buckets, image_buckets, is_code)
-        rate = _layer_drop_path_rate(cfg.decoder_drop_path_rate, index, cfg.decoder_layers)
+        rate = layers.linear_rate(cfg.decoder_drop_path_rate, index, cfg.decoder_layers)
         layer = DecoderLayer(cfg, rate, self.deterministic, name='layer')
         return layer(x, bias, *layer_args, self.cache_length), None
 

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ofa_jax.layers import DropPath, linear_rates
+from ofa_jax.layers import DropPath, linear_rate, linear_rates
 
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # PyTorch's kaiming_normal_
 
@@ -141,11 +141,10 @@ class RepeatedBottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, index: jax.Array) -> tuple[jax.Array, None]:
-        rate = self.drop_path_rate * index / (self.num_blocks - 1) if self.drop_path_rate else 0.0
         y = _bottleneck(
             x,
             self.train,
-            rate,
+            linear_rate(self.drop_path_rate, index, self.num_blocks),
             planes=self.planes,
             stride=1,
             downsample=False,
