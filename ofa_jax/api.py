@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from ofa_jax import decode, sharding
@@ -52,10 +53,9 @@ def read_image(image: ImageInput) -> np.ndarray:
     ValueError says what was wrong with the image."""
     if isinstance(image, (str, os.PathLike)):
         try:
-            with open(image, 'rb') as f:
-                image = f.read()
+            image = epath.Path(image).read_bytes()  # a local or a remote (gs://) file
         except OSError as error:
-            raise ValueError(f'image {os.fspath(image)!r} cannot be read: {error.strerror}') from None
+            raise ValueError(f'image {os.fspath(image)!r} cannot be read: {error.strerror or error}') from None
     elif isinstance(image, Image.Image):
         image = np.asarray(image.convert('RGB'))
     elif not isinstance(image, (bytes, bytearray, np.ndarray)):

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 
 from ofa_jax.data.vocab import vocabulary_from_spec
 from ofa_jax.model import OFA, OFAConfig, abstract_variables, model_config, pad_token_table
+from ofa_jax.paths import resolved
 
 CONFIG_FILE = 'config.json'
 VARIABLES_DIR = 'variables'
@@ -26,25 +27,23 @@ TRAINING_CHECKPOINTS = 'checkpoints'  # under a training workdir
 
 def save_model(directory: str | os.PathLike, config: Any, variables: dict[str, Any]) -> None:
     """Writes `variables` ({'params', 'batch_stats'}, unboxed) and `config` (an OFAConfig or any config with
-    `to_dict`) under `directory`."""
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
+    `to_dict`) under `directory` (local or remote)."""
+    directory = resolved(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(directory, VARIABLES_DIR), variables, force=True)
+    checkpointer.save(directory / VARIABLES_DIR, variables, force=True)
     checkpointer.wait_until_finished()
-    with open(os.path.join(directory, CONFIG_FILE), 'w') as f:
-        json.dump(config.to_dict(), f, indent=2)
+    (directory / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
 
 
 def load_model(directory: str | os.PathLike, config_type: type = OFAConfig) -> tuple[Any, dict[str, Any]]:
     """Reads what `save_model` wrote: (config, variables); `config_type` (with `from_dict`) reads the config."""
-    directory = os.path.abspath(directory)
-    config_path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.exists(config_path):
+    directory = resolved(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.exists():
         raise ValueError(f'{directory} is not a model checkpoint: {CONFIG_FILE} is missing')
-    with open(config_path) as f:
-        config = config_type.from_dict(json.load(f))
-    variables = ocp.StandardCheckpointer().restore(os.path.join(directory, VARIABLES_DIR))
+    config = config_type.from_dict(json.loads(config_path.read_text()))
+    variables = ocp.StandardCheckpointer().restore(directory / VARIABLES_DIR)
     if isinstance(config, OFAConfig):  # written before the token table was padded
         variables = {**variables, 'params': pad_token_table(variables['params'], config)}
     return config, variables
@@ -91,32 +90,32 @@ class Checkpoint:
 
 
 def is_training_workdir(path: str | os.PathLike) -> bool:
-    return os.path.isdir(os.path.join(path, TRAINING_CHECKPOINTS))
+    return (resolved(path) / TRAINING_CHECKPOINTS).is_dir()
 
 
 def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpoint:
     """Reads a model directory written by `save_model` (or `python -m ofa_jax.convert`), or a training workdir (its
     latest step, or `step`, with the EMA parameters when the run kept them), onto the first device."""
-    path = os.path.abspath(path)
-    if os.path.exists(os.path.join(path, CONFIG_FILE)) and os.path.isdir(os.path.join(path, VARIABLES_DIR)):
+    path = resolved(path)
+    if (path / CONFIG_FILE).exists() and (path / VARIABLES_DIR).is_dir():
         config, variables = load_model(path)
         return Checkpoint(config, variables)
     if not is_training_workdir(path):
         raise ValueError(
-            f'checkpoint {path!r} is neither a model directory ({CONFIG_FILE} + {VARIABLES_DIR}/) nor '
+            f"checkpoint '{path}' is neither a model directory ({CONFIG_FILE} + {VARIABLES_DIR}/) nor "
             f'a training workdir ({TRAINING_CHECKPOINTS}/)'
         )
     manager = ocp.CheckpointManager(
-        os.path.join(path, TRAINING_CHECKPOINTS),
+        path / TRAINING_CHECKPOINTS,
         item_names=('state', 'config'),
         item_handlers={'state': ocp.PyTreeCheckpointHandler()},  # so that the stored shapes can be read
     )
     saved = sorted(manager.all_steps())
     if not saved:
-        raise ValueError(f'checkpoint {path!r}: the training workdir has no saved step yet')
+        raise ValueError(f"checkpoint '{path}': the training workdir has no saved step yet")
     step = saved[-1] if step is None else step
     if step not in saved:
-        raise ValueError(f'checkpoint {path!r} has no step {step}; its saved steps are {saved}')
+        raise ValueError(f"checkpoint '{path}' has no step {step}; its saved steps are {saved}")
     train_config = ml_collections.ConfigDict(
         manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
     )

@@ -30,6 +30,7 @@ from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data.registry import Task
 from ofa_jax.data.tasks import TASKS
 from ofa_jax.data.vocab import vocabulary_from_spec
+from ofa_jax.paths import resolved
 
 # The world's validation scenes: unseen by training and by the demo's evaluation (its seed + 1000).
 VALIDATION_SEED_OFFSET = 2000
@@ -98,8 +99,8 @@ def _jsonable(value: Any) -> Any:
 
 def evaluate(
     config: ml_collections.ConfigDict,
-    checkpoint: str,
-    workdir: str,
+    checkpoint: str | os.PathLike,
+    workdir: str | os.PathLike,
     max_examples: int = 0,
     batch_size: int = 0,
     predictor: api.Predictor | None = None,
@@ -155,11 +156,12 @@ def evaluate(
         logging.info('%s: %s', name, scores)
     if not write:
         return results, predictions_by_task
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'predictions.jsonl'), 'w') as f:
-        f.writelines(json.dumps(line) + '\n' for lines in predictions_by_task.values() for line in lines)
-    with open(os.path.join(workdir, metrics_file), 'w') as f:
-        json.dump(results, f, indent=2)
+    workdir = resolved(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'predictions.jsonl').write_text(
+        ''.join(json.dumps(line) + '\n' for lines in predictions_by_task.values() for line in lines)
+    )
+    (workdir / metrics_file).write_text(json.dumps(results, indent=2))
     return results, predictions_by_task
 
 

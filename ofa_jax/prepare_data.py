@@ -6,13 +6,15 @@
         --annotations v2_mscoco_train2014_annotations.json --images train2014/ --out data/vqa_train.jsonl
     python -m ofa_jax.prepare_data refcoco --refs 'refs(unc).p' --instances instances.json --images train2014/ \
         --split train --out data/refcoco_train.jsonl
+    python -m ofa_jax.prepare_data index vqa_train.tsv gs://bucket/caption_train.tsv ...
 
 Image paths are written relative to the JSONL file's folder, where `ofa_jax.data.sources.JsonlSource` looks for
 them. COCO captions give a record per caption (a training set) or, with --per_image, a record per image with every
 caption as a reference (an evaluation set). VQA v2 gives a record per question whose answers carry the VQA accuracy
 each would score (`metrics.vqa_answer_confidences`). RefCOCO's `refs(*).p` is read with the project's safe unpickler
 (nothing in it runs); a JSON export of the same list works too. Each command prints how many records it wrote and
-what it skipped, and why.
+what it skipped, and why. `index` writes the line index of TSV or JSONL files (FILE.index.npz, beside each, local or
+in a bucket) that training otherwise builds at its first start, reading each file end to end once.
 """
 
 import argparse
@@ -24,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ofa_jax import metrics, torch_pickle
+from ofa_jax.data import sources
 
 
 def _read_json(path: str) -> Any:
@@ -140,6 +143,8 @@ def write(records: Iterator[dict[str, Any]], images: str, out: str) -> dict[str,
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='python -m ofa_jax.prepare_data', description=__doc__.split('\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
+    index = commands.add_parser('index', help='the line index of TSV or JSONL files, kept beside each')
+    index.add_argument('files', nargs='+')
     for name, help_text in (
         ('coco_captions', 'a COCO captions file'),
         ('vqa', 'VQA v2 questions and annotations'),
@@ -164,6 +169,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
+        if args.command == 'index':
+            for path in args.files:
+                rows = len(sources.cached_line_offsets(path)) - 1
+                print(json.dumps({'file': path, 'rows': rows, 'index': str(sources.index_path(path))}))
+            return
         if args.command == 'coco_captions':
             records = coco_captions(args.annotations, args.per_image)
         elif args.command == 'vqa':
@@ -171,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             records = refcoco(args.refs, args.instances, args.split)
         print(json.dumps(write(records, args.images, args.out)))
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         raise SystemExit(f'prepare_data {args.command}: {error}') from None
 
 

@@ -23,6 +23,7 @@ from ofa_jax.data.registry import Task
 from ofa_jax.data.tasks import TASKS
 from ofa_jax.data.vocab import Vocabulary
 from ofa_jax.model import OFA
+from ofa_jax.paths import resolved, write_atomically
 
 CORPUS_FILE = 'scst_document_frequency.json'  # under the workdir: the training references' n-grams, counted once
 
@@ -39,13 +40,12 @@ def check_config(config: Any) -> None:
         raise ValueError(f'scst captions have up to {length} tokens: data.max_target_length must be at least {length}')
 
 
-def reward_scorer(tasks: Sequence[Task], workdir: str) -> metrics.CiderD:
+def reward_scorer(tasks: Sequence[Task], workdir: str | os.PathLike) -> metrics.CiderD:
     """CIDEr-D with the document frequencies of the tasks' references (each record's 'references', or its
     'caption'), counted at the first start and read from WORKDIR/scst_document_frequency.json after."""
-    path = os.path.join(workdir, CORPUS_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    path = resolved(workdir) / CORPUS_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
         frequencies = {tuple(gram.split(' ')): df for gram, df in saved['document_frequency']}
         return metrics.CiderD(frequencies, saved['log_images'])
     corpus = []
@@ -60,10 +60,9 @@ def reward_scorer(tasks: Sequence[Task], workdir: str) -> metrics.CiderD:
         raise ValueError(f'SCST: the tasks {[t.name for t in tasks]} hold no reference captions')
     scorer = metrics.CiderD.of_corpus(corpus)
     if jax.process_index() == 0:
-        with open(path + '.tmp', 'w') as f:
-            frequencies = [(' '.join(gram), df) for gram, df in scorer.document_frequency.items()]
-            json.dump({'log_images': float(scorer.log_images), 'document_frequency': frequencies}, f)
-        os.replace(path + '.tmp', path)
+        frequencies = [(' '.join(gram), df) for gram, df in scorer.document_frequency.items()]
+        saved = {'log_images': float(scorer.log_images), 'document_frequency': frequencies}
+        write_atomically(path, json.dumps(saved).encode())
     return scorer
 
 

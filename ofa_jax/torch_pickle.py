@@ -24,6 +24,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import ml_dtypes
 import numpy as np
+from etils import epath
 
 __all__ = ['Opaque', 'load', 'load_pickle', 'state_dict_from']
 
@@ -344,8 +345,7 @@ def load_pickle(path: str | os.PathLike[str]) -> Any:
     allow-list: data comes back, any other global is an inert :class:`Opaque`, nothing is imported or called.
     Python 2 byte strings decode as UTF-8 (falling back to Latin-1). Raises ``ValueError`` naming the file."""
     path = os.fspath(path)
-    with open(path, 'rb') as f:
-        data = f.read()
+    data = epath.Path(path).read_bytes()  # a local or a remote (gs://) file
 
     def no_storage(key: str) -> np.ndarray:
         raise pickle.UnpicklingError(f'a plain pickle holds no tensor storage, but it asks for {key!r}')

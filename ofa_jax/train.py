@@ -43,6 +43,7 @@ from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
 from ofa_jax.data.vocab import vocabulary_from_spec
 from ofa_jax.model import OFA, OFAConfig, abstract_variables, init_variables, scan_layout
+from ofa_jax.paths import is_remote, resolved
 
 # Dense bfloat16 peak FLOP/s per chip, by jax device_kind prefix.
 PEAK_FLOPS = {
@@ -490,40 +491,66 @@ def peak_flops_per_device() -> float:
 
 
 class MetricWriter:
-    """metrics.jsonl and TensorBoard, written by process 0 only."""
+    """metrics.jsonl and TensorBoard, written by process 0 only.
 
-    def __init__(self, workdir: str):
+    A local workdir's files are appended and flushed at every write. An object store (gs://) has no append and shows
+    an object only once it is whole, so there both files are rewritten whole, at most every `remote_flush_seconds`
+    and at close."""
+
+    def __init__(self, workdir: str | os.PathLike, remote_flush_seconds: float = 60.0):
         self._active = jax.process_index() == 0
-        if self._active:
-            self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-            self._tensorboard = SummaryWriter(os.path.join(workdir, 'tb'))
+        if not self._active:
+            return
+        workdir = resolved(workdir)
+        self._remote = is_remote(workdir)
+        self._path = workdir / 'metrics.jsonl'
+        if self._remote:
+            self._lines = self._path.read_text() if self._path.exists() else ''
+            self._flush_seconds, self._flushed = remote_flush_seconds, time.monotonic()
+        else:
+            self._jsonl = self._path.open('a')
+        self._tensorboard = SummaryWriter(str(workdir / 'tb'))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self._active:
             return
-        self._jsonl.write(json.dumps({'step': step, **metrics}) + '\n')
-        self._jsonl.flush()
+        line = json.dumps({'step': step, **metrics}) + '\n'
         for name, value in metrics.items():
             self._tensorboard.add_scalar(name, value, step)
+        if not self._remote:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+            self._tensorboard.flush()
+            return
+        self._lines += line
+        if time.monotonic() - self._flushed >= self._flush_seconds:
+            self._flush_remote()
+
+    def _flush_remote(self) -> None:
+        self._path.write_text(self._lines)
         self._tensorboard.flush()
+        self._flushed = time.monotonic()
 
     def close(self) -> None:
-        if self._active:
+        if not self._active:
+            return
+        if self._remote:
+            self._flush_remote()
+        else:
             self._jsonl.close()
-            self._tensorboard.close()
+        self._tensorboard.close()
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """What MetricWriter wrote to metrics.jsonl, one record per step in step order, the records of a step merged
     (training and validation scores) with the last value of a key logged twice (a resumed run replays the steps
     after its last checkpoint)."""
     by_step = {}
-    path = os.path.join(workdir, 'metrics.jsonl')
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                record = json.loads(line)
-                by_step.setdefault(int(record['step']), {}).update(record)
+    path = resolved(workdir) / 'metrics.jsonl'
+    if path.exists():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            by_step.setdefault(int(record['step']), {}).update(record)
     return [by_step[step] for step in sorted(by_step)]
 
 
@@ -586,21 +613,22 @@ def check_target_lengths(tasks: list, spec: pipeline.BatchSpec, model_config: An
             )
 
 
-def check_writable(workdir: str, probe_bytes: int = 1 << 20) -> None:
+def check_writable(workdir: str | os.PathLike, probe_bytes: int = 1 << 20) -> None:
     """Creates the workdir and writes (then removes) a probe file of probe_bytes in it, so that an unwritable or full
     workdir fails before training, with one line, rather than at the first checkpoint."""
-    probe = os.path.join(workdir, f'.write_probe_{jax.process_index()}')
+    probe = resolved(workdir) / f'.write_probe_{jax.process_index()}'
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with open(probe, 'wb') as f:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        with probe.open('wb') as f:
             f.write(bytes(probe_bytes))
             f.flush()
-            os.fsync(f.fileno())
+            if not is_remote(probe):  # a local file: on disk now; a remote object is stored whole when closed
+                os.fsync(f.fileno())
     except OSError as error:
         raise ValueError(f'workdir {workdir} cannot be written: {error.strerror or error}') from error
     finally:
-        if os.path.exists(probe):
-            os.remove(probe)
+        if probe.exists():
+            probe.unlink()
 
 
 def check_same_layout(manager: ocp.CheckpointManager, step: int, config: ml_collections.ConfigDict) -> None:
@@ -690,7 +718,7 @@ def validate(
     scores, _ = evaluate.evaluate(
         validation_config,
         '',
-        os.path.join(workdir, 'validation'),
+        resolved(workdir) / 'validation',
         config.validation.max_examples,
         predictor=predictor,
         world=world,
@@ -715,7 +743,7 @@ def best_manager(workdir: str, metric: str, mode: str) -> ocp.CheckpointManager:
     if mode not in ('max', 'min'):
         raise ValueError(f"validation.mode is {mode!r}; it must be 'max' or 'min'")
     return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, BEST_DIR, TRAINING_CHECKPOINTS)),
+        resolved(workdir) / BEST_DIR / TRAINING_CHECKPOINTS,
         item_names=('state', 'config'),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1,
@@ -733,7 +761,7 @@ def use_compilation_cache(directory: str) -> None:
     already chose one (JAX_COMPILATION_CACHE_DIR) or `directory` is ''."""
     if directory and not jax.config.jax_compilation_cache_dir:
         jax.config.update(
-            'jax_compilation_cache_dir', directory if '://' in directory else os.path.expanduser(directory)
+            'jax_compilation_cache_dir', directory if is_remote(directory) else os.path.expanduser(directory)
         )
 
 
@@ -752,8 +780,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     mesh = sharding.make_mesh(**config.mesh)
     per_process_batch = validate_layout(config, mesh)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, 'config.json'), 'w') as f:
-            f.write(config.to_json_best_effort(indent=2))
+        (resolved(workdir) / 'config.json').write_text(config.to_json_best_effort(indent=2))
     model = model_from_config(config)
     optimizer = make_optimizer(config)
 
@@ -777,7 +804,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     # State: restored from the latest checkpoint when there is one, else initialized, directly into its shardings.
     shardings = state_shardings(model, optimizer, config, mesh)
     manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, TRAINING_CHECKPOINTS)),
+        resolved(workdir) / TRAINING_CHECKPOINTS,
         item_names=('state', 'data', 'config'),
         item_handlers={'data': grain.checkpoint.CheckpointHandler()},
         options=ocp.CheckpointManagerOptions(

@@ -228,3 +228,14 @@ def test_a_pickle_with_code_is_not_run_and_bad_files_name_themselves(tmp_path, i
     )
     assert result.returncode != 0 and "missing ['images', 'annotations']" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1  # one clear line, no traceback
+
+
+def test_index_keeps_the_line_index_a_training_start_reads(tmp_path, monkeypatch):
+    path = tmp_path / 'vqa.tsv'
+    path.write_text('0\t\tq\ta\n1\t\tq\ta\n2\t\tq\ta\n')
+    prepare_data.main(['index', str(path)])
+    assert sources.index_path(path).exists()
+    monkeypatch.setattr(sources, 'line_offsets', lambda p: pytest.fail(f'{p} read end to end again'))
+    assert len(sources.OFATsvSource(path, 'vqa', num_columns=None)) == 3
+    with pytest.raises(SystemExit, match=r'prepare_data index: .*missing\.tsv'):
+        prepare_data.main(['index', str(tmp_path / 'missing.tsv')])

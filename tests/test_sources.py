@@ -215,6 +215,27 @@ def test_line_offsets_stream_in_chunks(tmp_path):
     assert len(sources.line_offsets(tmp_path / 'empty.txt')) == 1
 
 
+def test_a_files_line_index_is_built_once_and_rebuilt_when_the_file_changes(tmp_path, monkeypatch):
+    path = tmp_path / 'lines.jsonl'
+    path.write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert len(JsonlSource(path)) == 2 and sources.index_path(path).exists()
+    built = []
+    real = sources.line_offsets
+    monkeypatch.setattr(sources, 'line_offsets', lambda p: built.append(p) or real(p))
+    assert len(JsonlSource(path)) == 2 and built == []  # read from the index, not the file
+    path.write_text('{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
+    assert len(JsonlSource(path)) == 3 and len(built) == 1
+    assert JsonlSource(path)[2]['text'] == 'c' and len(built) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['lines.jsonl', 'lines.jsonl.index.npz']
+    # An index that cannot be written (here a folder stands in its place) only costs the cache.
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'lines.jsonl').write_text('{"text": "a"}\n')
+    sources.index_path(other / 'lines.jsonl').mkdir()
+    assert JsonlSource(other / 'lines.jsonl')[0]['text'] == 'a'
+    assert sorted(p.name for p in other.iterdir()) == ['lines.jsonl', 'lines.jsonl.index.npz']
+
+
 def test_tsv_pickles_and_reads_in_the_copy(tmp_path):
     source = OFATsvSource(write_tsv(tmp_path, [TSV_CASES['vqa'][0]] * 3), 'vqa')
     first = source[2]  # the original has its file open

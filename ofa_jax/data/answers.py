@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
 
 from ofa_jax import torch_pickle
 from ofa_jax.data import vocab as V
@@ -24,11 +25,10 @@ def read_answers(path: str | os.PathLike) -> list[str]:
     file and what is wrong."""
     path = os.fspath(path)
     if path.endswith('.json'):
-        with open(path, encoding='utf-8') as f:
-            try:
-                loaded = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ValueError(f'{path}: not JSON: {error}') from None
+        try:
+            loaded = json.loads(epath.Path(path).read_text(encoding='utf-8'))
+        except json.JSONDecodeError as error:
+            raise ValueError(f'{path}: not JSON: {error}') from None
     else:
         loaded = torch_pickle.load_pickle(path)
     if isinstance(loaded, dict):

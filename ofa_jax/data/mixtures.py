@@ -5,13 +5,13 @@ Each registered Task names its declaration in `ofa_jax.data.tasks.TASKS` (`Task.
 prompted, decoded and scored.
 """
 
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from ofa_jax.data import sources
 from ofa_jax.data import transforms as T
@@ -162,7 +162,7 @@ def register_ofa_pretraining(
     if unknown or 'vision_language' not in paths:
         raise ValueError(f'pretraining files {sorted(paths)}: need vision_language, may have {PRETRAIN_FILES[1:]}')
     for role, path in paths.items():
-        if not os.path.exists(path):
+        if not epath.Path(path).exists():
             raise ValueError(f'pretraining {role} file {path!r} does not exist')
     vl = sources.OFATsvSource(paths['vision_language'], 'pretrain_vl')
 

@@ -22,14 +22,18 @@ column count, an unparsable number, bad base64, bad JSON) comes back as {'id', '
 
 import base64
 import binascii
+import io
 import json
 import os
-import pathlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
+from absl import logging
+from etils import epath
+
+from ofa_jax.paths import is_remote, write_atomically
 
 Record = dict[str, Any]
 _URLSAFE_TO_STANDARD = bytes.maketrans(b'-_', b'+/')
@@ -54,11 +58,11 @@ def _error_record(source: str, index: int, error: Exception, record_id: str | No
 def line_offsets(path: str | os.PathLike, chunk_bytes: int = 1 << 24) -> np.ndarray:
     """Byte offsets of a file's lines, int64 [rows + 1]: line i is bytes [offsets[i], offsets[i + 1]).
 
-    Streams over the file in chunks, so files far larger than memory are indexed at disk speed. A last line without
-    a newline counts; an empty file has no rows."""
+    Streams over the file (local or remote) in chunks, so files far larger than memory are indexed at disk speed. A
+    last line without a newline counts; an empty file has no rows."""
     starts = [np.zeros(1, np.int64)]
     size = 0
-    with open(path, 'rb') as f:
+    with epath.Path(path).open('rb') as f:
         while chunk := f.read(chunk_bytes):
             newlines = np.flatnonzero(np.frombuffer(chunk, np.uint8) == ord('\n'))
             starts.append(newlines.astype(np.int64) + (size + 1))
@@ -67,17 +71,56 @@ def line_offsets(path: str | os.PathLike, chunk_bytes: int = 1 << 24) -> np.ndar
     return offsets if offsets[-1] == size else np.append(offsets, size)
 
 
-class _LineFile:
-    """Random access to the lines of a text file by an index of line offsets built once on open.
+INDEX_SUFFIX = '.index.npz'  # beside a data file: its line offsets, with the size and time of the file they index
 
-    The file descriptor is opened lazily in each process (never pickled) and read with `os.pread`, which keeps no
-    file position, so threads and forked workers can share a source."""
+
+def index_path(path: str | os.PathLike) -> epath.Path:
+    path = epath.Path(path)
+    return path.with_name(path.name + INDEX_SUFFIX)
+
+
+def cached_line_offsets(path: str | os.PathLike) -> np.ndarray:
+    """`line_offsets(path)`, read from the index file beside it (PATH.index.npz) when that indexes the file as it is
+    now (same size and modification time), else built and written there, so that each host of a job reads a large
+    file end to end only once, not at every start. A folder that cannot be written (a read-only bucket) only costs
+    the cache."""
+    path, index = epath.Path(path), index_path(path)
+    if is_remote(path):
+        stat = path.stat()
+        size, mtime = stat.length, stat.mtime
+    else:  # nanoseconds: a file rewritten within the second is noticed
+        stat = os.stat(path)
+        size, mtime = stat.st_size, stat.st_mtime_ns
+    try:
+        with np.load(io.BytesIO(index.read_bytes())) as saved:
+            if (int(saved['size']), int(saved['mtime'])) == (size, mtime):
+                return saved['offsets']
+    except (OSError, ValueError, KeyError):  # none yet, or unreadable: build it
+        pass
+    offsets = line_offsets(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, offsets=offsets, size=size, mtime=mtime)
+    try:
+        write_atomically(index, buffer.getvalue())  # hosts may write it at once
+    except OSError as error:
+        logging.warning('the line index of %s cannot be kept (%s): it is rebuilt at each start', path, error)
+    return offsets
+
+
+class _LineFile:
+    """Random access to the lines of a text file, local or remote (gs://), by an index of line offsets.
+
+    A file is opened lazily in each process (never pickled): a local one is read with `os.pread`, which keeps no file
+    position, so threads and forked workers can share a source; a remote one by a seek and a read of the line's byte
+    range, under a lock."""
 
     def __init__(self, path: str | os.PathLike, name: str | None):
         self.path = os.fspath(path)
-        self.name = name or pathlib.Path(self.path).stem
-        self._offsets = line_offsets(self.path)
+        self.name = name or epath.Path(self.path).stem
+        self._remote = is_remote(self.path)
+        self._offsets = cached_line_offsets(self.path)
         self._fd: int | None = None
+        self._file: Any = None
         self._pid: int | None = None
         self._lock = threading.Lock()
 
@@ -92,18 +135,26 @@ class _LineFile:
         """Line `index` without its line ending."""
         if not 0 <= index < len(self):
             raise IndexError(f'record {index} outside {self.name!r} of {len(self)} rows')
-        with self._lock:
-            if self._pid != os.getpid():  # first read in this process: a descriptor of its own
-                self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
         start, end = int(self._offsets[index]), int(self._offsets[index + 1])
-        data = os.pread(self._fd, end - start, start)
+        with self._lock:
+            if self._pid != os.getpid():  # first read in this process: a file of its own
+                if self._remote:
+                    self._file = epath.Path(self.path).open('rb')
+                else:
+                    self._fd = os.open(self.path, os.O_RDONLY)
+                self._pid = os.getpid()
+            if self._remote:
+                self._file.seek(start)
+                data = self._file.read(end - start)
+        if not self._remote:
+            data = os.pread(self._fd, end - start, start)
         if len(data) != end - start:
             raise _FieldError('line', f'file shorter than when indexed ({self.path})')
         return data.rstrip(b'\r\n')
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(_fd=None, _pid=None, _lock=None)
+        state.update(_fd=None, _file=None, _pid=None, _lock=None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -368,7 +419,9 @@ class JsonlSource(_LineFile):
     def __init__(self, path: str | os.PathLike, image_root: str | os.PathLike | None = None, name: str | None = None):
         super().__init__(path, name)
         self.image_root = (
-            os.fspath(image_root) if image_root is not None else os.path.dirname(os.path.abspath(self.path))
+            os.fspath(image_root)
+            if image_root is not None
+            else os.path.dirname(self.path if self._remote else os.path.abspath(self.path))
         )
 
     def __repr__(self) -> str:
@@ -398,8 +451,7 @@ class JsonlSource(_LineFile):
                 raise _FieldError('image', f'expected a file path, got {type(row["image"]).__name__}')
             path = os.path.join(self.image_root, row['image'])
             try:
-                with open(path, 'rb') as f:
-                    out['image'] = f.read()
+                out['image'] = epath.Path(path).read_bytes()
             except (OSError, ValueError) as error:  # ValueError: a NUL or an unencodable character in the path
                 problem = getattr(error, 'strerror', None) or error
                 raise _FieldError('image', f'cannot read {path!r}: {problem}') from None
