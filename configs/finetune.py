@@ -101,7 +101,11 @@ def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     config = default_config('tasks')
     config.model = size
     config.model_overrides = dict(
-        dtype='bfloat16', encoder_drop_path_rate=recipe.drop_path, decoder_drop_path_rate=recipe.drop_path
+        dtype='bfloat16',
+        encoder_drop_path_rate=recipe.drop_path,
+        decoder_drop_path_rate=recipe.drop_path,
+        remat=False,  # --config.model_overrides.remat=True recomputes layers, as remat_policy says, to fit memory
+        remat_policy='nothing_saveable',
     )
     config.scst = task == 'caption_scst'
     if config.scst:

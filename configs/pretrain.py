@@ -38,7 +38,13 @@ def get_config(size: str = 'base') -> ml_collections.ConfigDict:
     settings = SIZES[size]
     config = default_config('ofa_pretrain')
     config.model = size
-    config.model_overrides = dict(dtype='bfloat16', remat=settings['remat'], scan_layers=True, scan_resnet=True)
+    config.model_overrides = dict(
+        dtype='bfloat16',
+        remat=settings['remat'],
+        remat_policy='nothing_saveable',  # or dots_saveable: less recompute, more memory (BUILD.md)
+        scan_layers=True,
+        scan_resnet=True,
+    )
     config.data.update(image_size=settings['image_size'], max_source_length=80, max_target_length=30, workers=8)
 
     config.batch_size = settings['batch_size']

@@ -95,6 +95,17 @@ class DropPath(nn.Module):
 
 
 ATTENTION_IMPLEMENTATIONS = ('einsum', 'xla', 'cudnn')
+# What a rematerialized layer keeps from its forward pass (names in jax.checkpoint_policies): nothing (recompute it
+# all, least memory), every matmul result, the matmul results without a batch dimension (weights-like), everything.
+REMAT_POLICIES = ('nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable', 'everything_saveable')
+
+
+def rematerialized(module: type[nn.Module], policy: str, **kwargs: Any) -> type[nn.Module]:
+    """`module` recomputed in the backward pass, keeping what `policy` (one of REMAT_POLICIES) saves; `kwargs` go to
+    nn.remat."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f'remat_policy {policy!r}: expected one of {REMAT_POLICIES}')
+    return nn.remat(module, policy=getattr(jax.checkpoint_policies, policy), **kwargs)
 
 
 def attend(

@@ -56,6 +56,7 @@ class OFAConfig:
     freeze_batch_norm: bool = False
     dtype: str = 'float32'  # compute dtype; parameters are always float32
     remat: bool = False  # recompute each transformer layer and ResNet block in the backward pass to save memory
+    remat_policy: str = 'nothing_saveable'  # what remat keeps of the forward pass (layers.REMAT_POLICIES)
     # One encoder and one decoder layer traced, compiled once and looped (nn.scan) instead of every layer unrolled:
     # compiles in a fraction of the time; the same parameters, stacked on a leading `layers` axis (`scan_layout`
     # converts between the layouts).
@@ -246,8 +247,8 @@ class DecoderLayer(nn.Module):
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
-def _layer_class(cls: type[nn.Module], remat: bool) -> type[nn.Module]:
-    return nn.remat(cls) if remat else cls
+def _layer_class(cls: type[nn.Module], cfg: OFAConfig) -> type[nn.Module]:
+    return layers.rematerialized(cls, cfg.remat_policy) if cfg.remat else cls
 
 
 def _relative_table(cfg: OFAConfig, name: str, num_buckets: int) -> nn.Embed:
@@ -323,7 +324,8 @@ def _scanned(block: type[nn.Module], cfg: OFAConfig, length: int, broadcast_args
     """`block` looped over `length` layers: parameters and decoding caches stacked on a leading `layers` axis, each
     layer its own dropout key; the carry is the hidden state, the layer index is scanned, the rest broadcast."""
     remat = cfg.remat if remat is None else remat
-    body = nn.remat(block, prevent_cse=False) if remat else block  # a scan already keeps the recompute in place
+    # A scan already keeps the recompute in place: no common-subexpression barrier needed.
+    body = layers.rematerialized(block, cfg.remat_policy, prevent_cse=False) if remat else block
     return nn.scan(
         body,
         variable_axes={'params': 0, 'cache': 0, 'encoder_cache': 0},
@@ -370,6 +372,7 @@ class Encoder(nn.Module):
                 cfg.freeze_batch_norm,
                 dtype,
                 remat=cfg.remat,
+                remat_policy=cfg.remat_policy,
                 scan=cfg.scan_resnet,
                 name='embed_images',
             )(patch_images, train)
@@ -424,7 +427,7 @@ class Encoder(nn.Module):
                 x, jnp.arange(cfg.encoder_layers), abs_bias, mask, token_buckets, image_buckets
             )
         else:
-            layer_cls = _layer_class(EncoderLayer, cfg.remat)
+            layer_cls = _layer_class(EncoderLayer, cfg)
             rates = layers.linear_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
             for i in range(cfg.encoder_layers):
                 bias = _encoder_layer_bias(cfg, f'_{i}', abs_bias, token_buckets, image_buckets, num_patches)
@@ -543,7 +546,7 @@ class Decoder(nn.Module):
                 x, jnp.arange(cfg.decoder_layers), self_bias, *relative, *layer_args
             )
         else:
-            layer_cls = DecoderLayer if decoding else _layer_class(DecoderLayer, cfg.remat)  # remat pays in training
+            layer_cls = DecoderLayer if decoding else _layer_class(DecoderLayer, cfg)  # remat pays in training
             rates = layers.linear_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
             for i in range(cfg.decoder_layers):
                 bias = self_bias + _decoder_relative_bias(cfg, f'_{i}', *relative)

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ofa_jax.layers import DropPath, linear_rate, linear_rates
+from ofa_jax.layers import DropPath, linear_rate, linear_rates, rematerialized
 
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # PyTorch's kaiming_normal_
 
@@ -157,9 +157,10 @@ class RepeatedBottleneck(nn.Module):
 class ResNet(nn.Module):
     """Maps images [batch, H, W, 3] to features [batch, H/16, W/16, 16 * width].
 
-    `remat` recomputes each block in the backward pass; `scan` runs the blocks after the first of each stage as one
-    scanned block `layer{stage}_rest` (parameters and statistics stacked on a leading axis) instead of unrolled
-    `layer{stage}_{i}`, which compiles the 23 or 36 blocks of the large trunks once."""
+    `remat` recomputes each block in the backward pass, keeping what `remat_policy` saves; `scan` runs the blocks
+    after the first of each stage as one scanned block `layer{stage}_rest` (parameters and statistics stacked on a
+    leading axis) instead of unrolled `layer{stage}_{i}`, which compiles the 23 or 36 blocks of the large trunks
+    once."""
 
     blocks: Sequence[int]
     width: int = 64
@@ -167,6 +168,7 @@ class ResNet(nn.Module):
     frozen_batch_norm: bool = False
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    remat_policy: str = 'nothing_saveable'
     scan: bool = False
 
     @nn.compact
@@ -175,14 +177,18 @@ class ResNet(nn.Module):
         x = nn.relu(BatchNorm(frozen=self.frozen_batch_norm, dtype=self.dtype, name='bn1')(x, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         # train and the drop-path rate stay Python values under remat: they decide what is traced.
-        block_cls = nn.remat(Bottleneck, static_argnums=(2, 3)) if self.remat else Bottleneck
+        block_cls = Bottleneck
+        if self.remat:
+            block_cls = rematerialized(Bottleneck, self.remat_policy, static_argnums=(2, 3))
         common = dict(frozen_batch_norm=self.frozen_batch_norm, dtype=self.dtype)
         for layer, (num_blocks, stride) in enumerate(zip(self.blocks, (1, 2, 2)), start=1):
             planes = self.width * 2 ** (layer - 1)
             x = block_cls(planes, stride, downsample=True, name=f'layer{layer}_0', **common)(x, train, 0.0)
             # As in OFA: the first block of a layer never drops its path; the rest ramp up to the rate.
             if self.scan and num_blocks > 1:
-                body = nn.remat(RepeatedBottleneck, prevent_cse=False) if self.remat else RepeatedBottleneck
+                body = RepeatedBottleneck
+                if self.remat:
+                    body = rematerialized(RepeatedBottleneck, self.remat_policy, prevent_cse=False)
                 stage = nn.scan(
                     body,
                     variable_axes={'params': 0, 'batch_stats': 0},

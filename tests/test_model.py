@@ -150,9 +150,10 @@ def test_dropout_and_drop_path_are_random_in_training_only(nano):
 
 
 @pytest.mark.slow  # two backward passes of the whole model
-def test_rematerialized_layers_give_the_same_loss_and_gradients(nano):
+@pytest.mark.parametrize('policy', ['nothing_saveable', 'dots_saveable'])
+def test_rematerialized_layers_give_the_same_loss_and_gradients(nano, policy):
     model, variables = nano
-    remat = OFA(dataclasses.replace(model.config, remat=True))
+    remat = OFA(dataclasses.replace(model.config, remat=True, remat_policy=policy))
     src, images, masks, tgt = inputs()
 
     def loss(m, params):
@@ -163,6 +164,13 @@ def test_rematerialized_layers_give_the_same_loss_and_gradients(nano):
     plain = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
     recomputed = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(params)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, recomputed)
+
+
+def test_an_unknown_remat_policy_names_the_choices(nano):
+    model, variables = nano
+    unknown = OFA(dataclasses.replace(model.config, remat=True, remat_policy='dots'))
+    with pytest.raises(ValueError, match=r"remat_policy 'dots': expected one of \('nothing_saveable'"):
+        unknown.apply(variables, *inputs())
 
 
 def test_bfloat16_compute_keeps_float32_parameters(nano):
