@@ -3,16 +3,22 @@ ahead of time for the target's devices, sharded over its mesh, and the compiled 
 
     python -m ofa_jax.plan --config configs/pretrain.py:large --topology v5e:8x8 [--topology v4:4x4x4] [--out FILE]
     python -m ofa_jax.plan --config configs/demo.py --topology cpu:8     # simulated host devices, no extra needed
+    python -m ofa_jax.plan --config configs/pretrain.py:base --topology v5e:4x4 --sweep tiny --sweep base \
+        --device_batch_sizes 8,16,32 --table fit.md                      # each config x device batch, as a table
 
 TPU topologies (`v4:2x2x2`, `v5e:4x4`, `v5p:2x2x4`, `v6e:4x4`; `--num_slices` for several) compile on any machine
 once jax's TPU extra is installed (`pip install "jax[tpu]==<this jax's version>"`; no TPU is used). Any config key
 can be changed as in training (`--config.batch_size=512`, `--config.model_overrides.remat=True`). For each topology
 one line: the per-chip memory (parameters and optimizer state, batch, temporaries), whether it fits the chip's
-memory, the step's FLOPs and the step time at a given model-FLOPs utilization. Nothing is allocated or run.
+memory, the step's FLOPs and the step time at a given model-FLOPs utilization. Nothing is allocated or run. `--sweep`
+plans the config file with each given argument in place of --config's (a size, or TASK,SIZE), the same overrides, at
+each device batch size, and writes a Markdown table; a combination that cannot be laid out is a row naming why.
 """
 
+import copy
 import dataclasses
 import functools
+import importlib.util
 import json
 import os
 import sys
@@ -139,37 +145,111 @@ def plan(config: ml_collections.ConfigDict, topology: str, num_slices: int = 1, 
     peak = next((v for k, v in train.PEAK_FLOPS.items() if kind.startswith(k)), None)
     step_s = flops / (len(devices) * peak * mfu) if peak and flops else None
     return {
+        'size': config.model,
         'topology': topology if num_slices == 1 else f'{num_slices}x {topology}',
         'device_kind': kind,
-        'chips': len(devices),
+        'devices': len(devices),
         'mesh': dict(result['mesh'].shape),
-        'model': config.model,
         'params_m': round(count_params(result['model'].config) / 1e6, 1),
         'global_batch': config.batch_size,
-        'per_chip_gib': {
-            'arguments_and_outputs': round(held / gib, 3),
-            'temporaries': round(memory.temp_size_in_bytes / gib, 3),
-            'total': round(total / gib, 3),
-        },
-        'chip_gib': capacity,
-        'fits': None if capacity is None else total / gib <= capacity * 0.95,  # the runtime keeps a little for itself
+        'grad_accum_steps': config.grad_accum_steps,
+        'argument_bytes': memory.argument_size_in_bytes,
+        'output_bytes': memory.output_size_in_bytes,
+        'alias_bytes': memory.alias_size_in_bytes,  # the donated state: counted once, in the arguments
+        'temp_bytes': memory.temp_size_in_bytes,
+        'per_device_bytes': total,
+        'hbm_bytes': None if capacity is None else capacity * gib,
+        'fits': None if capacity is None else total <= capacity * gib,
         'flops_per_step': flops,
         f'step_s_at_{mfu:.0%}_mfu': None if step_s is None else float(f'{step_s:.3g}'),
         f'examples_per_s_at_{mfu:.0%}_mfu': None if step_s is None else float(f'{config.batch_size / step_s:.3g}'),
         'trace_lower_s': round(result['trace_lower_s'], 1),
-        'compile_s': round(result['compile_s'], 1),
+        'compile_seconds': round(result['compile_s'], 1),
     }
+
+
+def sweep(
+    configs: dict[str, ml_collections.ConfigDict],
+    topologies: list[str],
+    device_batch_sizes: list[int],
+    num_slices: int = 1,
+    mfu: float = 0.4,
+) -> list[dict[str, Any]]:
+    """Plans each named config at each device batch size (none given: the config's own) on each topology, a row
+    each (printed as it comes); a layout that does not divide is a row with its error."""
+    rows = []
+    for name, config in configs.items():
+        for device_batch_size in device_batch_sizes or [config.device_batch_size]:
+            changed = copy.deepcopy(config)
+            changed.device_batch_size = device_batch_size
+            for topology in topologies:
+                row = {'config': name, 'device_batch_size': device_batch_size}
+                try:
+                    row.update(plan(changed, topology, num_slices, mfu))
+                except ValueError as error:
+                    row.update(topology=topology, error=str(error))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The sweep's rows as a Markdown table: per-device GiB of the chip's, and whether it fits."""
+    lines = [
+        '| config | topology | mesh | global batch | device batch | accumulation | GiB per device (of) | fits '
+        '| FLOPs per step | compile s |',
+        '|---|---|---|---|---|---|---|---|---|---|',
+    ]
+    for row in rows:
+        if 'error' in row:
+            lines.append(f'| {row["config"]} | {row["topology"]} | | | {row["device_batch_size"]} | {row["error"]} |')
+            continue
+        mesh = ' '.join(f'{axis} {n}' for axis, n in row['mesh'].items() if n > 1) or 'one device'
+        held = f'{row["per_device_bytes"] / 2**30:.2f}'
+        if row['hbm_bytes']:
+            held += f' ({row["hbm_bytes"] / 2**30:.0f})'
+        fits = {True: 'yes', False: '**no**', None: ''}[row['fits']]
+        lines.append(
+            f'| {row["config"]} | {row["topology"]} | {mesh} | {row["global_batch"]} | {row["device_batch_size"]} '
+            f'| {row["grad_accum_steps"]} | {held} | {fits} | {row["flops_per_step"]:.3g} | {row["compile_seconds"]} |'
+        )
+    return '\n'.join(lines) + '\n'
+
+
+def configs_to_sweep(arguments: list[str]) -> dict[str, ml_collections.ConfigDict]:
+    """--config's file with each of `arguments` in place of its own, and --config's overrides applied to each."""
+    flag = flags.FLAGS['config']
+    path = config_flags.get_config_filename(flag).split(':', 1)[0]
+    spec = importlib.util.spec_from_file_location('config_to_sweep', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    configs = {}
+    for argument in arguments:
+        config = module.get_config(argument)
+        config.update_from_flattened_dict(config_flags.get_override_values(flag))
+        configs[f'{path}:{argument}'] = config
+    return configs
 
 
 def main(argv):
     del argv
-    results = []
-    for topology in flags.FLAGS.topology:
-        result = plan(flags.FLAGS.config, topology, flags.FLAGS.num_slices, flags.FLAGS.mfu)
-        results.append(result)
-        print(json.dumps(result), flush=True)
-    if flags.FLAGS.out:
-        with open(flags.FLAGS.out, 'w') as f:
+    FLAGS = flags.FLAGS
+    if FLAGS.sweep:
+        device_batch_sizes = [int(n) for n in FLAGS.device_batch_sizes]
+        results = sweep(configs_to_sweep(FLAGS.sweep), FLAGS.topology, device_batch_sizes, FLAGS.num_slices, FLAGS.mfu)
+        table = markdown_table(results)
+        if FLAGS.table:
+            with open(FLAGS.table, 'w') as f:
+                f.write(table)
+        print(table)
+    else:
+        results = []
+        for topology in FLAGS.topology:
+            result = plan(FLAGS.config, topology, FLAGS.num_slices, FLAGS.mfu)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    if FLAGS.out:
+        with open(FLAGS.out, 'w') as f:
             json.dump(results, f, indent=2)
 
 
@@ -179,6 +259,9 @@ if __name__ == '__main__':
     flags.DEFINE_integer('num_slices', 1, 'Slices of each TPU topology (multi-slice training).')
     flags.DEFINE_float('mfu', 0.4, 'Model-FLOPs utilization assumed for the step-time estimate.')
     flags.DEFINE_string('out', '', 'Also write the plans to this JSON file.')
+    flags.DEFINE_multi_string('sweep', [], "Plan --config's file with each of these arguments (e.g. tiny, base).")
+    flags.DEFINE_list('device_batch_sizes', [], 'With --sweep: the device batch sizes to plan each config at.')
+    flags.DEFINE_string('table', '', 'With --sweep: also write the Markdown table to this file.')
     flags.mark_flags_as_required(['config', 'topology'])
     # Simulated host devices for 'cpu:N' targets must exist before jax starts its CPU backend.
     counts = [int(a.split('cpu:')[1]) for a in sys.argv if a.split('=')[-1].startswith('cpu:')]

@@ -29,9 +29,11 @@ def test_a_plan_counts_the_parameters_and_both_adam_moments_on_one_chip():
     result = plan.plan(config, 'cpu:1')
     params = count_params(model_from_config(config).config)
     state_gib = 3 * 4 * params / 2**30  # float32 parameters, mu and nu; the donated state aliases the new one
-    assert 0.99 * state_gib <= result['per_chip_gib']['arguments_and_outputs'] <= 1.1 * state_gib  # GiB rounded
-    assert result['per_chip_gib']['temporaries'] > 0 and result['flops_per_step'] > 0
-    assert result['fits'] is None  # a CPU's memory is the host's: no verdict
+    held = (result['argument_bytes'] + result['output_bytes'] - result['alias_bytes']) / 2**30
+    assert 0.99 * state_gib <= held <= 1.1 * state_gib
+    assert result['temp_bytes'] > 0 and result['flops_per_step'] > 0
+    assert result['per_device_bytes'] >= held * 2**30 + result['temp_bytes']
+    assert result['fits'] is None and result['hbm_bytes'] is None  # a CPU's memory is the host's: no verdict
 
 
 @pytest.mark.slow  # compiles the nano train step for two meshes of 4 simulated devices
@@ -44,8 +46,8 @@ def test_the_plan_command_shows_fsdp_dividing_the_state_over_the_chips(tmp_path)
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         (result,) = json.loads(out.read_text())
-        assert result['chips'] == 4 and result['mesh'][mesh] == 4
-        return result['per_chip_gib']['arguments_and_outputs']
+        assert result['devices'] == 4 and result['mesh'][mesh] == 4
+        return result['argument_bytes']
 
     assert plan_for('fsdp') < 0.4 * plan_for('data')  # each chip holds a quarter of the state, not all of it
 
@@ -58,3 +60,26 @@ def test_a_tpu_topology_gives_its_chips_or_names_the_missing_compiler():
     else:
         devices = plan.topology_devices('v5e:2x2')
         assert len(devices) == 4 and devices[0].device_kind.startswith('TPU v5')
+
+
+@pytest.mark.slow  # compiles the nano train step three times
+def test_a_sweep_plans_each_config_at_each_device_batch_and_tabulates_them(tmp_path):
+    table = tmp_path / 'fit.md'
+    command = [sys.executable, '-m', 'ofa_jax.plan', '--config', 'configs/demo.py', '--topology', 'cpu:2']
+    command += ['--sweep', 'pretrain', '--sweep', 'text_to_image', '--device_batch_sizes', '8,3', f'--table={table}']
+    command += ['--config.batch_size=16', '--config.mesh.data=2', f'--out={tmp_path / "fit.json"}']
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / 'fit.json').read_text())
+    assert [(r['config'], r['device_batch_size']) for r in rows] == [
+        ('configs/demo.py:pretrain', 8),
+        ('configs/demo.py:pretrain', 3),
+        ('configs/demo.py:text_to_image', 8),
+        ('configs/demo.py:text_to_image', 3),
+    ]
+    planned = [r for r in rows if r['device_batch_size'] == 8]
+    assert all(r['global_batch'] == 16 and r['grad_accum_steps'] == 1 and r['devices'] == 2 for r in planned)
+    assert planned[0]['flops_per_step'] != planned[1]['flops_per_step']  # two different models
+    assert all('multiple of device_batch_size 3' in r['error'] for r in rows if r['device_batch_size'] == 3)
+    lines = table.read_text().splitlines()
+    assert len(lines) == 2 + 4 and lines[2].startswith('| configs/demo.py:pretrain | cpu:2 | data 2 | 16 | 8 | 1 |')
