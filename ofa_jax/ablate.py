@@ -21,6 +21,7 @@ log-log, each with its fitted power law).
 """
 
 import csv
+import io
 import json
 import math
 import os
@@ -34,6 +35,7 @@ import matplotlib
 import ml_collections
 import numpy as np
 from absl import flags
+from etils import epath
 from ml_collections import config_flags
 
 from ofa_jax import console, demo, evaluate, train
@@ -41,6 +43,7 @@ from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, is_training_workdir, load_c
 from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
 from ofa_jax.model import OFA, count_params
+from ofa_jax.paths import resolved, write_atomically
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -71,8 +74,7 @@ def ablation_section(**values: Any) -> ml_collections.ConfigDict:
 def saved_config(directory: str) -> ml_collections.ConfigDict:
     """The config a size's job trained with (its config.json), with the default ablation section where the job's
     config had none: what `collect` scores it by when no config is given."""
-    with open(os.path.join(directory, 'config.json')) as f:
-        values = json.load(f)
+    values = json.loads((resolved(directory) / 'config.json').read_text())
     values.setdefault('ablation', ablation_section().to_dict())
     return ml_collections.ConfigDict(values)
 
@@ -143,7 +145,7 @@ def task_scores(config: ml_collections.ConfigDict, workdir: str, examples: int) 
     if config.data.source == 'world':
         scores = demo.run(config, workdir, examples, draw=False)
     else:
-        scores, _ = evaluate.evaluate(config, workdir, os.path.join(workdir, 'evaluation'), examples)
+        scores, _ = evaluate.evaluate(config, workdir, resolved(workdir) / 'evaluation', examples)
     return {k: v for k, v in scores.items() if not k.endswith(('_examples', '_dropped'))}
 
 
@@ -168,20 +170,17 @@ def result_of(config: ml_collections.ConfigDict, size: str, workdir: str) -> dic
     }
 
 
-def write_result(path: str, result: dict[str, Any]) -> None:
+def write_result(path: str | os.PathLike, result: dict[str, Any]) -> None:
     """result.json whole or absent: a size is finished only once its row is complete."""
-    with open(path + '.tmp', 'w') as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + '.tmp', path)
+    write_atomically(path, json.dumps(result, indent=2).encode())
 
 
 def run_size(config: ml_collections.ConfigDict, size: str, workdir: str) -> dict[str, Any] | None:
     """Trains (or resumes) one size to its budget, then scores it; result.json marks it finished. None when the
     training stopped early (SIGTERM: it saved, and a re-run resumes it)."""
-    path = os.path.join(workdir, RESULT_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    path = resolved(workdir) / RESULT_FILE
+    if path.exists():
+        return json.loads(path.read_text())
     steps = steps_of_budget(config, size)
     print(f'ablation: {size}, {steps} steps, in {workdir}')
     if int(train.train(size_config(config, size, steps), workdir).step) < steps:
@@ -202,11 +201,13 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]
 
 def write_results(workdir: str, results: list[dict[str, Any]], logs: dict[str, list[dict]]) -> dict[str, Any]:
     """results.csv, results.md, results.json, curves.png and scaling.png; returns the fitted exponents."""
+    workdir = resolved(workdir)
     columns = list(dict.fromkeys(k for r in results for k in r))
-    with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(results)
+    table = io.StringIO(newline='')
+    writer = csv.DictWriter(table, columns)
+    writer.writeheader()
+    writer.writerows(results)
+    (workdir / 'results.csv').write_text(table.getvalue())
 
     def cell(value: Any) -> str:
         if isinstance(value, float):
@@ -215,8 +216,7 @@ def write_results(workdir: str, results: list[dict[str, Any]], logs: dict[str, l
 
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
     lines += ['| ' + ' | '.join(cell(r.get(c, '')) for c in columns) + ' |' for r in results]
-    with open(os.path.join(workdir, 'results.md'), 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+    (workdir / 'results.md').write_text('\n'.join(lines) + '\n')
 
     figure, (by_step, by_flops) = plt.subplots(1, 2, figsize=(11, 4))
     for size, log in logs.items():
@@ -232,8 +232,7 @@ def write_results(workdir: str, results: list[dict[str, Any]], logs: dict[str, l
             axes.legend()
     by_flops.set_xscale('log')
     figure.tight_layout()
-    figure.savefig(os.path.join(workdir, 'curves.png'), dpi=100)
-    plt.close(figure)
+    save_figure(figure, workdir / 'curves.png')
 
     metrics = [
         c for c in columns if c not in FIXED_COLUMNS and all(isinstance(r.get(c), (int, float)) for r in results)
@@ -266,12 +265,18 @@ def write_results(workdir: str, results: list[dict[str, Any]], logs: dict[str, l
     for axis in axes.ravel()[len(metrics) :]:
         axis.set_visible(False)
     figure.tight_layout()
-    figure.savefig(os.path.join(workdir, 'scaling.png'), dpi=100)
-    plt.close(figure)
+    save_figure(figure, workdir / 'scaling.png')
 
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-        json.dump({'results': results, 'power_law_exponents': exponents}, f, indent=2)
+    (workdir / 'results.json').write_text(json.dumps({'results': results, 'power_law_exponents': exponents}, indent=2))
     return exponents
+
+
+def save_figure(figure: plt.Figure, path: epath.Path) -> None:
+    """`figure` as a PNG at `path`, local or remote, then closed."""
+    image = io.BytesIO()
+    figure.savefig(image, format='png', dpi=100)
+    plt.close(figure)
+    path.write_bytes(image.getvalue())
 
 
 FIXED_COLUMNS = ('size', 'parameters', 'flops_per_step', 'steps', 'tokens_seen', 'train_seconds')
@@ -287,10 +292,9 @@ def sizes_of(config: ml_collections.ConfigDict, sizes: str) -> list[str]:
 
 
 def report(workdir: str, results: list[dict[str, Any]]) -> None:
-    logs = {r['size']: train.read_metrics(os.path.join(workdir, r['size'])) for r in results}
+    logs = {r['size']: train.read_metrics(resolved(workdir) / r['size']) for r in results}
     exponents = write_results(workdir, results, logs)
-    with open(os.path.join(workdir, 'results.md')) as f:
-        print(f.read())
+    print((resolved(workdir) / 'results.md').read_text())
     for metric, exponent in exponents.items():
         print(f'{metric} ∝ parameters^{exponent:.3f}')
     print(f'results, curves.png and scaling.png in {workdir}')
@@ -298,10 +302,10 @@ def report(workdir: str, results: list[dict[str, Any]]) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str, sizes: str = '') -> list[dict[str, Any]]:
     """Trains and scores every size in turn, then writes the results."""
-    os.makedirs(workdir, exist_ok=True)
+    resolved(workdir).mkdir(parents=True, exist_ok=True)
     results = []
     for size in sizes_of(config, sizes):
-        result = run_size(config, size, os.path.join(workdir, size))
+        result = run_size(config, size, str(resolved(workdir) / size))
         if result is None:
             print(f'ablation: {size} stopped before its budget; run the same command again to resume')
             return results
@@ -316,15 +320,15 @@ def collect(workdir: str, config: ml_collections.ConfigDict | None = None, sizes
     if sizes:
         names = sizes.split(',')
     else:
-        names = sorted(d for d in os.listdir(workdir) if os.path.isdir(os.path.join(workdir, d)))
+        names = sorted(d.name for d in resolved(workdir).iterdir() if d.is_dir())
     results = []
     for size in names:
-        directory = os.path.join(workdir, size)
-        path = os.path.join(directory, RESULT_FILE)
-        if not os.path.exists(path) and not is_training_workdir(directory):
+        directory = str(resolved(workdir) / size)
+        path = resolved(directory) / RESULT_FILE
+        if not path.exists() and not is_training_workdir(directory):
             print(f'ablation: {size} has no {TRAINING_CHECKPOINTS}/ in {directory}; left out')
             continue
-        if not os.path.exists(path):
+        if not path.exists():
             saved = saved_config(directory)
             logged = [r['step'] for r in train.read_metrics(directory)]
             planned = saved.total_steps
@@ -332,8 +336,7 @@ def collect(workdir: str, config: ml_collections.ConfigDict | None = None, sizes
                 print(f'ablation: {size} is at step {logged[-1] if logged else 0} of {planned}; left out')
                 continue
             write_result(path, result_of(config or saved, size, directory))
-        with open(path) as f:
-            results.append(json.load(f))
+        results.append(json.loads(path.read_text()))
     if not results:
         raise ValueError(f'nothing to collect in {workdir}: no size directory holds a training run')
     results.sort(key=lambda r: r['parameters'])

@@ -24,6 +24,7 @@ from ofa_jax import api, console, evaluate
 from ofa_jax.data import mixtures, tasks
 from ofa_jax.data.image_codes import PatchCodebook
 from ofa_jax.data.world import World, colors_drawn
+from ofa_jax.paths import resolved
 
 SCALE = 4  # pixels of the drawing per image pixel
 UNSEEN_SEED_OFFSET = 1000
@@ -66,8 +67,7 @@ def evaluate_drawing(
     drawings = np.stack([r['images'][0] for r in results])
     matches = [colors_drawn(drawing) == {s.color for s in world.shapes(i)} for i, drawing in enumerate(drawings)]
     scores = {'text_to_image_color_match': float(np.mean(matches))}
-    with open(os.path.join(workdir, EVALUATION_FILE), 'w') as f:
-        json.dump(scores, f, indent=2)
+    (resolved(workdir) / EVALUATION_FILE).write_text(json.dumps(scores, indent=2))
     if draw:
         _draw_drawings(world, drawings, os.path.join(workdir, 'drawings.png'))
     return _report(scores, workdir)

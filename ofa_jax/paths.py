@@ -1,13 +1,15 @@
 """Paths that may be local or in an object store (gs://bucket/...), read and written through etils.epath."""
 
 import os
+import re
 import socket
 
 from etils import epath
 
 
 def is_remote(path: str | os.PathLike) -> bool:
-    return '://' in os.fspath(path)
+    """Whether `path` names an object in a store (gs://bucket/..., s3://...) rather than a local file."""
+    return re.match(r'[a-z][a-z0-9+.-]*://', os.fspath(path)) is not None
 
 
 def resolved(path: str | os.PathLike) -> epath.Path:

@@ -171,8 +171,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.command == 'index':
             for path in args.files:
-                rows = len(sources.cached_line_offsets(path)) - 1
-                print(json.dumps({'file': path, 'rows': rows, 'index': str(sources.index_path(path))}))
+                offsets, kept = sources.cached_line_offsets(path)
+                index = str(sources.index_path(path)) if kept else None  # None: its folder cannot be written
+                print(json.dumps({'file': path, 'rows': len(offsets) - 1, 'index': index}))
             return
         if args.command == 'coco_captions':
             records = coco_captions(args.annotations, args.per_image)

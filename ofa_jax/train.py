@@ -526,10 +526,18 @@ class MetricWriter:
         if time.monotonic() - self._flushed >= self._flush_seconds:
             self._flush_remote()
 
+    def flush(self) -> None:
+        """Stores what was written so far (a local workdir's files always are)."""
+        if self._active and self._remote:
+            self._flush_remote()
+
     def _flush_remote(self) -> None:
-        self._path.write_text(self._lines)
-        self._tensorboard.flush()
         self._flushed = time.monotonic()
+        try:
+            self._path.write_text(self._lines)
+            self._tensorboard.flush()
+        except Exception as error:  # noqa: BLE001 - a store's hiccup must not end the run: the next flush retries
+            logging.warning('metrics could not be written to %s (%s): retried at the next flush', self._path, error)
 
     def close(self) -> None:
         if not self._active:
@@ -624,8 +632,8 @@ def check_writable(workdir: str | os.PathLike, probe_bytes: int = 1 << 20) -> No
             f.flush()
             if not is_remote(probe):  # a local file: on disk now; a remote object is stored whole when closed
                 os.fsync(f.fileno())
-    except OSError as error:
-        raise ValueError(f'workdir {workdir} cannot be written: {error.strerror or error}') from error
+    except Exception as error:  # noqa: BLE001 - OSError locally; a store's client raises errors of its own
+        raise ValueError(f'workdir {workdir} cannot be written: {getattr(error, "strerror", None) or error}') from error
     finally:
         if probe.exists():
             probe.unlink()
@@ -859,6 +867,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     window_cider = []
 
     def save(step: int) -> None:
+        writer.flush()  # a bucket's metrics are stored at least as often as the checkpoints that resume them
         manager.save(
             step,
             args=ocp.args.Composite(

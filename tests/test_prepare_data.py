@@ -230,11 +230,17 @@ def test_a_pickle_with_code_is_not_run_and_bad_files_name_themselves(tmp_path, i
     assert len(result.stderr.strip().splitlines()) == 1  # one clear line, no traceback
 
 
-def test_index_keeps_the_line_index_a_training_start_reads(tmp_path, monkeypatch):
+def test_index_keeps_the_line_index_a_training_start_reads(tmp_path, monkeypatch, capsys):
     path = tmp_path / 'vqa.tsv'
     path.write_text('0\t\tq\ta\n1\t\tq\ta\n2\t\tq\ta\n')
-    prepare_data.main(['index', str(path)])
-    assert sources.index_path(path).exists()
+    (tmp_path / 'unwritable.tsv').write_text('0\t\tq\ta\n')
+    sources.index_path(tmp_path / 'unwritable.tsv').mkdir()  # a folder where its index would go
+    prepare_data.main(['index', str(path), str(tmp_path / 'unwritable.tsv')])
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == [
+        {'file': str(path), 'rows': 3, 'index': str(sources.index_path(path))},
+        {'file': str(tmp_path / 'unwritable.tsv'), 'rows': 1, 'index': None},
+    ]
     monkeypatch.setattr(sources, 'line_offsets', lambda p: pytest.fail(f'{p} read end to end again'))
     assert len(sources.OFATsvSource(path, 'vqa', num_columns=None)) == 3
     with pytest.raises(SystemExit, match=r'prepare_data index: .*missing\.tsv'):

@@ -21,7 +21,7 @@ import pytest
 from conftest import png_base64, small_config
 from etils import epath
 
-from ofa_jax import evaluate, train
+from ofa_jax import ablate, evaluate, train
 from ofa_jax.checkpoint import model_from_config, save_model
 from ofa_jax.data import mixtures
 from ofa_jax.data.sources import JsonlSource, index_path
@@ -117,3 +117,16 @@ def test_a_jsonl_file_in_a_bucket_reads_as_the_same_local_file_and_keeps_its_lin
     assert remote[0]['image'] == RED and remote[5]['_error'].startswith('json')
     assert index_path(str(bucket / 'data' / 'captions.jsonl')).exists()
     assert [p.name for p in (bucket / 'data').iterdir() if p.name.endswith('.tmp')] == []
+
+
+def test_an_ablation_in_a_bucket_collects_its_sizes_and_writes_its_results_there(bucket):
+    workdir = bucket / 'ablation'
+    for size, params in (('mini', 4_500_000), ('nano', 1_500_000)):
+        row = {'size': size, 'parameters': params, 'steps': 3, 'train_loss': 2.0, 'vqa_accuracy': params / 1e7}
+        ablate.write_result(workdir / size / ablate.RESULT_FILE, row)
+        (workdir / size / 'metrics.jsonl').write_text(json.dumps({'step': 3, 'loss': 2.0}) + '\n')
+    assert [r['size'] for r in ablate.collect(str(workdir))] == ['nano', 'mini']  # by parameters
+    assert [r['size'] for r in json.loads((workdir / 'results.json').read_text())['results']] == ['nano', 'mini']
+    assert (workdir / 'results.csv').read_text().startswith('size,parameters')
+    for plot in ('curves.png', 'scaling.png'):
+        assert (workdir / plot).read_bytes()[:4] == b'\x89PNG'

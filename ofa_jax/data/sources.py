@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
+import fsspec
 import numpy as np
 from absl import logging
 from etils import epath
@@ -71,7 +72,7 @@ def line_offsets(path: str | os.PathLike, chunk_bytes: int = 1 << 24) -> np.ndar
     return offsets if offsets[-1] == size else np.append(offsets, size)
 
 
-INDEX_SUFFIX = '.index.npz'  # beside a data file: its line offsets, with the size and time of the file they index
+INDEX_SUFFIX = '.index.npz'  # beside a data file: its line offsets, with the size and version of the file they index
 
 
 def index_path(path: str | os.PathLike) -> epath.Path:
@@ -79,48 +80,55 @@ def index_path(path: str | os.PathLike) -> epath.Path:
     return path.with_name(path.name + INDEX_SUFFIX)
 
 
-def cached_line_offsets(path: str | os.PathLike) -> np.ndarray:
-    """`line_offsets(path)`, read from the index file beside it (PATH.index.npz) when that indexes the file as it is
-    now (same size and modification time), else built and written there, so that each host of a job reads a large
-    file end to end only once, not at every start. A folder that cannot be written (a read-only bucket) only costs
-    the cache."""
-    path, index = epath.Path(path), index_path(path)
-    if is_remote(path):
-        stat = path.stat()
-        size, mtime = stat.length, stat.mtime
-    else:  # nanoseconds: a file rewritten within the second is noticed
+def _size_and_version(path: str) -> tuple[int, str]:
+    """A file's size and what changes whenever it is rewritten: a local file's modification time in nanoseconds, an
+    object's generation (or its modification time where the store has none)."""
+    if not is_remote(path):
         stat = os.stat(path)
-        size, mtime = stat.st_size, stat.st_mtime_ns
+        return stat.st_size, str(stat.st_mtime_ns)
+    filesystem, inner = fsspec.core.url_to_fs(path)
+    info = filesystem.info(inner)
+    return int(info['size']), str(info.get('generation') or info.get('mtime') or info.get('updated') or '')
+
+
+def cached_line_offsets(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """(`line_offsets(path)`, whether its index is kept): read from the index file beside it (PATH.index.npz) when
+    that indexes the file as it is now (same size and version), else built and written there, so that a restart, or
+    another host later, does not read a large file end to end again. The index is only a cache: one that cannot be
+    read is rebuilt, one that cannot be written (a read-only bucket) is rebuilt at each start."""
+    path, index = os.fspath(path), index_path(path)
+    size, version = _size_and_version(path)
     try:
         with np.load(io.BytesIO(index.read_bytes())) as saved:
-            if (int(saved['size']), int(saved['mtime'])) == (size, mtime):
-                return saved['offsets']
-    except (OSError, ValueError, KeyError):  # none yet, or unreadable: build it
+            if int(saved['size']) == size and str(saved['version']) == version:
+                return saved['offsets'], True
+    except Exception:  # noqa: BLE001 - none yet, or unreadable (truncated, not an index): build it
         pass
     offsets = line_offsets(path)
     buffer = io.BytesIO()
-    np.savez(buffer, offsets=offsets, size=size, mtime=mtime)
+    np.savez(buffer, offsets=offsets, size=size, version=version)
     try:
-        write_atomically(index, buffer.getvalue())  # hosts may write it at once
-    except OSError as error:
+        write_atomically(index, buffer.getvalue())
+    except Exception as error:  # noqa: BLE001 - a read-only folder, or a store refusing writes: only the cache is lost
         logging.warning('the line index of %s cannot be kept (%s): it is rebuilt at each start', path, error)
-    return offsets
+        return offsets, False
+    return offsets, True
 
 
 class _LineFile:
     """Random access to the lines of a text file, local or remote (gs://), by an index of line offsets.
 
-    A file is opened lazily in each process (never pickled): a local one is read with `os.pread`, which keeps no file
-    position, so threads and forked workers can share a source; a remote one by a seek and a read of the line's byte
-    range, under a lock."""
+    A local file is opened lazily in each process (never pickled) and read with `os.pread`, a remote one read by
+    byte-range requests; neither keeps a file position, so threads and forked workers can share a source."""
 
     def __init__(self, path: str | os.PathLike, name: str | None):
         self.path = os.fspath(path)
         self.name = name or epath.Path(self.path).stem
         self._remote = is_remote(self.path)
-        self._offsets = cached_line_offsets(self.path)
+        self._offsets, _ = cached_line_offsets(self.path)
         self._fd: int | None = None
-        self._file: Any = None
+        self._filesystem: Any = None  # a remote file's fsspec filesystem, and the path within it
+        self._inner_path = ''
         self._pid: int | None = None
         self._lock = threading.Lock()
 
@@ -137,24 +145,25 @@ class _LineFile:
             raise IndexError(f'record {index} outside {self.name!r} of {len(self)} rows')
         start, end = int(self._offsets[index]), int(self._offsets[index + 1])
         with self._lock:
-            if self._pid != os.getpid():  # first read in this process: a file of its own
+            if self._pid != os.getpid():  # first read in this process: a descriptor (or filesystem) of its own
                 if self._remote:
-                    self._file = epath.Path(self.path).open('rb')
+                    self._filesystem, self._inner_path = fsspec.core.url_to_fs(self.path)
                 else:
                     self._fd = os.open(self.path, os.O_RDONLY)
                 self._pid = os.getpid()
-            if self._remote:
-                self._file.seek(start)
-                data = self._file.read(end - start)
-        if not self._remote:
+        if self._remote:
+            data = self._filesystem.cat_file(self._inner_path, start=start, end=end)
+        else:
             data = os.pread(self._fd, end - start, start)
         if len(data) != end - start:
             raise _FieldError('line', f'file shorter than when indexed ({self.path})')
+        if index + 1 < len(self) and not data.endswith(b'\n'):
+            raise _FieldError('line', f'file changed since it was indexed ({self.path})')
         return data.rstrip(b'\r\n')
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(_fd=None, _file=None, _pid=None, _lock=None)
+        state.update(_fd=None, _filesystem=None, _pid=None, _lock=None)
         return state
 
     def __setstate__(self, state: dict) -> None:
