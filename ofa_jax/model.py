@@ -141,7 +141,10 @@ def model_config(name: str, **overrides: Any) -> OFAConfig:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f'model_config: unknown override(s) {unknown}; OFAConfig fields are {sorted(fields)}')
-    return dataclasses.replace(PRESETS[name], **overrides)
+    config = dataclasses.replace(PRESETS[name], **overrides)
+    if config.remat_policy not in layers.REMAT_POLICIES:  # checked even while remat is off: a typo shows at once
+        raise ValueError(f'remat_policy {config.remat_policy!r}: expected one of {layers.REMAT_POLICIES}')
+    return config
 
 
 @flax.struct.dataclass

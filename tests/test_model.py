@@ -167,9 +167,12 @@ def test_rematerialized_layers_give_the_same_loss_and_gradients(nano, policy):
 
 
 def test_an_unknown_remat_policy_names_the_choices(nano):
+    message = r"remat_policy 'dots': expected one of \('nothing_saveable'"
+    with pytest.raises(ValueError, match=message):
+        model_config('nano', remat_policy='dots')
     model, variables = nano
     unknown = OFA(dataclasses.replace(model.config, remat=True, remat_policy='dots'))
-    with pytest.raises(ValueError, match=r"remat_policy 'dots': expected one of \('nothing_saveable'"):
+    with pytest.raises(ValueError, match=message):
         unknown.apply(variables, *inputs())
 
 
