@@ -131,8 +131,8 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list[jax.Devi
 
 
 def plan(config: ml_collections.ConfigDict, topology: str, num_slices: int = 1, mfu: float = 0.4) -> dict[str, Any]:
-    """One topology's plan: per-chip memory of the compiled step (GiB) and whether it fits, FLOPs, and the step
-    time and examples per second at model-FLOPs utilization `mfu` of the chips' dense bf16 peak."""
+    """One topology's plan: the compiled step's bytes per device and whether they fit the chip's memory, FLOPs, and
+    the step time and examples per second at model-FLOPs utilization `mfu` of the chips' dense bf16 peak."""
     devices = topology_devices(topology, num_slices)
     result = compile_train_step(config, devices)
     memory = result['compiled'].memory_analysis()
@@ -202,7 +202,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     ]
     for row in rows:
         if 'error' in row:
-            lines.append(f'| {row["config"]} | {row["topology"]} | | | {row["device_batch_size"]} | {row["error"]} |')
+            error = ' '.join(row['error'].split()).replace('|', '\\|')  # one cell: no line breaks, no column bars
+            lines.append(f'| {row["config"]} | {row["topology"]} | | | {row["device_batch_size"]} | {error} |')
             continue
         mesh = ' '.join(f'{axis} {n}' for axis, n in row['mesh'].items() if n > 1) or 'one device'
         held = f'{row["per_device_bytes"] / 2**30:.2f}'
@@ -234,6 +235,8 @@ def configs_to_sweep(arguments: list[str]) -> dict[str, ml_collections.ConfigDic
 def main(argv):
     del argv
     FLAGS = flags.FLAGS
+    if not FLAGS.sweep and (FLAGS.device_batch_sizes or FLAGS.table):
+        raise ValueError('--device_batch_sizes and --table go with --sweep')
     if FLAGS.sweep:
         device_batch_sizes = [int(n) for n in FLAGS.device_batch_sizes]
         results = sweep(configs_to_sweep(FLAGS.sweep), FLAGS.topology, device_batch_sizes, FLAGS.num_slices, FLAGS.mfu)
