@@ -292,9 +292,10 @@ def sizes_of(config: ml_collections.ConfigDict, sizes: str) -> list[str]:
 
 
 def report(workdir: str, results: list[dict[str, Any]]) -> None:
-    logs = {r['size']: train.read_metrics(resolved(workdir) / r['size']) for r in results}
+    root = resolved(workdir)
+    logs = {r['size']: train.read_metrics(root / r['size']) for r in results}
     exponents = write_results(workdir, results, logs)
-    print((resolved(workdir) / 'results.md').read_text())
+    print((root / 'results.md').read_text())
     for metric, exponent in exponents.items():
         print(f'{metric} ∝ parameters^{exponent:.3f}')
     print(f'results, curves.png and scaling.png in {workdir}')
@@ -302,10 +303,11 @@ def report(workdir: str, results: list[dict[str, Any]]) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str, sizes: str = '') -> list[dict[str, Any]]:
     """Trains and scores every size in turn, then writes the results."""
-    resolved(workdir).mkdir(parents=True, exist_ok=True)
+    root = resolved(workdir)
+    root.mkdir(parents=True, exist_ok=True)
     results = []
     for size in sizes_of(config, sizes):
-        result = run_size(config, size, str(resolved(workdir) / size))
+        result = run_size(config, size, str(root / size))
         if result is None:
             print(f'ablation: {size} stopped before its budget; run the same command again to resume')
             return results
@@ -317,14 +319,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, sizes: str = '') -> lis
 def collect(workdir: str, config: ml_collections.ConfigDict | None = None, sizes: str = '') -> list[dict[str, Any]]:
     """Scores the sizes that jobs trained in workdir (by `config`, else by the config each job saved) and writes the
     results. sizes: comma-separated, else every size directory there."""
+    root = resolved(workdir)
     if sizes:
         names = sizes.split(',')
     else:
-        names = sorted(d.name for d in resolved(workdir).iterdir() if d.is_dir())
+        names = sorted(d.name for d in root.iterdir() if d.is_dir())
     results = []
     for size in names:
-        directory = str(resolved(workdir) / size)
-        path = resolved(directory) / RESULT_FILE
+        directory = str(root / size)
+        path = root / size / RESULT_FILE
         if not path.exists() and not is_training_workdir(directory):
             print(f'ablation: {size} has no {TRAINING_CHECKPOINTS}/ in {directory}; left out')
             continue
