@@ -284,16 +284,22 @@ SNLI_ROWS = [  # hypothesis, premise (caption), label
 ]
 
 
+def tsv_line(kind: str, uniq_id: int, row: tuple) -> str:
+    """One row of OFA's TSV file of `kind` (sources.TSV_LAYOUTS), with IMAGE as its image."""
+    image = image_base64()
+    columns = {
+        'caption': lambda caption: [caption, '', image],
+        'vqa': lambda question, answers, objects: [question, answers, objects, image],
+        'grounding': lambda text, region: [text, region, image],
+        'snli_ve': lambda hypothesis, premise, label: [image, hypothesis, premise, label],
+    }[kind](*row)
+    return '\t'.join([str(uniq_id), str(uniq_id), *columns])
+
+
 def batch_of(kind: str, rows: list, tmp_path, **entry) -> tuple[dict, list]:
     """The batch ofa-jax builds from OFA TSV rows of `kind` with configs/finetune.py's options for it."""
     config = load_config('finetune', f'{kind},tiny')
-    if kind == 'vqa':
-        lines = [
-            '\t'.join([str(i), str(i), q, ref, objects, image_base64()]) for i, (q, ref, objects) in enumerate(rows)
-        ]
-    else:
-        lines = ['\t'.join([str(i), str(i), image_base64(), h, p, label]) for i, (h, p, label) in enumerate(rows)]
-    (tmp_path / f'{kind}.tsv').write_text('\n'.join(lines) + '\n')
+    (tmp_path / f'{kind}.tsv').write_text(''.join(tsv_line(kind, i, row) + '\n' for i, row in enumerate(rows)))
     config.data.tasks[kind].update(path=str(tmp_path / f'{kind}.tsv'), **entry)
     config.data.image_size = 32
     tasks, rates = mixtures.register_from_config(config.data)
@@ -304,9 +310,11 @@ def batch_of(kind: str, rows: list, tmp_path, **entry) -> tuple[dict, list]:
 
 
 def assert_rows_are_ofas(batch, expected):
-    """Each batch row (in the source's order) against OFA's (source, prev_output_tokens, target, constraint_mask,
-    confidence)."""
-    allowed = np.unpackbits(batch['allowed_tokens'], axis=-1, count=VOCAB.size).astype(bool)
+    """Each batch row (in the source's order) against OFA's (source, prev_output_tokens, target, constraint_mask or
+    None where the loss is over the whole vocabulary, confidence)."""
+    allowed = None
+    if 'allowed_tokens' in batch:
+        allowed = np.unpackbits(batch['allowed_tokens'], axis=-1, count=VOCAB.size).astype(bool)
     for row, (src_item, prev_output_item, target_item, constraint_mask, conf) in enumerate(expected):
         np.testing.assert_array_equal(batch['src_tokens'][row, : len(src_item)], src_item)
         assert np.all(batch['src_tokens'][row, len(src_item) :] == V.PAD)
@@ -314,6 +322,9 @@ def assert_rows_are_ofas(batch, expected):
         np.testing.assert_array_equal(batch['target_tokens'][row, : len(target_item)], target_item)
         assert np.all(batch['target_tokens'][row, len(target_item) :] == V.PAD)
         assert batch['loss_weights'][row] == pytest.approx(conf)
+        if constraint_mask is None:
+            assert allowed is None or allowed[row].all()
+            continue
         scored = np.array(target_item) != V.PAD  # OFA's loss keeps these positions' masks only
         np.testing.assert_array_equal(allowed[row, : len(target_item)][scored], constraint_mask[scored])
 
@@ -373,3 +384,164 @@ def test_the_trie_constrained_loss_is_ofas_criterion():
         constraint_masks=torch.tensor(masks).view(-1, width)[keep],
     )
     assert ours == pytest.approx(float(want), rel=1e-5)
+
+
+# The same records through modelscope's own OFA finetuning preprocessors (modelscope/preprocessors/ofa/*.py), run live.
+# modelscope takes a record's fields already chosen (VQA's one answer, SNLI-VE's yes / no / maybe) where OFA's datasets
+# read them from the TSV row, and has no VQA confidence weight or object words: the rows below have none to differ on.
+
+
+@pytest.fixture(scope='module')
+def modelscope_dir(tmp_path_factory):
+    """The tokenizer files modelscope's preprocessors read, and the answer lists of VQA and SNLI-VE as JSON."""
+    pytest.importorskip('modelscope')
+    import reference
+
+    directory = tmp_path_factory.mktemp('modelscope_ofa')
+    reference.write_tokenizer_files(directory, pathlib.Path(V.OFA_BPE_DIR))
+    (directory / 'vqa_ans2label.json').write_text(json.dumps({a: i for i, a in enumerate(VQA_ANSWERS)}))
+    (directory / 'snli_ve_ans2label.json').write_text(json.dumps({'no': 0, 'yes': 1, 'maybe': 2}))
+    return directory
+
+
+def modelscope_preprocessor(directory, module: str, task: str, column_map: dict, **model):
+    import reference
+
+    cls = {
+        'image_captioning': 'OfaImageCaptioningPreprocessor',
+        'visual_question_answering': 'OfaVisualQuestionAnsweringPreprocessor',
+        'visual_grounding': 'OfaVisualGroundingPreprocessor',
+        'visual_entailment': 'OfaVisualEntailmentPreprocessor',
+    }[module]
+    return reference.ofa_preprocessor(module, cls, task, model, column_map, directory)
+
+
+def modelscope_row(sample: dict) -> tuple:
+    """A modelscope sample as assert_rows_are_ofas's (source, prev_output_tokens, target, constraint mask, weight)."""
+    mask = sample['constraint_mask'].numpy() if 'constraint_mask' in sample else None
+    return sample['source'].tolist(), sample['prev_output_tokens'].tolist(), sample['target'].tolist(), mask, 1.0
+
+
+MODELSCOPE_VQA_ROWS = [  # the best answer's confidence is 1.0 and there are no object words
+    ('What color is the  T-shirt', '0.6|!+red and white&&1.0|!+yes&&0.3|!+no', ''),
+    ('how many people are there?', '1.0|!+two people&&0.3|!+two', ''),
+    ('...What/which sport is it?', '1.0|!+tennis&&0.6|!+tennis racket', ''),
+]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize('prompt_type', ['prev_output', 'src', 'none'])
+def test_vqa_examples_are_modelscopes(prompt_type, tmp_path, modelscope_dir):
+    from modelscope.utils.constant import Tasks
+
+    preprocessor = modelscope_preprocessor(
+        modelscope_dir,
+        'visual_question_answering',
+        Tasks.visual_question_answering,
+        {'answer': 'answer'},
+        prompt_type=prompt_type,
+        answer2label=str(modelscope_dir / 'vqa_ans2label.json'),
+        max_src_length=80,
+    )
+    expected = []
+    for question, answers, _ in MODELSCOPE_VQA_ROWS:
+        (answer,) = [a.split('|!+')[1] for a in answers.split('&&') if a.startswith('1.0|!+')]
+        expected.append(
+            modelscope_row(preprocessor({'image': Image.fromarray(IMAGE), 'text': question, 'answer': answer}))
+        )
+    batch, _ = batch_of(
+        'vqa',
+        MODELSCOPE_VQA_ROWS,
+        tmp_path,
+        answers=str(modelscope_dir / 'vqa_ans2label.json'),
+        prompt_type=prompt_type,
+    )
+    assert_rows_are_ofas(batch, expected)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize('prompt_type', ['prev_output', 'none'])
+def test_snli_ve_examples_are_modelscopes(prompt_type, tmp_path, modelscope_dir):
+    from modelscope.utils.constant import Tasks
+
+    preprocessor = modelscope_preprocessor(
+        modelscope_dir,
+        'visual_entailment',
+        Tasks.visual_entailment,
+        {'relation': 'relation'},
+        prompt_type=prompt_type,
+        answer2label=str(modelscope_dir / 'snli_ve_ans2label.json'),
+        max_src_length=80,
+    )
+    relation = {'entailment': 'yes', 'contradiction': 'no', 'neutral': 'maybe'}  # snli_ve_dataset.py:138-141
+    expected = [
+        modelscope_row(
+            preprocessor(
+                {'image': Image.fromarray(IMAGE), 'text': hypothesis, 'text2': premise, 'relation': relation[label]}
+            )
+        )
+        for hypothesis, premise, label in SNLI_ROWS
+    ]
+    batch, _ = batch_of('snli_ve', SNLI_ROWS, tmp_path, prompt_type=prompt_type)
+    assert_rows_are_ofas(batch, expected)
+
+
+GROUNDING_ROWS = [  # referring expression, region 'x0,y0,x1,y1' in IMAGE's pixels (32 wide, 24 high)
+    ('The man on the LEFT, in a red-shirt', '0.0,0.0,12.5,23.9'),
+    ('  zebra/horse   at the back ', '3.2,4.7,31.0,18.25'),
+    ('<person> holding a cup', '10,2,20,22'),
+]
+
+
+@pytest.mark.parity
+def test_grounding_examples_are_modelscopes(tmp_path, modelscope_dir):
+    from modelscope.utils.constant import Tasks
+
+    # OFA's RefCOCO scripts resize to 512 and quantize boxes relative to max_image_size 512; here the image is resized
+    # to 32 (batch_of), the quantization still relative to 512 on both sides.
+    preprocessor = modelscope_preprocessor(
+        modelscope_dir,
+        'visual_grounding',
+        Tasks.visual_grounding,
+        {'region_coord': 'region_coord'},
+        patch_image_size=32,
+        max_image_size=512,
+        max_src_length=80,
+    )
+    expected = []
+    for text, region in GROUNDING_ROWS:
+        source, prev_output, target, mask, weight = modelscope_row(
+            preprocessor({'image': Image.fromarray(IMAGE), 'text': text, 'region_coord': region})
+        )
+        # modelscope encodes '<bin_x0> <bin_y0> <bin_x1> <bin_y1>' with BPE, which keeps a space token between the
+        # bins; OFA's data/mm_data/refcoco_dataset.py (__getitem__) encodes it with use_bpe=False, the four bins
+        # alone, as ofa-jax does.
+        space = VOCAB.encode(' ')
+        assert target[1:-1:2] == space * 3
+        expected.append((source, [V.BOS, *target[:-1:2]], [*target[:-1:2], V.EOS], mask, weight))
+    batch, _ = batch_of('grounding', GROUNDING_ROWS, tmp_path)
+    assert_rows_are_ofas(batch, expected)
+
+
+@pytest.mark.parity
+def test_caption_examples_are_modelscopes_with_ofas_leading_space(tmp_path, modelscope_dir):
+    from modelscope.utils.constant import Tasks
+
+    preprocessor = modelscope_preprocessor(
+        modelscope_dir, 'image_captioning', Tasks.image_captioning, {'text': 'text'}, max_tgt_length=20
+    )
+    captions = [
+        "A man's T-shirt, on the beach.",
+        '  Two dogs   playing (outside) in the snow!  ',
+        'A very long caption that goes on and on with many words about a kitchen, a stove, a sink, a fridge and a cat.',
+    ]
+    expected = []
+    for caption in captions:
+        source, _, target, _, weight = modelscope_row(preprocessor({'image': Image.fromarray(IMAGE), 'text': caption}))
+        # modelscope encodes the caption target without the leading space OFA's caption_dataset.py:138 gives it
+        # (' {}'.format(tgt_caption)); ofa-jax follows OFA: modelscope's own tokenizer on the text with that space.
+        text = preprocessor.tokenizer.decode(target[:-1])
+        target = preprocessor.tokenize_text(' ' + text, add_bos=False).tolist()
+        expected.append((source, [V.BOS, *target[:-1]], target, None, weight))
+    batch, _ = batch_of('caption', [(c,) for c in captions], tmp_path)
+    assert_rows_are_ofas(batch, expected)

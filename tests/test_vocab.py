@@ -1,6 +1,5 @@
 """Vocabularies and box bins: OFA ids against independent GPT-2 tokenizers, the id layout, SentencePiece, boxes."""
 
-import json
 import pathlib
 import pickle
 import shutil
@@ -83,19 +82,10 @@ def test_ofa_known_ids(ofa_vocab):
 def test_ofa_matches_modelscope_tokenizer(ofa_vocab, tmp_path, monkeypatch):
     """modelscope's OFATokenizer (a BartTokenizer) over vocab.json in fairseq dictionary order, plus codes and bins."""
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    import reference  # noqa: F401  (installs the fairseq stand-in that modelscope's OFA package needs)
+    import reference
     from modelscope.models.multi_modal.ofa import OFATokenizer
 
-    with open(BPE_DIR / 'encoder.json', encoding='utf-8') as f:
-        piece_of = {i: piece for piece, i in json.load(f).items()}
-    vocab = {'<s>': 0, '<pad>': 1, '</s>': 2, '<unk>': 3}
-    with open(BPE_DIR / 'dict.txt', encoding='utf-8') as f:
-        for k, line in enumerate(f):
-            symbol = line.split(' ')[0]
-            vocab[piece_of[int(symbol)] if symbol.isdigit() else symbol] = k + 4
-    vocab['<mask>'] = len(vocab)
-    (tmp_path / 'vocab.json').write_text(json.dumps(vocab), encoding='utf-8')
-    shutil.copy(BPE_DIR / 'vocab.bpe', tmp_path / 'merges.txt')
+    reference.write_tokenizer_files(tmp_path, BPE_DIR)
     tokenizer = OFATokenizer.from_pretrained(str(tmp_path))
     tokenizer.add_tokens([f'<code_{i}>' for i in range(V.NUM_CODES)])
     tokenizer.add_tokens([f'<bin_{i}>' for i in range(V.NUM_BINS)])
