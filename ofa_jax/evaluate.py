@@ -12,6 +12,9 @@ task is named by its kind, or by its registered name when two tasks share a kind
 Boxes are in the pixels of the model's input image (IoU does not change under the resize). Classification chooses
 among the labels of the evaluated examples; VQA with an answer list (data.tasks.vqa.answers) scores every answer of it;
 each task's decoder prompt is its data entry's prompt_type, as it was trained.
+VQA questions without answers (test-dev, test-std) are answered but not scored ('<task>_unlabeled' counts them), and
+every VQA task's answers are also written as the evaluation server's result file, '<task>_results.json'
+([{"question_id": int, "answer": str}], as OFA's evaluation writes them).
 """
 
 import collections
@@ -80,8 +83,9 @@ def evaluable_tasks(data: ml_collections.ConfigDict, world: Any = None) -> dict[
 
 
 def examples_of(task: Task, seed: int, max_examples: int) -> tuple[list[dict], dict[str, int]]:
-    """The task's examples in source order, and the dropped counts by reason."""
-    stream = pipeline.example_stream([task], [1.0], seed=seed, repeat=False)
+    """The task's examples in source order (those without a reference have no 'target_ids'), and the dropped counts
+    by reason."""
+    stream = pipeline.example_stream([task], [1.0], seed=seed, repeat=False, keep_unlabeled=True)
     if max_examples:
         stream = stream[:max_examples]
     examples, dropped = [], collections.Counter()
@@ -95,6 +99,15 @@ def examples_of(task: Task, seed: int, max_examples: int) -> tuple[list[dict], d
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: np.asarray(v).tolist()))
+
+
+def vqa_result_file(lines: list[dict]) -> list[dict] | None:
+    """VQA predictions (predictions.jsonl's lines) as the result file the VQA v2 evaluation server (EvalAI) takes
+    for test-dev and test-std, and OFA writes: [{'question_id': int, 'answer': str}]; None where an id is not a
+    question id (an integer)."""
+    if not all(line['id'].isdigit() for line in lines):
+        return None
+    return [{'question_id': int(line['id']), 'answer': line['prediction']} for line in lines]
 
 
 def evaluate(
@@ -124,9 +137,9 @@ def evaluate(
         vocab=vocab,
         prompt_type=mixtures.prompt_types(config.data),
     )
-    results, predictions_by_task = {}, {}
+    results, predictions_by_task, kinds = {}, {}, {}
     for name, task in evaluable_tasks(config.data, world).items():
-        kind = TASKS[task.kind]
+        kind = kinds[name] = TASKS[task.kind]
         examples, dropped = examples_of(task, config.seed, max_examples)
         if not examples:
             logging.warning('task %s: no examples to evaluate (dropped: %s)', name, dropped)
@@ -139,17 +152,20 @@ def evaluate(
         # Keyed by position: records may share an id (one per caption of an image), each is scored.
         ids = [str(e.get('id', i)) for i, e in enumerate(examples)]
         predictions = {i: kind.prediction(o) for i, o in enumerate(outputs)}
-        references = {i: kind.reference(e, vocab) for i, e in enumerate(examples)}
-        scores = kind.metrics(predictions, references)
+        # Scored over the examples with a reference; the others (test-dev questions) are predicted only.
+        references = {i: kind.reference(e, vocab) for i, e in enumerate(examples) if 'target_ids' in e}
+        scores = kind.metrics({i: predictions[i] for i in references}, references) if references else {}
         results.update({f'{name}_{metric}': float(value) for metric, value in scores.items()})
         results.update({f'{name}_examples': len(examples), f'{name}_dropped': sum(dropped.values())})
+        if len(references) < len(examples):
+            results[f'{name}_unlabeled'] = len(examples) - len(references)
         predictions_by_task[name] = [
             {
                 'task': name,
                 'id': k,
                 'instruction': vocab.decode(examples[i]['source_ids']).strip(),
                 'prediction': _jsonable(predictions[i]),
-                'reference': _jsonable(references[i]),
+                'reference': _jsonable(references.get(i)),
             }
             for i, k in enumerate(ids)
         ]
@@ -162,6 +178,14 @@ def evaluate(
         ''.join(json.dumps(line) + '\n' for lines in predictions_by_task.values() for line in lines)
     )
     (workdir / metrics_file).write_text(json.dumps(results, indent=2))
+    for name, lines in predictions_by_task.items():
+        if kinds[name].name != 'vqa':
+            continue
+        answers = vqa_result_file(lines)
+        if answers is None:
+            logging.warning('%s: its ids are not VQA question ids (integers), so no %s_results.json', name, name)
+        else:
+            (workdir / f'{name}_results.json').write_text(json.dumps(answers))
     return results, predictions_by_task
 
 

@@ -4,6 +4,8 @@
         --out data/caption_train.jsonl [--per_image]
     python -m ofa_jax.prepare_data vqa --questions v2_OpenEnded_mscoco_train2014_questions.json \
         --annotations v2_mscoco_train2014_annotations.json --images train2014/ --out data/vqa_train.jsonl
+    python -m ofa_jax.prepare_data vqa --questions v2_OpenEnded_mscoco_test-dev2015_questions.json \
+        --images test2015/ --out data/vqa_test-dev.jsonl          # no answers: for the evaluation server
     python -m ofa_jax.prepare_data refcoco --refs 'refs(unc).p' --instances instances.json --images train2014/ \
         --split train --out data/refcoco_train.jsonl
     python -m ofa_jax.prepare_data index vqa_train.tsv gs://bucket/caption_train.tsv ...
@@ -11,10 +13,12 @@
 Image paths are written relative to the JSONL file's folder, where `ofa_jax.data.sources.JsonlSource` looks for
 them. COCO captions give a record per caption (a training set) or, with --per_image, a record per image with every
 caption as a reference (an evaluation set). VQA v2 gives a record per question whose answers carry the VQA accuracy
-each would score (`metrics.vqa_answer_confidences`). RefCOCO's `refs(*).p` is read with the project's safe unpickler
-(nothing in it runs); a JSON export of the same list works too. Each command prints how many records it wrote and
-what it skipped, and why. `index` writes the line index of TSV or JSONL files (FILE.index.npz, beside each, local or
-in a bucket) that training otherwise builds at its first start, reading each file end to end once.
+each would score (`metrics.vqa_answer_confidences`); without --annotations (test-dev, test-std) the questions have
+no answers, and `ofa_jax.evaluate` writes the evaluation server's result file of them. RefCOCO's `refs(*).p` is read
+with the project's safe unpickler (nothing in it runs); a JSON export of the same list works too. Each command prints
+how many records it wrote and what it skipped, and why. `index` writes the line index of TSV or JSONL files
+(FILE.index.npz, beside each, local or in a bucket) that training otherwise builds at its first start, reading each
+file end to end once.
 """
 
 import argparse
@@ -65,13 +69,23 @@ def coco_captions(annotations: str, per_image: bool = False) -> Iterator[dict[st
                 yield {'id': str(annotation_id), 'image': files[image_id], 'caption': caption, 'references': references}
 
 
-def vqa(questions: str, annotations: str) -> Iterator[dict[str, Any]]:
+def vqa(questions: str, annotations: str | None) -> Iterator[dict[str, Any]]:
     """Records of VQA v2's questions and annotations files: 'question', 'answers' {answer: VQA accuracy}, 'image'
-    COCO's file name (COCO_<data_subtype>_<12-digit image id>.jpg)."""
-    asked, answered = _read_json(questions), _read_json(annotations)
+    COCO's file name (COCO_<data_subtype>_<12-digit image id>.jpg). Without annotations (test-dev, test-std) the
+    records have no answers: evaluation answers them and writes the evaluation server's result file."""
+    asked = _read_json(questions)
     _require(asked, ('questions',), questions)
-    _require(answered, ('annotations',), annotations)
     subtype = asked.get('data_subtype', 'train2014')
+    if annotations is None:
+        for question in asked['questions']:
+            yield {
+                'id': str(question['question_id']),
+                'image': f'COCO_{subtype}_{question["image_id"]:012d}.jpg',
+                'question': question['question'],
+            }
+        return
+    answered = _read_json(annotations)
+    _require(answered, ('annotations',), annotations)
     by_question = {a['question_id']: a for a in answered['annotations']}
     for question in asked['questions']:
         annotation = by_question.get(question['question_id'])
@@ -158,7 +172,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             command.add_argument('--per_image', action='store_true', help='one record per image (evaluation)')
         elif name == 'vqa':
             command.add_argument('--questions', required=True)
-            command.add_argument('--annotations', required=True)
+            command.add_argument('--annotations', help='left out for test-dev / test-std: questions without answers')
         else:
             command.add_argument('--refs', required=True, help='refs(unc).p (or a JSON export of it)')
             command.add_argument('--instances', required=True, help="COCO's instances.json of the same images")

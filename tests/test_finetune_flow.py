@@ -138,6 +138,24 @@ def write_data(task: str, folder) -> dict[str, str]:
     return paths
 
 
+def write_unlabeled_vqa(fmt: str, folder) -> str:
+    """The scenes' VQA questions without answers, as VQA test-dev / test-std give them, question ids 1000 + i, in the
+    folder write_data filled: the file's path."""
+    path = folder / f'vqa_test.{fmt}'
+    if fmt == 'tsv':
+        rows = [tsv_row('vqa', i) for i in range(ROWS)]
+        path.write_text(
+            ''.join('\t'.join([str(1000 + i), *row[1:3], '', *row[4:]]) + '\n' for i, row in enumerate(rows))
+        )
+    else:
+        lines = [
+            {'id': str(1000 + i), 'question': record('vqa', i)['question'], 'image': f'images/{i}.png'}
+            for i in range(ROWS)
+        ]
+        path.write_text(''.join(json.dumps(line) + '\n' for line in lines))
+    return str(path)
+
+
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, '-m', *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
@@ -252,6 +270,16 @@ def test_convert_train_evaluate_predict(environment, task, fmt):
     if task == 'vqa':  # every answer of the list scored, one of them chosen
         answers = json.loads((folder / f'{task}_{fmt}' / 'answers.json').read_text())
         assert {p['prediction'] for p in predictions} <= set(answers)
+        # Questions without answers (test-dev): answered, not scored, and written as the server's result file.
+        unlabeled = write_unlabeled_vqa(fmt, folder / f'{task}_{fmt}')
+        test = folder / f'{task}_{fmt}' / 'test_dev'
+        command = ['ofa_jax.evaluate', '--config', config, f'--checkpoint={workdir}', f'--workdir={test}']
+        run([*command, '--batch_size=4', *overrides(task, fmt, unlabeled)], env)
+        scores = json.loads((test / 'metrics.json').read_text())
+        assert scores == {'vqa_examples': ROWS, 'vqa_dropped': 0, 'vqa_unlabeled': ROWS}
+        results = json.loads((test / 'vqa_results.json').read_text())
+        assert [r['question_id'] for r in results] == [1000 + i for i in range(ROWS)]
+        assert all(isinstance(r['answer'], str) for r in results) and {r['answer'] for r in results} <= set(answers)
 
     if fmt == 'jsonl' and task in IMAGE_TASKS:
         return  # predict reads no data file: the task's TSV case runs it

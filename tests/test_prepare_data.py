@@ -7,11 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_config
 from PIL import Image
 
 from ofa_jax import prepare_data
-from ofa_jax.data import mixtures, sources
+from ofa_jax.data import mixtures, pipeline, sources
 from ofa_jax.data.tasks import resize_transform
 from ofa_jax.data.vocab import default_vocabulary
 
@@ -141,6 +141,31 @@ def test_vqa_answers_carry_their_vqa_accuracy(tmp_path, images):
     assert VOCAB.decode(first['target_ids']).strip() == 'dog' and first['loss_weight'] == 1.0
     assert VOCAB.decode(first['source_ids']).strip() == 'what animal is it?'
     assert second['answers'] == {'2': pytest.approx(0.9), 'two': 1.0}
+
+
+def test_vqa_test_dev_questions_have_no_answers_and_are_kept_by_evaluation_only(tmp_path):
+    folder = tmp_path / 'test2015'
+    folder.mkdir()
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(folder / f'COCO_test2015_{7:012d}.jpg')
+    questions = tmp_path / 'questions.json'
+    asked = [{'question_id': 7000, 'image_id': 7, 'question': 'Is it raining?'}]
+    questions.write_text(json.dumps({'data_subtype': 'test2015', 'questions': asked}))
+    out = tmp_path / 'vqa_test-dev.jsonl'
+    assert run('vqa', '--questions', str(questions), '--images', str(folder), '--out', str(out)) == {
+        'written': 1,
+        'skipped': {},
+        'out': str(out),
+    }
+    config = load_config('finetune', 'vqa,tiny')
+    config.data.tasks.vqa.update(format='jsonl', path=str(out))
+    config.data.image_size = 32
+    (task,), _ = mixtures.register_from_config(config.data)
+    # Training drops the question (no target to learn); evaluation answers it from its inputs.
+    (dropped,) = pipeline.example_stream([task], [1.0], seed=0, repeat=False)
+    assert dropped == pipeline.Dropped(f'{task.name}/missing_answers')
+    (example,) = pipeline.example_stream([task], [1.0], seed=0, repeat=False, keep_unlabeled=True)
+    assert VOCAB.decode(example['source_ids']).strip() == 'is it raining?' and 'target_ids' not in example
+    assert example['image'].shape == (32, 32, 3) and example['id'] == '7000'
 
 
 @pytest.mark.parametrize('refs_format', ['pickle', 'json'])

@@ -80,10 +80,12 @@ def _describe(task: Task, record: dict) -> str:
     return f'task {task.name!r}, source {task.source!r}, record {index} (id {record.get("id", "?")}{where})'
 
 
-def _preprocess(task: Task, task_index: int, seed: int, strict: bool, index: int, record: dict) -> Any:
+def _preprocess(
+    task: Task, task_index: int, seed: int, strict: bool, keep_unlabeled: bool, index: int, record: dict
+) -> Any:
     rng = np.random.default_rng([seed, task_index, index])
     try:
-        return task.preprocess(record, rng)
+        return task.preprocess(record, rng, keep_unlabeled)
     except Exception as error:  # noqa: BLE001 - bad data must not end a long run; it is counted instead
         reason = error.reason if isinstance(error, DropExample) else f'error_{type(error).__name__}'
         if strict:
@@ -100,15 +102,17 @@ def example_stream(
     shard_index: int = 0,
     shard_count: int = 1,
     strict: bool = False,
+    keep_unlabeled: bool = False,
 ) -> grain.MapDataset:
-    """Preprocessed examples (or Dropped markers) of the tasks mixed at `rates`; this process's shard."""
+    """Preprocessed examples (or Dropped markers) of the tasks mixed at `rates`; this process's shard. With
+    keep_unlabeled (evaluation), a record without a reference is an example without 'target_ids'."""
     streams = []
     for i, task in enumerate(tasks):
         stream = grain.MapDataset.source(task.source)
         if repeat:
             # Shuffled again every epoch; each position gets its own preprocessing randomness.
             stream = stream.seed(seed + 7919 * i).shuffle().repeat()
-        streams.append(stream.map_with_index(functools.partial(_preprocess, task, i, seed, strict)))
+        streams.append(stream.map_with_index(functools.partial(_preprocess, task, i, seed, strict, keep_unlabeled)))
     mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights=list(rates))
     return mixed[shard_index::shard_count]
 

@@ -25,6 +25,15 @@ class DropExample(Exception):
         self.detail = detail
 
 
+class Unlabeled(DropExample):
+    """A record without the reference its target is made from (VQA test-dev / test-std questions have no answers):
+    training drops it as `reason`; evaluation predicts it from `example`, which holds its model inputs."""
+
+    def __init__(self, reason: str, example: dict[str, Any]):
+        super().__init__(reason)
+        self.example = example
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     name: str
@@ -37,12 +46,21 @@ class Task:
     # with longer sources and targets and their loss normalized on its own (OFA's second sample list).
     extra: bool = False
 
-    def preprocess(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    def preprocess(
+        self, record: dict[str, Any], rng: np.random.Generator, keep_unlabeled: bool = False
+    ) -> dict[str, Any]:
+        """The record's example; with keep_unlabeled, a record without a reference gives its inputs (no
+        'target_ids') instead of being dropped."""
         example = dict(record)
         if '_error' in example:  # the source could not parse this record
             raise DropExample('malformed_record', example['_error'])
-        for preprocessor in self.preprocessors:
-            example = preprocessor(example, rng)
+        try:
+            for preprocessor in self.preprocessors:
+                example = preprocessor(example, rng)
+        except Unlabeled as unlabeled:
+            if not keep_unlabeled:
+                raise
+            example = unlabeled.example
         example['task'] = self.name
         return example
 

@@ -23,7 +23,7 @@ from ofa_jax.data import boxes as B
 from ofa_jax.data import transforms as T
 from ofa_jax.data.answers import AnswerTrie
 from ofa_jax.data.image_codes import ImageTokenizer
-from ofa_jax.data.registry import DropExample
+from ofa_jax.data.registry import DropExample, Unlabeled
 from ofa_jax.data.vocab import Vocabulary
 
 # Pretraining instructions (OFA's unify dataset).
@@ -728,10 +728,10 @@ def vqa(
 ) -> Preprocessor:
     """Target: the most confident answer; its confidence weights the loss. add_object: the record's object words
     (at most 30) follow the question, as OFA's --add-object does; trie: the answer's tokens are constrained to the
-    trie's answers ('allowed_tokens'), and an answer outside them drops the record."""
+    trie's answers ('allowed_tokens'), and an answer outside them drops the record. A record with no answers at all
+    (absent, null or {}: a test-dev question) is Unlabeled."""
 
     def preprocess(example, rng):
-        answer, confidence = max(_answers(example).items(), key=lambda item: item[1])
         source = _source(
             'vqa',
             vocab,
@@ -743,6 +743,9 @@ def vqa(
             source['source_ids'] = source['source_ids'] + vocab.encode(
                 ' object: ' + ' '.join(str(o) for o in example['objects'][:MAX_OBJECTS])
             )
+        if example.get('answers') in (None, {}):
+            raise Unlabeled('missing_answers', {**example, **source})
+        answer, confidence = max(_answers(example).items(), key=lambda item: item[1])
         target = _target(vocab, answer.strip())
         out = {**example, **source, 'target_ids': target, 'loss_weight': float(confidence)}
         if trie is not None:
