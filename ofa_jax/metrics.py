@@ -528,16 +528,13 @@ def exact_match(preds: Mapping[Hashable, str], references: Mapping[Hashable, Seq
 
 
 def vqa_score(preds: Mapping[Hashable, str], answers: Mapping[Hashable, Mapping[str, float]]) -> float:
-    """OFA's VQA validation score: the mean confidence (VQA v2's soft accuracy per question) of each predicted answer
-    among its question's answers {answer: confidence}, answers compared after `normalize_vqa_answer`.
-    `vqa_accuracy` computes the official score from the annotators' raw answers instead."""
+    """OFA's VQA validation score (utils/eval_utils.py eval_vqa_gen: `ref_dict.get(hyp, 0)`): the mean confidence
+    (VQA v2's soft accuracy per question) of each predicted answer, stripped, among its question's answers
+    {answer: confidence}, compared as they are: OFA's answers and answer list, and VQA v2's annotations, hold
+    normalized answers already. `vqa_accuracy` computes the official score from the annotators' raw answers."""
     _check_ids(answers, preds, 'answers', 'preds')
     _check_texts(preds, 'preds')
-    scores = []
-    for key, pred in preds.items():
-        confidences = {normalize_vqa_answer(a): c for a, c in answers[key].items()}
-        scores.append(float(confidences.get(normalize_vqa_answer(pred), 0.0)))
-    return sum(scores) / len(scores)
+    return sum(float(answers[key].get(pred.strip(), 0.0)) for key, pred in preds.items()) / len(preds)
 
 
 def detection_f1(

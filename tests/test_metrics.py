@@ -365,10 +365,12 @@ def test_exact_match():
 
 
 def test_vqa_score_is_the_confidence_of_the_predicted_answer():
-    answers = {1: {'two': 1.0, '3': 0.3}, 2: {'dog': 0.6, 'puppy': 0.3}, 3: {'yes': 1.0}}
-    # Both sides are normalized: 'Two' and 'two' are '2', 'a dog' is 'dog'.
-    assert vqa_score({1: 'Two', 2: 'a dog', 3: 'no'}, answers) == pytest.approx((1.0 + 0.6 + 0.0) / 3)
-    assert vqa_score({1: '3', 2: 'puppy.'}, answers) == pytest.approx((0.3 + 0.3) / 2)
+    answers = {1: {'2': 1.0, '3': 0.3}, 2: {'dog': 0.6, 'puppy': 0.3}, 3: {'yes': 1.0}}
+    assert vqa_score({1: '2', 2: ' dog ', 3: 'no'}, answers) == pytest.approx((1.0 + 0.6 + 0.0) / 3)
+    assert vqa_score({1: '3', 2: 'puppy'}, answers) == pytest.approx((0.3 + 0.3) / 2)
+    # Compared as OFA's validation compares them, as they are: 'two', 'a dog' and 'Puppy.' are none of the answers.
+    assert vqa_score({1: 'two', 2: 'a dog', 3: 'Yes'}, answers) == 0.0
+    assert vqa_score({2: 'Puppy.'}, answers) == 0.0
     with pytest.raises(ValueError, match='ids of preds are missing from answers'):
         vqa_score({4: 'yes'}, answers)
     with pytest.raises(ValueError, match='preds is empty'):
