@@ -1,11 +1,11 @@
 """OFA pretraining with OFA's recipe, for one size: tiny, medium, base, large or huge.
 
-Recipe (OFA): AdamW lr 1e-4 with 1% warmup and linear decay, clip 5.0, no label smoothing, 196 sampled image
-patches, source 80 / target 30 tokens, bf16 compute. Data: OFA's pretraining TSV files; only the vision-language
-file is required. The text, image and detection samples (a fifth of each batch, as OFA's 4 of every 20) form a
-sub-batch of their own with sources of 288 and targets of 257 tokens (a text's last 256 tokens, all 256 codes of an
-image, the whole objects that fit), whose mean loss is added to the image-text one with weight 2, as OFA's criterion
-adds its two sample lists.
+Recipe (OFA): AdamW lr 1e-4 with 1% warmup and linear decay, clip 5.0, no label smoothing, drop-path 0.1 in the
+encoder and decoder, 196 sampled image patches, source 80 / target 30 tokens, bf16 compute. Data: OFA's pretraining
+TSV files; only the vision-language file is required. The text, image and detection samples (a fifth of each batch,
+as OFA's 4 of every 20) form a sub-batch of their own with sources of 288 and targets of 257 tokens (a text's last
+256 tokens, all 256 codes of an image, the whole objects that fit), whose mean loss is added to the image-text one
+with weight 2, as OFA's criterion adds its two sample lists.
 
     python -m ofa_jax.train --config configs/pretrain.py:base --workdir gs://BUCKET/ofa_base \\
         --config.data.vision_language_path=vision_language_examples.tsv \\
@@ -40,6 +40,9 @@ def get_config(size: str = 'base') -> ml_collections.ConfigDict:
     config.model = size
     config.model_overrides = dict(
         dtype='bfloat16',
+        # run_scripts/pretraining/pretrain_ofa_{base,large}.sh: --encoder/decoder-drop-path-rate=0.1
+        encoder_drop_path_rate=0.1,
+        decoder_drop_path_rate=0.1,
         remat=settings['remat'],
         remat_policy='nothing_saveable',  # or dots_saveable: less recompute, more memory (BUILD.md)
         scan_layers=True,

@@ -18,7 +18,7 @@ from ofa_jax import ablate, evaluate, train
 from ofa_jax.checkpoint import model_from_config
 from ofa_jax.data import mixtures, tasks
 from ofa_jax.data.vocab import vocabulary_from_spec
-from ofa_jax.model import PRESETS
+from ofa_jax.model import PRESETS, model_config
 from ofa_jax.train_config import DATA_SOURCES, data_config, default_config
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -118,6 +118,9 @@ def test_pretraining_config_per_size(size, tmp_path):
     assert train.warmup_steps(config) == config.total_steps // 100
     assert (config.data.max_source_length, config.data.max_target_length) == (80, 30)
     assert config.model_overrides.scan_layers and config.model_overrides.scan_resnet
+    overrides = config.model_overrides
+    assert (overrides.encoder_drop_path_rate, overrides.decoder_drop_path_rate) == (0.1, 0.1)  # OFA's scripts
+    assert model_config(size, **overrides).encoder_drop_path_rate == 0.1
     with pytest.raises(ValueError, match='vision_language_path is empty'):
         mixtures.register_from_config(config.data)
     vl = tmp_path / 'vl.tsv'
