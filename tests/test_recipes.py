@@ -265,6 +265,19 @@ def ofa_snli_ve(hypothesis, caption, label, trie, prompt_type, add_caption=True,
     return (*ofa_prompted(src_item, tgt_item, trie, prompt_type), 1.0)
 
 
+def test_long_questions_and_expressions_keep_ofas_words():
+    # OFA cuts them at max_src_length words: 128 in the VQA scripts, 80 in RefCOCO's and SNLI-VE's.
+    words = ' '.join(f'w{i}' for i in range(150))
+    vqa = preprocess('vqa', {'image': IMAGE, 'question': words, 'answers': {'yes': 1.0}})
+    assert vqa['source_ids'] == VOCAB.encode(' ' + ofa_pre_text(words, 128) + '?')
+    grounding = preprocess('grounding', {'image': IMAGE, 'text': words, 'region': [1, 2, 10, 12]})
+    assert grounding['source_ids'] == VOCAB.encode(
+        f' which region does the text " {ofa_pre_text(words, 80)} " describe?'
+    )
+    snli_ve = preprocess('snli_ve', {'image': IMAGE, 'hypothesis': words, 'label': 'entailment'})
+    assert snli_ve['source_ids'] == VOCAB.encode(f' does the image describe " {ofa_pre_text(words, 80)} "?')
+
+
 def image_base64() -> str:
     buffer = io.BytesIO()
     Image.fromarray(IMAGE).save(buffer, format='PNG')
