@@ -89,10 +89,10 @@ def ofa_pretraining_files(folder: pathlib.Path, world: Any) -> dict[str, pathlib
     x0, y0, x1, y1 = world[2]['region']
     vl_rows = [  # uniq-id, image, caption, question, refs, gt objects, dataset, type
         ['0', image[0], world[0]['caption'], '', '', '', 'coco', 'caption'],
-        ['1', image[1], '', world[1]['question'], '0.6|!+green&&1.0|!+blue', '', 'vqa', 'qa'],
+        ['1', image[1], '', world[1]['question'], '0.6|!+green&&0.9|!+blue', '', 'vqa', 'qa'],
         ['2', image[2], world[2]['text'], '', f'{x0},{y0},{x1},{y1}', '', 'refcoco', 'visual_grounding'],
         ['3', image[3], 'a caption', '', '', '', 'coco', 'ocr'],  # a type OFA does not have: counted, dropped
-        ['4', image[4], world[4]['caption'], '', '', '', 'coco', 'caption'],
+        ['4', image[4], world[4]['caption'], '', '', '', 'cc12m', 'caption'],
         ['5', image[5], '', 'what is it?', '1.0|!+red', '', 'vqa', 'qa'],
         ['6', image[6], world[6]['caption'], '', '', '', 'coco', 'caption'],
         ['7', image[7], '', 'what is it?', '1.0|!+red', '', 'vqa', 'qa'],

@@ -11,7 +11,7 @@ from conftest import ofa_pretraining_files, png_base64
 from ofa_jax.data import boxes, mixtures, pipeline, tasks
 from ofa_jax.data.image_codes import PatchCodebook
 from ofa_jax.data.registry import DropExample, Task, TaskRegistry, get_tasks
-from ofa_jax.data.vocab import default_vocabulary
+from ofa_jax.data.vocab import BOS, EOS, PAD, default_vocabulary
 from ofa_jax.data.world import BACKGROUND, COLORS, World, WorldText, colors_drawn
 from ofa_jax.train_config import data_config, finetune_task_config
 
@@ -441,14 +441,22 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
 
     assert sample('ofa_vl_first', 0)[0] == tasks.CAPTION
     source, vqa = sample('ofa_vl_first', 1)
-    assert source == ' ' + tasks.clean_text(question) and vqa['loss_weight'] == 1.0
+    assert source == ' ' + tasks.clean_text(question) and vqa['loss_weight'] == 0.9  # the answer's confidence
     assert vocab.decode(vqa['target_ids']) == ' blue'
+    # A CC12M caption's first two target tokens are not trained on (OFA's unify_dataset.py); a COCO one's are.
+    spec = pipeline.BatchSpec(batch_size=2, image_size=64, max_source_length=48, max_target_length=24)
+    captions = pipeline.to_batch([sample('ofa_vl_first', 4)[1], sample('ofa_vl_first', 0)[1]], spec, list(by_name))
+    cc12m, coco = sample('ofa_vl_first', 4)[1]['target_ids'], sample('ofa_vl_first', 0)[1]['target_ids']
+    np.testing.assert_array_equal(captions['target_tokens'][0, : len(cc12m) + 1], [PAD, PAD, *cc12m[2:], EOS])
+    np.testing.assert_array_equal(captions['prev_output_tokens'][0, : len(cc12m) + 1], [BOS, *cc12m])
+    np.testing.assert_array_equal(captions['target_tokens'][1, : len(coco) + 1], [*coco, EOS])
     assert sample('ofa_vl_first', 2)[0] == tasks.GROUNDING.format(tasks.clean_text(world[2]['text']))
     assert sample('ofa_vl_second', 2)[0].startswith(tasks.GROUNDED_CAPTION)
     seen = collections.Counter()
     for seed in range(12):
         text, example = sample('ofa_vl_second', 1, seed)
         answer = vocab.decode(example['target_ids'])
+        assert example['loss_weight'] == 0.9  # the copy of the VQA sample keeps its confidence
         if answer == ' yes':
             assert text == tasks.ANSWER_MATCH.format(tasks.clean_text(question), 'blue')
         else:

@@ -169,11 +169,14 @@ def register_ofa_pretraining(
     def twice(example, rng):  # OFA's extra samples weigh 2 in the loss (conf 2.0)
         return {**example, 'loss_weight': 2.0}
 
+    def cc12m_caption(example, rng):  # unify_dataset.py: a CC12M caption's first two tokens are not trained on
+        return {**example, 'unscored_targets': 2} if example.get('dataset') == 'cc12m' else example
+
     image_text = transform_image(image_transform(T.pretrain_image_text_transform(image_size)))
     region = transform_image(image_transform(T.pretrain_grounding_transform(image_size)), with_region=True)
     first = per_type(
         {
-            'caption': (require_text('caption'), image_text, caption(vocab)),
+            'caption': (require_text('caption'), image_text, caption(vocab), cc12m_caption),
             'qa': (require_text('question'), image_text, vqa(vocab)),
             'visual_grounding': (require_text('text'), region, grounding(vocab)),
         }

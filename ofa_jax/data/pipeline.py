@@ -125,7 +125,8 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
     in [-1, 1],
     'loss_weight', 'code_target', 'constraint_range' (the token ids [lo, hi) the target may take besides eos),
     'prompt_type' (PROMPT_TYPES: the decoder reads the prompt, then the answer; the prompt's targets are PAD, as in
-    OFA's datasets) and 'allowed_tokens' (uint8 [len(target_ids) + 1, ceil(V / 8)], see BatchSpec.trie_vocab_size).
+    OFA's datasets), 'unscored_targets' (how many of the answer's first tokens are PAD targets, eos never) and
+    'allowed_tokens' (uint8 [len(target_ids) + 1, ceil(V / 8)], see BatchSpec.trie_vocab_size).
     Returns src_tokens [B, Ls], patch_images [B, S, S, 3], patch_masks [B], prev_output_tokens / target_tokens [B, Lt],
     loss_weights [B], code_masks [B], constraint_ranges [B, 2], task_ids [B], example_mask [B], with
     spec.trie_vocab_size allowed_tokens [B, Lt, ceil(V / 8)] uint8 (every bit set where no trie constrains), and with
@@ -154,6 +155,8 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
         decoder_input = [*prompt, *answer[:-1]]
         batch['prev_output_tokens'][row, : len(decoder_input)] = decoder_input
         batch['target_tokens'][row, len(prompt) - 1 : len(decoder_input)] = answer
+        unscored = min(example.get('unscored_targets', 0), len(answer) - 1)  # the decoder still reads them
+        batch['target_tokens'][row, len(prompt) - 1 : len(prompt) - 1 + unscored] = V.PAD
         if example.get('allowed_tokens') is not None:
             allowed = example['allowed_tokens']
             if allowed.shape != (len(example['target_ids']) + 1, width):

@@ -766,7 +766,7 @@ def vqa(
 
 def answer_match(vocab: Vocabulary, negatives: Any) -> Preprocessor:
     """OFA's second sample of a VQA row: is the best answer ('yes', half the time) or another record's best answer
-    ('no') the answer to the question?"""
+    ('no') the answer to the question? Weighted by the best answer's confidence, as OFA's copy of the VQA sample."""
 
     def best(example):
         answers = example.get('answers')
@@ -785,6 +785,7 @@ def answer_match(vocab: Vocabulary, negatives: Any) -> Preprocessor:
             **example,
             **_source('answer_match', vocab, question=example['question'], answer=answer),
             'target_ids': vocab.encode_spaced(target),
+            'loss_weight': float(max(example['answers'].values())),
         }
 
     return preprocess
