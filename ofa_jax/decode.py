@@ -117,7 +117,8 @@ def generate(
     """tokens [batch, beam, max_length] int32 (no bos; PAD after eos), scores [batch, beam] float32, best first.
 
     src_tokens [b, s]; patch_images [b, h, w, 3] or None; patch_masks [b] or None;
-    constraint_ranges [b, 2]: generated ids limited to [lo, hi) and eos (renormalized over them, as OFA does);
+    constraint_ranges [b, 2]: generated ids limited to [lo, hi) and eos, renormalized over them (OFA's generator
+    also leaves ids 0-3 in the softmax, and bos and unk as choices);
     trie: only continuations the trie allows after the prefix (renormalized over them);
     prefix_tokens [b, p]: forced decoder prefix, PAD-padded on the right (rows may differ in length); prefix tokens
     are neither returned nor scored, and no-repeat-ngram blocking sees them;
