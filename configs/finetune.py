@@ -48,9 +48,10 @@ class Recipe(NamedTuple):
 
 
 # The base-size recipes: OFA's *_base scripts for caption (run_scripts/caption/train_caption_stage1_base.sh), VQA
-# (vqa/train_vqa_base_distributed.sh), RefCOCO (refcoco/train_refcoco_base.sh) and SNLI-VE
-# (snli_ve/train_snli_ve_base.sh); its learning rates for ImageNet and Gigaword. The GLUE tasks' and those two's
-# other settings are this project's choice (text-only tasks see no image: a 32-pixel placeholder).
+# (vqa/train_vqa_base_distributed.sh), RefCOCO (refcoco/train_refcoco_base.sh), SNLI-VE
+# (snli_ve/train_snli_ve_base.sh) and Gigaword (gigaword/train_gigaword.sh, its only script); its learning rate for
+# ImageNet. The GLUE tasks' and ImageNet's other settings are this project's choice (text-only tasks see no image: a
+# 32-pixel placeholder).
 # Caption targets are cut at 20 words, then at 32 tokens (OFA cuts words only; 20 COCO words rarely pass 30 tokens).
 # max_target_length counts the answer's tokens and eos; a prompted task's decoder reads its prompt before them.
 # VQA's source holds the question (80 words) and 30 object words: 128 tokens.
@@ -64,7 +65,7 @@ TASKS = {
     'mnli': Recipe(5e-5, 512, 0, 40_000, 0.06, 0, 0.0, 0.0, 0.0, False, 0.0, 0, 32, 256, 4),
     'rte': Recipe(5e-5, 512, 0, 5_000, 0.06, 0, 0.0, 0.0, 0.0, False, 0.0, 0, 32, 256, 4),
     'qqp': Recipe(5e-5, 512, 0, 40_000, 0.06, 0, 0.0, 0.0, 0.0, False, 0.0, 0, 32, 256, 4),
-    'summarization': Recipe(1e-4, 512, 0, 50_000, 0.06, 0, 0.1, 0.0, 0.0, False, 0.0, 0, 32, 256, 33),
+    'summarization': Recipe(1e-4, 512, 6, 0, 0.06, 0, 0.1, 0.0, 0.1, False, 0.0, 0, 32, 512, 33),
     # Stage 2 (caption/train_caption_stage2{_base,}.sh): SCST from stage 1's best checkpoint, dropout 0.
     'caption_scst': Recipe(1e-5, 64, 3, 0, 0.06, 0, 0.0, 0.0, 0.0, True, 0.0, 0, 480, 80, 32),
 }
@@ -80,10 +81,11 @@ LARGE = {
 # OFA's dataset options in the scripts: VQA and SNLI-VE read the instruction in the decoder (--prompt-type=prev_output)
 # and train their answer over a trie (no --unconstrained-training; VQA's answers from --ans2label-file: set
 # data.tasks.vqa.answers, without it VQA trains over the whole vocabulary); VQA adds the image's object words
-# (--add-object), SNLI-VE the premise (--add-caption).
+# (--add-object), SNLI-VE the premise (--add-caption); Gigaword's decoder reads a noised target (--noise-ratio).
 OPTIONS = {
     'vqa': dict(prompt_type='prev_output', add_object=True),
     'snli_ve': dict(prompt_type='prev_output', add_caption=True),
+    'summarization': dict(noise_ratio=0.2),  # --noise-ratio=0.2: a fifth of the decoder's input tokens random
 }
 
 

@@ -78,6 +78,7 @@ def finetune_task_config(kind: str, name: str = '', format: str = '', path: str 
         constrained_training=True,  # vqa with answers, snli_ve: the answer's loss over the answers' trie (OFA's)
         add_object=False,  # vqa: the record's object words follow the question (OFA's --add-object)
         add_caption=False,  # snli_ve: the premise joins the instruction (OFA's --add-caption)
+        noise_ratio=0.0,  # summarization: this share of the decoder's input tokens random (OFA's --noise-ratio)
     )
 
 

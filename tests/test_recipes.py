@@ -162,6 +162,7 @@ def test_epochs_count_the_tasks_records():
         ('snli_ve,large', 256, 6, 0, 2e-5, 0.2),  # snli_ve/train_snli_ve.sh:29-30,39-41
         ('caption_scst', 64, 3, 0, 1e-5, 0.0),  # caption/train_caption_stage2_base.sh:22-34,41: 2 x 4 x 8
         ('caption_scst,large', 64, 3, 0, 1e-5, 0.0),  # caption/train_caption_stage2.sh
+        ('summarization', 512, 6, 0, 1e-4, 0.1),  # gigaword/train_gigaword.sh:7,24-36,41,43: 64 x 2 x 4
     ],
 )
 def test_the_finetuning_recipes_are_ofas_scripts(arg, batch, epochs, steps, lr, drop_path):
@@ -182,6 +183,40 @@ def test_the_finetuning_recipes_are_ofas_scripts(arg, batch, epochs, steps, lr, 
     }.get(arg, (0.0, 0))
     warmup = (config.warmup_ratio, config.warmup_steps)
     assert warmup == {'vqa': (0.04, 0), 'vqa,large': (0.0, 1000)}.get(arg, (0.06, 0))
+    if kind == 'summarization':  # --max-src-length=512, --noise-ratio=0.2, --label-smoothing=0.1
+        assert config.data.max_source_length == 512 and config.data.tasks.summarization.noise_ratio == 0.2
+        assert config.label_smoothing == 0.1
+
+
+def test_gigaword_examples_are_ofas():
+    # data/nlg_data/summary_dataset.py __getitem__: pre_caption of the article (512 words) and of the target (64
+    # words), '<unk>' written 'unk', the target after a space; its decoder input noised (add_noise_to_tgt).
+    article = 'Police-in <unk> said on Monday ' + ' '.join(f'w{i}' for i in range(600))
+    headline = ' '.join(['<unk>', 'police', 'ARREST', 'suspect'] + [f'h{i}' for i in range(70)])
+    record = {'text': article, 'target': headline}
+    example = preprocess('summarization', record)
+    source = ofa_pre_text(article, 512, person=True).replace('<unk>', 'unk')
+    assert example['source_ids'] == VOCAB.encode(f' what is the summary of article " {source} "?')
+    target = ofa_pre_text(headline, 64, person=True).replace('<unk>', 'unk')
+    assert example['target_ids'] == VOCAB.encode(' ' + target) and 'decoder_input_ids' not in example
+
+    steps = mixtures.finetune_preprocessors('summarization', VOCAB, resize_transform(32), noise_ratio=0.2)
+    target_ids, shares = np.array(example['target_ids']), []
+    for seed in range(20):
+        noisy = dict(record)
+        for step in steps:
+            noisy = step(noisy, np.random.default_rng(seed))
+        assert noisy['target_ids'] == example['target_ids']
+        decoder_input = np.array(noisy['decoder_input_ids'])
+        changed = decoder_input != target_ids
+        assert np.all((decoder_input[changed] >= 4) & (decoder_input[changed] < VOCAB.code_id(0)))  # text tokens
+        shares.append(changed.mean())
+    assert 0.15 < np.mean(shares) < 0.25  # a fifth of them
+    batch = pipeline.to_batch([{**noisy, 'task': 't'}], pipeline.BatchSpec(1, 32, 600, 300), ['t'])
+    np.testing.assert_array_equal(batch['prev_output_tokens'][0, : len(target_ids) + 1], [V.BOS, *decoder_input])
+    np.testing.assert_array_equal(batch['target_tokens'][0, : len(target_ids) + 1], [*target_ids, V.EOS])
+    with pytest.raises(ValueError, match='noise_ratio is an option of summarization only'):
+        mixtures.finetune_preprocessors('caption', VOCAB, resize_transform(32), noise_ratio=0.2)
 
 
 class OfaTrie:

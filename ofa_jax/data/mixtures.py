@@ -27,6 +27,7 @@ from ofa_jax.data.tasks import (
     caption,
     classification,
     decode_image,
+    decoder_noise,
     detection,
     finetune_caption_text,
     grounded_caption,
@@ -37,6 +38,7 @@ from ofa_jax.data.tasks import (
     require_text,
     resize_transform,
     snli_ve,
+    summary_text,
     text_infill,
     text_task,
     text_to_image,
@@ -237,10 +239,12 @@ def finetune_preprocessors(
     constrained_training: bool = True,
     add_object: bool = False,
     add_caption: bool = False,
+    noise_ratio: float = 0.0,
 ) -> tuple[Preprocessor, ...]:
     """The preprocessing chain of a finetuning task of `kind` (a name in TASKS), with OFA's dataset options:
     prompt_type (pipeline.PROMPT_TYPES), answers (VQA's answer list) and constrained_training (the answer's loss
-    over the trie of VQA's answers, or of SNLI-VE's yes / no / maybe), add_object (VQA), add_caption (SNLI-VE)."""
+    over the trie of VQA's answers, or of SNLI-VE's yes / no / maybe), add_object (VQA), add_caption (SNLI-VE),
+    noise_ratio (summarization)."""
     if prompt_type not in PROMPT_TYPES:
         raise ValueError(f'task {kind}: prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}')
     for option, value, kinds in (('answers', answers, ('vqa',)), ('add_object', add_object, ('vqa',))):
@@ -248,6 +252,10 @@ def finetune_preprocessors(
             raise ValueError(f'task {kind}: {option} is an option of {", ".join(kinds)} only')
     if add_caption and kind != 'snli_ve':
         raise ValueError(f'task {kind}: add_caption is an option of snli_ve only')
+    if noise_ratio and kind != 'summarization':
+        raise ValueError(f'task {kind}: noise_ratio is an option of summarization only')
+    if not 0.0 <= noise_ratio < 1.0:
+        raise ValueError(f'task {kind}: noise_ratio must be in [0, 1), got {noise_ratio}')
     trie = None
     if constrained_training and (answers or kind == 'snli_ve'):
         trie = AnswerTrie.of_answers(vocab, answers or TASKS['snli_ve'].candidates)
@@ -290,7 +298,11 @@ def finetune_preprocessors(
             text_task(vocab, 'rte', {'entailment': 'yes', 'not_entailment': 'no'}),
         ),
         'qqp': lambda: (require_text('premise', 'hypothesis'), text_task(vocab, 'qqp', {'0': 'no', '1': 'yes'})),
-        'summarization': lambda: (require_text('text'), text_task(vocab, 'summarization')),
+        'summarization': lambda: (
+            require_text('text'),
+            text_task(vocab, 'summarization', clean=summary_text),
+            *((decoder_noise(vocab, noise_ratio),) if noise_ratio else ()),
+        ),
     }
     if kind not in chains:
         raise ValueError(f'unknown finetuning task {kind!r}; choose one of {", ".join(chains)}')
@@ -313,7 +325,7 @@ FINETUNE_TASKS = (
 )
 assert set(FINETUNE_TASKS) <= set(TASKS)
 # The options of finetune_preprocessors a data.tasks entry sets (ofa_jax.train_config.finetune_task_config).
-FINETUNE_OPTIONS = ('prompt_type', 'answers', 'constrained_training', 'add_object', 'add_caption')
+FINETUNE_OPTIONS = ('prompt_type', 'answers', 'constrained_training', 'add_object', 'add_caption', 'noise_ratio')
 
 
 def finetune_task(

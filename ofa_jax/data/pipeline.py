@@ -125,7 +125,8 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
     in [-1, 1],
     'loss_weight', 'code_target', 'constraint_range' (the token ids [lo, hi) the target may take besides eos),
     'prompt_type' (PROMPT_TYPES: the decoder reads the prompt, then the answer; the prompt's targets are PAD, as in
-    OFA's datasets), 'unscored_targets' (how many of the answer's first tokens are PAD targets, eos never) and
+    OFA's datasets), 'unscored_targets' (how many of the answer's first tokens are PAD targets, eos never),
+    'decoder_input_ids' (what the decoder reads in place of target_ids: a noised copy) and
     'allowed_tokens' (uint8 [len(target_ids) + 1, ceil(V / 8)], see BatchSpec.trie_vocab_size).
     Returns src_tokens [B, Ls], patch_images [B, S, S, 3], patch_masks [B], prev_output_tokens / target_tokens [B, Lt],
     loss_weights [B], code_masks [B], constraint_ranges [B, 2], task_ids [B], example_mask [B], with
@@ -152,7 +153,7 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
         prompt = decoder_prompt(source, example.get('prompt_type', 'none'))
         answer = [*example['target_ids'][: lt - len(prompt)], V.EOS]
         batch['src_tokens'][row, : len(source)] = source
-        decoder_input = [*prompt, *answer[:-1]]
+        decoder_input = [*prompt, *example.get('decoder_input_ids', answer)[: len(answer) - 1]]
         batch['prev_output_tokens'][row, : len(decoder_input)] = decoder_input
         batch['target_tokens'][row, len(prompt) - 1 : len(decoder_input)] = answer
         unscored = min(example.get('unscored_targets', 0), len(answer) - 1)  # the decoder still reads them

@@ -163,7 +163,8 @@ def text_pair_instruction(template: str) -> Callable[..., list[int]]:
 
 
 def summarization_instruction(vocab: Vocabulary, text: str) -> list[int]:
-    return vocab.encode(GIGAWORD.format(_text(text, 'text', 100)))
+    """OFA's summary_dataset.py: the article's first 512 words, Gigaword's '<unk>' written 'unk'."""
+    return vocab.encode(GIGAWORD.format(_text(text, 'text', 512).replace('<unk>', 'unk')))
 
 
 # ---- outputs: answer tokens -> result fields ---------------------------------------------------------------------
@@ -944,9 +945,20 @@ def snli_ve(vocab: Vocabulary, add_caption: bool = False, trie: AnswerTrie | Non
     return preprocess
 
 
-def text_task(vocab: Vocabulary, kind: str, answers: dict[str, str] | None = None) -> Preprocessor:
+def summary_text(text: str, max_words: int | None = 64) -> str:
+    """OFA's summarization target (summary_dataset.py): cleaned, the first max_words words (the Gigaword script's
+    --max-tgt-length=64), '<unk>' written 'unk'."""
+    return clean_text(text, max_words).replace('<unk>', 'unk')
+
+
+def text_task(
+    vocab: Vocabulary,
+    kind: str,
+    answers: dict[str, str] | None = None,
+    clean: Callable[[str], str] = clean_text,
+) -> Preprocessor:
     """GLUE-style text-only tasks and summarization: the task's instruction of the record's fields, target the
-    label (mapped through `answers` when given) or the 'target' text."""
+    label (mapped through `answers` when given) or the 'target' text, cleaned by `clean`."""
     fields = TASKS[kind].inputs
 
     def preprocess(example, rng):
@@ -958,7 +970,20 @@ def text_task(vocab: Vocabulary, kind: str, answers: dict[str, str] | None = Non
         return {
             **example,
             **_source(kind, vocab, **{f: example[f] for f in fields}),
-            'target_ids': _target(vocab, clean_text(target)),
+            'target_ids': _target(vocab, clean(target)),
         }
+
+    return preprocess
+
+
+def decoder_noise(vocab: Vocabulary, ratio: float) -> Preprocessor:
+    """OFA's --noise-ratio (summary_dataset.py, add_noise_to_tgt): the decoder reads the target with each token
+    replaced, with probability `ratio`, by a random text token (ids 4 up to the first image code); the target it
+    learns stays the true one."""
+
+    def preprocess(example, rng):
+        target = np.asarray(example['target_ids'], np.int64)
+        noisy = np.where(rng.random(len(target)) < ratio, rng.integers(4, vocab.code_id(0), len(target)), target)
+        return {**example, 'decoder_input_ids': noisy.tolist()}
 
     return preprocess
