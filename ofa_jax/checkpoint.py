@@ -93,6 +93,13 @@ def is_training_workdir(path: str | os.PathLike) -> bool:
     return (resolved(path) / TRAINING_CHECKPOINTS).is_dir()
 
 
+def stored_state_fields(manager: ocp.CheckpointManager, step: int) -> set[str]:
+    """The top-level fields of the training state saved at `step` (params, batch_stats, ema_params, ...), read from
+    its metadata whichever handlers the manager was given."""
+    stored = ocp.PyTreeCheckpointHandler().metadata(manager.directory / str(step) / 'state')
+    return set(getattr(stored, 'tree', stored))
+
+
 def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpoint:
     """Reads a model directory written by `save_model` (or `python -m ofa_jax.convert`), or a training workdir (its
     latest step, or `step`, with the EMA parameters when the run kept them), onto the first device."""
@@ -135,6 +142,8 @@ def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
         wanted['params'] = abstract['params']
     if train_config.ema_decay:
         wanted['ema_params'] = abstract['params']
+        if 'ema_batch_stats' in stored_state_fields(manager, step):  # absent from runs saved before it was kept
+            wanted['ema_batch_stats'] = abstract['batch_stats']
     # Only the model's leaves of the saved TrainState are read; their placement comes from the target, so restoring
     # needs no knowledge of the training mesh.
     try:
@@ -151,4 +160,5 @@ def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
     finally:
         manager.close()
     params = pad_token_table(restored.get('ema_params', restored['params']), model.config)
-    return Checkpoint(model.config, {'params': params, 'batch_stats': restored['batch_stats']}, train_config, step)
+    batch_stats = restored.get('ema_batch_stats', restored['batch_stats'])
+    return Checkpoint(model.config, {'params': params, 'batch_stats': batch_stats}, train_config, step)

@@ -9,6 +9,7 @@ TensorBoard events in tb/, config.json. Evaluation is its own command (`python -
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -38,7 +39,13 @@ from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 
 from ofa_jax import api, console, evaluate, scst, sharding
-from ofa_jax.checkpoint import TRAINING_CHECKPOINTS, load_checkpoint, model_from_config, restore_fitting
+from ofa_jax.checkpoint import (
+    TRAINING_CHECKPOINTS,
+    load_checkpoint,
+    model_from_config,
+    restore_fitting,
+    stored_state_fields,
+)
 from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
 from ofa_jax.data.vocab import vocabulary_from_spec
@@ -66,6 +73,7 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     ema_params: Any  # None when config.ema_decay is 0
+    ema_batch_stats: Any  # the BatchNorm statistics' average, as fairseq's EMA averages every float of the model
     rng: jax.Array  # raw key data (uint32), so checkpoints hold plain arrays
 
 
@@ -359,9 +367,11 @@ def train_step(
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
+    average = lambda e, p: config.ema_decay * e + (1 - config.ema_decay) * p
+    ema, ema_batch_stats = state.ema_params, state.ema_batch_stats
     if ema is not None:
-        ema = jax.tree_util.tree_map(lambda e, p: config.ema_decay * e + (1 - config.ema_decay) * p, ema, params)
+        ema = jax.tree_util.tree_map(average, ema, params)
+        ema_batch_stats = jax.tree_util.tree_map(average, ema_batch_stats, batch_stats)
     # A NaN or Inf in the loss or any gradient (the norm carries it) skips the update: the model, its statistics and
     # the optimizer (its schedule's count too, as fairseq does not count a skipped update) stay as they were; the
     # step counts on, so the data moves past the batch.
@@ -369,7 +379,8 @@ def train_step(
     keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     batch_stats = keep(batch_stats, state.batch_stats)
-    ema = keep(ema, state.ema_params) if ema is not None else None
+    if ema is not None:
+        ema, ema_batch_stats = keep(ema, state.ema_params), keep(ema_batch_stats, state.ema_batch_stats)
     metrics = {
         'loss': loss,
         'skipped': ~finite,
@@ -380,7 +391,12 @@ def train_step(
         'task_accuracy': totals['task_correct'] / jnp.maximum(totals['task_tokens'], 1),
     }
     new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema
+        step=state.step + 1,
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        ema_params=ema,
+        ema_batch_stats=ema_batch_stats,
     )
     return new_state, metrics
 
@@ -396,6 +412,7 @@ def initial_state(
         batch_stats=variables['batch_stats'],
         opt_state=optimizer.init(params),
         ema_params=params if config.ema_decay else None,
+        ema_batch_stats=variables['batch_stats'] if config.ema_decay else None,
         rng=jax.random.key_data(jax.random.key(config.seed + 1)),
     )
 
@@ -411,12 +428,15 @@ def start_from(
     kept; e.g. WORKDIR/best), for finetuning; its layers restacked when it was saved in another layout."""
     loaded = {name: scan_layout(tree, model_config) for name, tree in load_checkpoint(directory).variables.items()}
     params = jax.device_put(loaded['params'], shardings.params)
+    batch_stats = jax.device_put(loaded['batch_stats'], shardings.batch_stats)
+    ema = state.ema_params is not None
     return state.replace(
         params=params,
-        batch_stats=jax.device_put(loaded['batch_stats'], shardings.batch_stats),
+        batch_stats=batch_stats,
         opt_state=jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params),
         # Its own buffers: the step donates the state, and one buffer cannot be donated twice.
-        ema_params=jax.tree_util.tree_map(jnp.copy, params) if state.ema_params is not None else None,
+        ema_params=jax.tree_util.tree_map(jnp.copy, params) if ema else None,
+        ema_batch_stats=jax.tree_util.tree_map(jnp.copy, batch_stats) if ema else None,
     )
 
 
@@ -443,6 +463,7 @@ def state_shardings(
         batch_stats=variables['batch_stats'],
         opt_state=opt,
         ema_params=variables['params'] if config.ema_decay else None,
+        ema_batch_stats=variables['batch_stats'] if config.ema_decay else None,
         rng=replicated,
     )
 
@@ -706,8 +727,10 @@ def validate(
 
     In a multi-process run every process answers all of the validation data on its own devices from a full copy of
     the model: each gets the same scores, so all agree on the best checkpoint; process 0 writes the files."""
-    params = state.params if state.ema_params is None else state.ema_params
-    variables = {'params': params, 'batch_stats': state.batch_stats}
+    if state.ema_params is None:
+        variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    else:
+        variables = {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}
     if jax.process_count() > 1:
         variables = multihost_utils.process_allgather(variables, tiled=True)
         mesh = jax.sharding.Mesh(np.array(jax.local_devices()).reshape(1, -1, 1, 1), sharding.MESH_AXES)
@@ -828,6 +851,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         target = jax.tree_util.tree_map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
         )
+        # A run saved before its EMA kept the BatchNorm statistics starts their average from the statistics.
+        ema_stats_missing = target.ema_batch_stats is not None and 'ema_batch_stats' not in stored_state_fields(
+            manager, manager.latest_step()
+        )
+        if ema_stats_missing:  # restored as the dict of the fields it has
+            target = {
+                f.name: getattr(target, f.name) for f in dataclasses.fields(target) if f.name != 'ema_batch_stats'
+            }
         restored = restore_fitting(
             manager,
             manager.latest_step(),
@@ -837,6 +868,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             config,
         )
         state = restored.state
+        if ema_stats_missing:
+            state = TrainState(**state, ema_batch_stats=jax.tree_util.tree_map(jnp.copy, state['batch_stats']))
         if jax.process_index() == 0:
             print(f'resumed from step {int(state.step)} of {workdir}')
     else:
@@ -991,7 +1024,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 if done not in best.all_steps():  # a resumed run validates its replayed steps again
                     kept = {'params': state.params, 'batch_stats': state.batch_stats}
                     if state.ema_params is not None:
-                        kept['ema_params'] = state.ema_params
+                        kept.update(ema_params=state.ema_params, ema_batch_stats=state.ema_batch_stats)
                     best.save(
                         done,
                         args=ocp.args.Composite(

@@ -43,7 +43,9 @@ def workdir(tmp_path_factory):
     model = model_from_config(config)
     state = train.initial_state(model, train.make_optimizer(config), config, IMAGE_SIZE)
     state = state.replace(
-        step=jnp.array(2, jnp.int32), ema_params=jax.tree_util.tree_map(lambda p: p * 0.5, state.params)
+        step=jnp.array(2, jnp.int32),
+        ema_params=jax.tree_util.tree_map(lambda p: p * 0.5, state.params),
+        ema_batch_stats=jax.tree_util.tree_map(lambda s: s + 0.25, state.batch_stats),
     )
     manager = ocp.CheckpointManager(str(path / 'checkpoints'), item_names=('state', 'config'))
     manager.save(
@@ -106,7 +108,7 @@ def test_loads_a_training_workdir_with_its_ema(workdir):
     assert checkpoint.step == 2 and checkpoint.train_config.data.image_size == IMAGE_SIZE
     assert checkpoint.train_config.data.max_source_length == 24
     jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['params'], state.ema_params)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['batch_stats'], state.batch_stats)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoint.variables['batch_stats'], state.ema_batch_stats)
     assert not np.array_equal(
         checkpoint.variables['params']['embed_tokens']['embedding'], state.params['embed_tokens']['embedding']
     )

@@ -5,6 +5,7 @@ saves, the demo learns)."""
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -322,6 +323,26 @@ def test_finetuning_with_ema_starts_from_a_saved_model(tmp_path):
     ema, trained = state.ema_params['embed_tokens']['embedding'], state.params['embed_tokens']['embedding']
     # EMA 0.5 of the loaded start: (start + p1) / 4 + p2 / 2, between the start and the trained parameters.
     assert not np.array_equal(np.asarray(ema), np.asarray(trained)) and not np.array_equal(np.asarray(ema), start)
+    # The BatchNorm statistics are averaged too (fairseq's EMA averages every float of the model): the same mix.
+    stats = [jax.tree_util.tree_leaves(tree) for tree in (variables['batch_stats'], state.batch_stats)]
+    for begun, ema_stat, trained_stat in zip(stats[0], jax.tree_util.tree_leaves(state.ema_batch_stats), stats[1]):
+        if not np.array_equal(np.asarray(begun), np.asarray(trained_stat)):
+            assert not np.array_equal(np.asarray(ema_stat), np.asarray(trained_stat))
+
+    # A workdir saved before the EMA kept BatchNorm statistics resumes, their average starting from the statistics.
+    step_dir = tmp_path / 'run' / 'checkpoints' / '2' / 'state'
+    checkpointer = ocp.StandardCheckpointer()
+    saved = checkpointer.restore(step_dir)
+    saved.pop('ema_batch_stats')
+    shutil.rmtree(step_dir)
+    checkpointer.save(step_dir, saved)
+    checkpointer.wait_until_finished()
+    loaded = load_checkpoint(tmp_path / 'run').variables['batch_stats']  # its statistics, there being no average
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, saved['batch_stats'])
+    config.total_steps = 3
+    resumed = train.train(config, str(tmp_path / 'run'))
+    assert int(resumed.step) == 3 and set(losses(tmp_path / 'run')) == {1, 2, 3}
+    assert all(np.all(np.isfinite(np.asarray(s))) for s in jax.tree_util.tree_leaves(resumed.ema_batch_stats))
 
 
 @pytest.mark.slow
