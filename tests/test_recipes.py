@@ -300,6 +300,13 @@ def ofa_snli_ve(hypothesis, caption, label, trie, prompt_type, add_caption=True,
     return (*ofa_prompted(src_item, tgt_item, trie, prompt_type), 1.0)
 
 
+def test_mnli_reads_the_label_ids_of_ofas_files():
+    # data/nlu_data/mnli_dataset.py: '0' maybe, '1' yes, '2' no; GLUE's own names map alike.
+    for label, answer in (('0', 'maybe'), ('1', 'yes'), ('2', 'no'), ('entailment', 'yes'), ('neutral', 'maybe')):
+        example = preprocess('mnli', {'premise': 'a man sleeps', 'hypothesis': 'someone rests', 'label': label})
+        assert example['target_ids'] == VOCAB.encode(' ' + answer)
+
+
 def test_long_questions_and_expressions_keep_ofas_words():
     # OFA cuts them at max_src_length words: 128 in the VQA scripts, 80 in RefCOCO's and SNLI-VE's.
     words = ' '.join(f'w{i}' for i in range(150))

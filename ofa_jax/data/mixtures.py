@@ -292,7 +292,11 @@ def finetune_preprocessors(
                 vocab, 'sst2', {'0': 'negative', '1': 'positive', 'negative': 'negative', 'positive': 'positive'}
             ),
         ),
-        'mnli': lambda: (require_text('premise', 'hypothesis'), text_task(vocab, 'mnli', SNLI_ANSWERS)),
+        'mnli': lambda: (
+            require_text('premise', 'hypothesis'),
+            # GLUE's names, or the ids of OFA's MNLI files (mnli_dataset.py: 0 maybe, 1 yes, 2 no)
+            text_task(vocab, 'mnli', {**SNLI_ANSWERS, '0': 'maybe', '1': 'yes', '2': 'no'}),
+        ),
         'rte': lambda: (
             require_text('premise', 'hypothesis'),
             text_task(vocab, 'rte', {'entailment': 'yes', 'not_entailment': 'no'}),
