@@ -22,7 +22,7 @@ from ofa_jax.data import mixtures, pipeline
 from ofa_jax.data import vocab as V
 from ofa_jax.data.pipeline import UNCONSTRAINED
 from ofa_jax.data.registry import Task
-from ofa_jax.data.tasks import resize_transform
+from ofa_jax.data.tasks import TASKS, resize_transform
 from ofa_jax.data.vocab import default_vocabulary
 
 VOCAB = default_vocabulary()
@@ -298,6 +298,20 @@ def ofa_snli_ve(hypothesis, caption, label, trie, prompt_type, add_caption=True,
         caption = ofa_pre_text(caption, max_src_length, person=True)
         src_item = VOCAB.encode(f' can image and text1 " {caption} " imply text2 " {hypothesis} "?')
     return (*ofa_prompted(src_item, tgt_item, trie, prompt_type), 1.0)
+
+
+@pytest.mark.parametrize(
+    'kind, settings',
+    [  # fairseq's generator: --max-len-b tokens before eos (ofa-jax's max_length counts eos), --min-len 1
+        ('caption', dict(beam_size=5, min_length=1, max_length=17, no_repeat_ngram_size=3)),  # evaluate_caption.sh
+        ('vqa', dict(beam_size=5, min_length=1, length_penalty=0.0)),  # evaluate_vqa_beam.sh: --unnormalized
+        ('grounding', dict(beam_size=5, min_length=4, max_length=5, no_repeat_ngram_size=3)),  # evaluate_refcoco.sh
+        # gigaword/train_gigaword.sh --eval-args: beam 6, lenpen 0.7, max_len_b 32, no_repeat_ngram_size 3
+        ('summarization', dict(beam_size=6, min_length=1, max_length=33, length_penalty=0.7, no_repeat_ngram_size=3)),
+    ],
+)
+def test_the_declared_decoding_is_ofas_evaluation_scripts(kind, settings):
+    assert {key: TASKS[kind].decode[key] for key in settings} == settings
 
 
 def test_mnli_reads_the_label_ids_of_ofas_files():
