@@ -322,10 +322,11 @@ def test_mnli_reads_the_label_ids_of_ofas_files():
 
 
 def test_long_questions_and_expressions_keep_ofas_words():
-    # OFA cuts them at max_src_length words: 128 in the VQA scripts, 80 in RefCOCO's and SNLI-VE's.
+    # OFA cuts them at max_src_length words: 80 in the VQA, RefCOCO and SNLI-VE scripts
+    # (vqa/train_vqa_base_distributed.sh: max_src_length=80).
     words = ' '.join(f'w{i}' for i in range(150))
     vqa = preprocess('vqa', {'image': IMAGE, 'question': words, 'answers': {'yes': 1.0}})
-    assert vqa['source_ids'] == VOCAB.encode(' ' + ofa_pre_text(words, 128) + '?')
+    assert vqa['source_ids'] == VOCAB.encode(' ' + ofa_pre_text(words, 80) + '?')
     grounding = preprocess('grounding', {'image': IMAGE, 'text': words, 'region': [1, 2, 10, 12]})
     assert grounding['source_ids'] == VOCAB.encode(
         f' which region does the text " {ofa_pre_text(words, 80)} " describe?'

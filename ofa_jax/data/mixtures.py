@@ -272,7 +272,7 @@ def finetune_preprocessors(
             *image,
             require_text('question'),
             transform_image(transform),
-            vqa(vocab, True, add_object, trie, max_words=128),  # run_scripts/vqa: --max-src-length=128
+            vqa(vocab, True, add_object, trie),
         ),
         'grounding': lambda: (
             *image,

@@ -71,8 +71,7 @@ def finetune_caption_text(text: str, max_words: int | None = 20) -> str:
 
 def _text(value: Any, name: str, max_words: int | None = 80) -> str:
     """`value` cleaned for an instruction; ValueError names an input that is not a non-empty string. OFA cuts a
-    question, expression or hypothesis at max_src_length words: 80 in pretraining, RefCOCO and SNLI-VE, 128 in VQA
-    finetuning."""
+    question, expression or hypothesis at max_src_length words: 80 in its pretraining and finetuning scripts."""
     if not isinstance(value, str):
         raise ValueError(f'{name} must be a string, got {type(value).__name__}')
     text = clean_text(value, max_words)
@@ -88,12 +87,9 @@ def caption_instruction(vocab: Vocabulary) -> list[int]:
     return vocab.encode(CAPTION)
 
 
-def vqa_instruction(
-    vocab: Vocabulary, question: str, add_question_mark: bool = True, max_words: int = 128
-) -> list[int]:
-    """The cleaned question itself, at most max_words words (OFA's VQA finetuning 128, its pretraining 80); OFA's
-    finetuning ends it in a question mark, its pretraining does not."""
-    text = _text(question, 'question', max_words)
+def vqa_instruction(vocab: Vocabulary, question: str, add_question_mark: bool = True) -> list[int]:
+    """The cleaned question itself; OFA's finetuning ends it in a question mark, its pretraining does not."""
+    text = _text(question, 'question')
     if add_question_mark and not text.endswith('?'):
         text += '?'
     return vocab.encode_spaced(text)
@@ -730,11 +726,7 @@ def itm(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (), m
 
 
 def vqa(
-    vocab: Vocabulary,
-    add_question_mark: bool = False,
-    add_object: bool = False,
-    trie: AnswerTrie | None = None,
-    max_words: int = 80,
+    vocab: Vocabulary, add_question_mark: bool = False, add_object: bool = False, trie: AnswerTrie | None = None
 ) -> Preprocessor:
     """Target: the most confident answer; its confidence weights the loss. add_object: the record's object words
     (at most 30) follow the question, as OFA's --add-object does; trie: the answer's tokens are constrained to the
@@ -745,7 +737,7 @@ def vqa(
         source = _source(
             'vqa',
             vocab,
-            functools.partial(vqa_instruction, add_question_mark=add_question_mark, max_words=max_words),
+            functools.partial(vqa_instruction, add_question_mark=add_question_mark),
             question=example['question'],
         )
         if add_object and example.get('objects'):
