@@ -135,8 +135,11 @@ def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
     config.clip_norm = 1.0
     config.log_every = 100
     config.checkpoint_every = 2000
-    # OFA's scripts validate every 500 updates (--validate-interval-updates=500) and keep the best checkpoint by the
-    # task's score (--best-checkpoint-metric): give the validation file, data.tasks.TASK.valid_path.
+    # OFA's scripts validate every 500 updates (--validate-interval-updates=500; VQA's once an epoch,
+    # --validate-interval=1) and keep the best checkpoint by the task's score (--best-checkpoint-metric): give the
+    # validation file, data.tasks.TASK.valid_path.
     if task != 'summarization':  # no automatic metric
         config.validation.update(every=500, metric='caption_cider' if kind == 'caption' else f'{kind}_accuracy')
+    if task == 'vqa':
+        config.validation.every_epochs = 1.0
     return config

@@ -613,6 +613,17 @@ def steps_for_epochs(config: ml_collections.ConfigDict, tasks: list) -> int:
     return max(1, math.ceil(config.epochs * len(tasks[0].source) / config.batch_size))
 
 
+def validation_interval(config: ml_collections.ConfigDict, tasks: list) -> int:
+    """The updates between validations of `validation.every_epochs` passes over the records of the config's one
+    task (OFA's --validate-interval, in epochs)."""
+    if len(tasks) != 1:
+        raise ValueError(
+            f'validation.every_epochs={config.validation.every_epochs} needs one task; the config mixes {len(tasks)}: '
+            'set validation.every'
+        )
+    return max(1, round(config.validation.every_epochs * len(tasks[0].source) / config.batch_size))
+
+
 def batch_spec(config: ml_collections.ConfigDict, rows: int) -> pipeline.BatchSpec:
     """The shapes of a batch of `rows` examples under the config's data section."""
     trie_vocab_size = vocabulary_from_spec(config.data.vocab).size if mixtures.answer_tries_in(config.data) else 0
@@ -803,9 +814,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         raise ValueError(f"nonfinite is {config.nonfinite!r}; it must be 'skip' or 'stop'")
     check_writable(workdir)
     tasks, rates = mixtures.register_from_config(config.data)
-    validation = evaluate.validation_setup(config) if config.validation.every else None
     if config.epochs:
         config.total_steps = steps_for_epochs(config, tasks)
+    if config.validation.get('every_epochs'):
+        config.validation.every = validation_interval(config, tasks)
+    validation = evaluate.validation_setup(config) if config.validation.every else None
 
     # Mesh, model, optimizer.
     mesh = sharding.make_mesh(**config.mesh)

@@ -120,6 +120,7 @@ def default_config(source: str = 'world') -> ml_collections.ConfigDict:
     # `python -m ofa_jax.evaluate` scores it; the best checkpoint by `metric` is kept in WORKDIR/best.
     config.validation = ml_collections.ConfigDict()
     config.validation.every = 0  # 0: no validation
+    config.validation.every_epochs = 0.0  # > 0: instead every this many passes over a one-task run's records
     config.validation.max_examples = 0  # per task; 0: all (the world: 256 scenes)
     config.validation.batch_size = 0  # examples per model call; 0: the training batch of a process
     config.validation.metric = ''  # the score keeping the best checkpoint, e.g. 'caption_cider'; '': the first one

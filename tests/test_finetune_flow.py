@@ -218,6 +218,7 @@ def test_convert_train_evaluate_predict(environment, task, fmt):
     if task in METRIC:
         validation = [
             '--config.validation.every=2',
+            '--config.validation.every_epochs=0',  # VQA's recipe validates once an epoch
             '--config.validation.max_examples=4',
             f'--config.data.tasks.{task}.valid_path={path}',
         ]

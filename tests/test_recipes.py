@@ -183,6 +183,14 @@ def test_the_finetuning_recipes_are_ofas_scripts(arg, batch, epochs, steps, lr, 
     }.get(arg, (0.0, 0))
     warmup = (config.warmup_ratio, config.warmup_steps)
     assert warmup == {'vqa': (0.04, 0), 'vqa,large': (0.0, 1000)}.get(arg, (0.06, 0))
+    # --validate-interval-updates=500; VQA's scripts validate once an epoch (--validate-interval=1)
+    assert (config.validation.every, config.validation.every_epochs) == {
+        'vqa': (500, 1.0),
+        'vqa,large': (500, 1.0),
+    }.get(arg, (0, 0.0) if kind == 'summarization' else (500, 0.0))
+    if kind == 'vqa':
+        one_epoch = Task('vqa', [{}] * 10_000, ())
+        assert train.validation_interval(config, [one_epoch]) == round(10_000 / config.batch_size)
     if kind == 'summarization':  # --max-src-length=512, --noise-ratio=0.2, --label-smoothing=0.1
         assert config.data.max_source_length == 512 and config.data.tasks.summarization.noise_ratio == 0.2
         assert config.label_smoothing == 0.1
