@@ -636,6 +636,7 @@ def batch_spec(config: ml_collections.ConfigDict, rows: int) -> pipeline.BatchSp
         with_references=config.scst,
         extra_max_source_length=config.data.get('extra_max_source_length', 0),
         extra_max_target_length=config.data.get('extra_max_target_length', 0),
+        extra_image_size=config.data.get('extra_image_size', 0),
     )
 
 

@@ -416,6 +416,8 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
     paths = ofa_pretraining_files(tmp_path, world)
     data = data_config('ofa_pretrain')
     data.update(dict(image_size=64, **{f'{role}_path': str(path) for role, path in paths.items()}))
+    assert data.extra_image_size == 256  # OFA's image infilling and detection images
+    data.extra_image_size = 48
     task_list, rates = mixtures.register_from_config(data)
     by_name = dict(zip([t.name for t in task_list], task_list))
     assert dict(zip(by_name, rates)) == {
@@ -466,15 +468,16 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
         seen[answer] += 1
     assert set(seen) == {' yes', ' no'}
     infill = sample('ofa_image_infill', 0)[1]
-    assert infill['target_ids'] == [vocab.code_id(i) for i in range(16)] and infill['image'].shape == (64, 64, 3)
-    assert sample('ofa_detection', 0)[0] == tasks.DETECTION
+    assert infill['target_ids'] == [vocab.code_id(i) for i in range(16)] and infill['image'].shape == (48, 48, 3)
+    source, detection = sample('ofa_detection', 0)
+    assert source == tasks.DETECTION and detection['image'].shape == (48, 48, 3)
     assert sample('ofa_text_infill', 0)[0].startswith(' what is the complete text of "')
 
     # OFA's extra samples (text, image, detection) form a sub-batch of their own, weighted 2: a fifth of the rows.
     assert [t.name for t in task_list if t.extra] == ['ofa_text_infill', 'ofa_image_infill', 'ofa_detection']
     spec = pipeline.BatchSpec(
         batch_size=10, image_size=64, max_source_length=48, max_target_length=24,
-        extra_max_source_length=64, extra_max_target_length=40,
+        extra_max_source_length=64, extra_max_target_length=40, extra_image_size=48,
     )  # fmt: skip
     dataset = pipeline.batches(task_list, rates, spec, seed=0)
     iterator = iter(dataset)
@@ -482,6 +485,7 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
     assert batch['patch_images'].shape == (8, 64, 64, 3) and batch['target_tokens'].shape == (8, 24)
     extra = batch['extra']
     assert extra['src_tokens'].shape == (2, 64) and extra['target_tokens'].shape == (2, 40)
+    assert extra['patch_images'].shape == (2, 48, 48, 3)
     assert {task_list[i].name for i in extra['task_ids']} <= {t.name for t in task_list if t.extra}
     assert not {task_list[i].extra for i in batch['task_ids']} - {False} and np.all(extra['loss_weights'] == 2.0)
     assert all(reason.endswith('/bad_type') for reason in batch['dropped'])

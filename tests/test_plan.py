@@ -21,6 +21,8 @@ def test_a_pretraining_plan_splits_the_batch_as_the_pipeline_does():
     batch = plan.abstract_batch(config, mesh)
     assert batch['src_tokens'].shape == (16, config.data.max_source_length)  # OFA's 16 of 20 vision-language rows
     assert batch['extra']['target_tokens'].shape == (4, 257)  # ... and 4 extra ones, long enough for 256 codes
+    assert batch['extra']['patch_images'].shape == (4, 256, 256, 3)  # at OFA's 256 pixels
+    assert batch['patch_images'].shape == (16, 384, 384, 3)
     assert 'extra' not in plan.abstract_batch(small_config(batch_size=20), mesh)
 
 

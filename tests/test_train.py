@@ -551,7 +551,7 @@ def test_ofa_pretraining_trains_its_extra_samples_in_a_sub_batch_of_their_own(tm
     config.model, config.model_overrides = 'nano', dict(code_image_size=32)
     paths = ofa_pretraining_files(tmp_path, World(size=9, image_size=32))
     config.data.update({f'{role}_path': str(path) for role, path in paths.items()})
-    config.data.update(image_size=32, workers=0, max_target_length=16, extra_max_source_length=48)
+    config.data.update(image_size=32, extra_image_size=32, workers=0, max_target_length=16, extra_max_source_length=48)
     config.data.extra_max_target_length = 16  # 16 codes and eos do not fit
     config.update(batch_size=10, total_steps=2, log_every=1, checkpoint_every=2, sample_patch_num=0)
     config.mesh = dict(replica=1, data=1, fsdp=1, tensor=1)

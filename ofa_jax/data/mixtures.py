@@ -148,6 +148,7 @@ def register_ofa_pretraining(
     image_size: int = 384,
     prefix: str = 'ofa',
     extra_max_target_length: int = 257,
+    extra_image_size: int = 256,
 ) -> Mixture:
     """OFA's pretraining over its released TSV files, as the mixture `{prefix}_pretrain`.
 
@@ -157,9 +158,10 @@ def register_ofa_pretraining(
     caption) and every 8 rows add 2 text-infilling, 1 image-infilling and 1 detection sample. Those three are
     `extra` tasks, as OFA's second sample list: a sub-batch of their own whose targets hold up to
     extra_max_target_length tokens (eos included: the last 256 tokens of a text, all 256 codes of an image, the
-    whole objects that fit), their loss normalized on its own and weighted 2 (OFA's conf 2.0). Unlike OFA, the
-    negatives of image-text matching are other rows' captions only (OFA also swaps object words from a global list),
-    and every sample has the same image size (OFA gives image infilling and detection a 256-pixel sub-batch)."""
+    whole objects that fit), their loss normalized on its own and weighted 2 (OFA's conf 2.0); image infilling and
+    detection take images of extra_image_size (OFA's 256 pixels), detection after OFA's flip and large-scale jitter
+    (scale 1-1.5, a random crop). Unlike OFA, the negatives of image-text matching are other rows' captions only (OFA
+    also swaps object words from a global list)."""
     unknown = set(paths) - set(PRETRAIN_FILES)
     if unknown or 'vision_language' not in paths:
         raise ValueError(f'pretraining files {sorted(paths)}: need vision_language, may have {PRETRAIN_FILES[1:]}')
@@ -206,12 +208,12 @@ def register_ofa_pretraining(
     if 'image' in paths:
         tasks['image_infill'] = (
             sources.OFATsvSource(paths['image'], 'pretrain_image'),
-            (decode_image, square_image(image_size), image_infill(vocab, None), twice),
+            (decode_image, square_image(extra_image_size), image_infill(vocab, None), twice),
             rates['image_infill'],
             'image_infill',
         )
     if 'detection' in paths:
-        boxes = image_transform(T.Compose([T.RandomHorizontalFlip(), T.Resize(image_size)]))
+        boxes = image_transform(T.Compose([T.RandomHorizontalFlip(), T.LargeScaleJitter(extra_image_size)]))
         tasks['detection'] = (
             sources.OFATsvSource(paths['detection'], 'pretrain_detection'),
             (
@@ -460,7 +462,11 @@ def register_from_config(data: ml_collections.ConfigDict, world: Any = None) -> 
             )
         paths = {role: data[f'{role}_path'] for role in PRETRAIN_FILES if data[f'{role}_path']}
         mixture = register_ofa_pretraining(
-            vocab, paths, data.image_size, extra_max_target_length=data.extra_max_target_length
+            vocab,
+            paths,
+            data.image_size,
+            extra_max_target_length=data.extra_max_target_length,
+            extra_image_size=data.get('extra_image_size') or data.image_size,  # configs saved before it: one size
         )
         return get_tasks(mixture.name)
     if data.source == 'tasks':

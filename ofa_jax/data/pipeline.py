@@ -42,6 +42,7 @@ class BatchSpec:
     # The lengths of the extra sub-batch (OFA's text, image and detection pretraining samples; see `batches`).
     extra_max_source_length: int = 0
     extra_max_target_length: int = 0
+    extra_image_size: int = 0  # 0: image_size
 
 
 # The model's inputs of a batch, besides the decoder's.
@@ -332,7 +333,7 @@ def _normalized(element: Any) -> Any:
 def sub_batch_specs(spec: BatchSpec, extra_share: float, granule: int = 1) -> list[BatchSpec]:
     """The main and the extra sub-batch's specs when a share of the rates (extra_share, in (0, 1)) goes to the extra
     tasks: the extra sub-batch gets that share of spec.batch_size rows, as a multiple of `granule` (at least one),
-    at spec.extra_max_source_length / extra_max_target_length."""
+    at spec.extra_max_source_length / extra_max_target_length and extra_image_size."""
     extra_rows = max(granule, round(spec.batch_size * extra_share / granule) * granule)
     if extra_rows >= spec.batch_size:
         raise ValueError(f'a batch of {spec.batch_size} rows has no room for {extra_rows} extra rows')
@@ -341,6 +342,7 @@ def sub_batch_specs(spec: BatchSpec, extra_share: float, granule: int = 1) -> li
         dataclasses.replace(
             spec,
             batch_size=extra_rows,
+            image_size=spec.extra_image_size or spec.image_size,
             max_source_length=spec.extra_max_source_length,
             max_target_length=spec.extra_max_target_length,
         ),
