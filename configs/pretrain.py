@@ -12,7 +12,8 @@ two sample lists.
         --config.data.vision_language_path=vision_language_examples.tsv \\
         --config.data.text_path=pure_text_examples.tsv \\
         --config.data.image_path=pure_image_examples.tsv \\
-        --config.data.detection_path=detection_examples.tsv
+        --config.data.detection_path=detection_examples.tsv \\
+        --config.data.negatives_dir=negative_sample    # OFA's object.txt, all_captions.txt, type2ans.json
     bash launch/tpu_pod.sh TPU_NAME ZONE configs/pretrain.py:large gs://BUCKET/ofa_large --config.data...
 """
 

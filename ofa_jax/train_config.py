@@ -41,6 +41,9 @@ def data_config(source: str) -> ml_collections.ConfigDict:
         data.extra_max_source_length = 288  # the instruction around a text of 256 tokens, some masked
         data.extra_max_target_length = 257  # 256 codes of the image's centre (code_image_size 128) and eos
         data.extra_image_size = 256  # image infilling and detection: code_image_size x 2, as OFA's
+        # OFA's negative samples (its --neg-sample-dir: object.txt, all_captions.txt, type2ans.json) for image-text
+        # and answer matching; '': other rows' captions and answers.
+        data.negatives_dir = ''
     else:
         # Finetuning tasks by name, each {name, kind (a task of ofa_jax.data.tasks), rate, format: 'tsv' (path,
         # tsv_kind: OFA's file layout) | 'jsonl' (path, image_root) | 'tfds' (dataset, split, data_dir), and OFA's

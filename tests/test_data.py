@@ -1,6 +1,7 @@
 """The input pipeline on the embedded world: determinism, resume, sharding, mixing, drops, and every task's form."""
 
 import collections
+import json
 import struct
 import zlib
 
@@ -503,6 +504,47 @@ def test_ofa_pretraining_mixture_over_its_tsv_files(tmp_path, vocab):
     data.vision_language_path = str(tmp_path / 'missing.tsv')
     with pytest.raises(ValueError, match='vision_language file .*missing.tsv'):
         mixtures.register_from_config(data)
+
+
+def test_ofa_negative_samples_are_drawn_as_ofa_draws_them(tmp_path, vocab):
+    # OFA's unify task reads --neg-sample-dir; unify_dataset.py get_negative_caption / get_negative_answer draw them.
+    (tmp_path / 'object.txt').write_text('cat\n\nbird\nhorse\n')
+    (tmp_path / 'all_captions.txt').write_text('a red bus\n a green tree \n')
+    type2ans = {'what color': ['red', 'blue', 'green'], 'how many': ['1', '2', '3'], 'other': ['yes', 'no', 'maybe']}
+    (tmp_path / 'type2ans.json').write_text(json.dumps(type2ans))
+    negatives = mixtures.read_negatives(str(tmp_path))
+    assert negatives.objects == ('cat', 'bird', 'horse') and negatives.captions == ('a red bus', 'a green tree')
+
+    itm = tasks.itm(vocab, [], negatives.objects, captions=negatives.captions)
+    record = {'caption': 'a dog on a sofa', 'objects': ['dog', 'sofa']}
+    swapped = {f'a {o} on a sofa' for o in negatives.objects} | {f'a dog on a {o}' for o in negatives.objects}
+    seen = collections.Counter()
+    for seed in range(200):
+        example = itm(record, np.random.default_rng(seed))
+        if vocab.decode(example['target_ids']) == ' no':
+            text = example['itm_text']
+            seen['object' if text in swapped else 'caption' if text in negatives.captions else text] += 1
+    assert set(seen) == {'object', 'caption'} and 0.25 < seen['object'] / sum(seen.values()) < 0.55  # OFA's 40%
+
+    def negative_answers(answer: str, confidence: float) -> set[str]:
+        match = tasks.answer_match(vocab, [], negatives.type2ans)
+        found = set()
+        for seed in range(200):
+            example = match({'question': 'q', 'answers': {answer: confidence}}, np.random.default_rng(seed))
+            assert example['loss_weight'] == confidence
+            if vocab.decode(example['target_ids']) == ' no':
+                found.add(vocab.decode(example['source_ids']).split('is "')[-1].split('"')[0].strip())
+        return found
+
+    assert negative_answers('blue', 1.0) == {'red', 'green', 'yes', 'no'}  # its type's others; 'other' at times
+    assert negative_answers('2', 1.0) == {'1', '3', 'yes', 'no'}  # a count one off, or its type's others
+    assert negative_answers('zebra', 1.0) == {'yes', 'no'}  # an answer of no type: 'other' (never its last but one)
+    (tmp_path / 'type2ans.json').write_text(json.dumps({'what color': ['red', 'blue']}))
+    with pytest.raises(ValueError, match="no 'other' question type"):
+        mixtures.read_negatives(str(tmp_path))
+    (tmp_path / 'object.txt').unlink()
+    with pytest.raises(ValueError, match='object.txt is missing'):
+        mixtures.read_negatives(str(tmp_path))
 
 
 def test_the_world_codebook_is_the_same_for_every_world_seed():

@@ -5,9 +5,10 @@ Each registered Task names its declaration in `ofa_jax.data.tasks.TASKS` (`Task.
 prompted, decoded and scored.
 """
 
+import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
@@ -137,6 +138,42 @@ def square_image(size: int) -> Preprocessor:
 PRETRAIN_FILES = ('vision_language', 'text', 'image', 'detection')
 
 
+class Negatives(NamedTuple):
+    """OFA's negative samples for image-text and answer matching (its --neg-sample-dir): object words, captions and
+    answers by question type."""
+
+    objects: tuple[str, ...]
+    captions: tuple[str, ...]
+    type2ans: dict[str, list[str]]
+
+
+def read_negatives(directory: str) -> Negatives:
+    """object.txt and all_captions.txt (a non-blank line each) and type2ans.json ({question type: [answers]},
+    'other' among them) of `directory`, read as OFA's unify task reads them."""
+    folder = epath.Path(directory)
+    lines = {}
+    for name in ('object.txt', 'all_captions.txt'):
+        path = folder / name
+        if not path.exists():
+            raise ValueError(f'negative samples {directory!r}: {name} is missing')
+        lines[name] = tuple(row.strip() for row in path.read_text(encoding='utf-8').splitlines() if row.strip())
+        if len(lines[name]) < 2:
+            raise ValueError(f'negative samples {path}: needs at least two non-blank lines')
+    path = folder / 'type2ans.json'
+    try:
+        type2ans = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as error:
+        raise ValueError(f'negative samples {path}: {error}') from None
+    if not isinstance(type2ans, dict) or not all(
+        isinstance(answers, list) and len(answers) >= 2 and all(isinstance(a, str) for a in answers)
+        for answers in type2ans.values()
+    ):
+        raise ValueError(f'negative samples {path}: expected {{question type: [two or more answers]}}')
+    if 'other' not in type2ans:
+        raise ValueError(f"negative samples {path}: has no 'other' question type")
+    return Negatives(lines['object.txt'], lines['all_captions.txt'], type2ans)
+
+
 # OFA's unify dataset: every 8 vision-language rows give 8 + 8 samples and add 2 text-infilling, 1 image-infilling and
 # 1 detection sample (the extra ones, a fifth of the batch).
 OFA_PRETRAIN_RATES = {'vl_first': 8, 'vl_second': 8, 'text_infill': 2, 'image_infill': 1, 'detection': 1}
@@ -149,6 +186,7 @@ def register_ofa_pretraining(
     prefix: str = 'ofa',
     extra_max_target_length: int = 257,
     extra_image_size: int = 256,
+    negatives: Negatives | None = None,
 ) -> Mixture:
     """OFA's pretraining over its released TSV files, as the mixture `{prefix}_pretrain`.
 
@@ -160,8 +198,8 @@ def register_ofa_pretraining(
     extra_max_target_length tokens (eos included: the last 256 tokens of a text, all 256 codes of an image, the
     whole objects that fit), their loss normalized on its own and weighted 2 (OFA's conf 2.0); image infilling and
     detection take images of extra_image_size (OFA's 256 pixels), detection after OFA's flip and large-scale jitter
-    (scale 1-1.5, a random crop). Unlike OFA, the negatives of image-text matching are other rows' captions only (OFA
-    also swaps object words from a global list)."""
+    (scale 1-1.5, a random crop). The negatives of image-text and answer matching are OFA's (`negatives`, its
+    negative-sample files) or, without them, other rows' captions and answers."""
     unknown = set(paths) - set(PRETRAIN_FILES)
     if unknown or 'vision_language' not in paths:
         raise ValueError(f'pretraining files {sorted(paths)}: need vision_language, may have {PRETRAIN_FILES[1:]}')
@@ -187,8 +225,16 @@ def register_ofa_pretraining(
     )
     second = per_type(
         {
-            'caption': (require_text('caption'), image_text, itm(vocab, vl)),
-            'qa': (require_text('question'), image_text, answer_match(vocab, vl)),
+            'caption': (
+                require_text('caption'),
+                image_text,
+                itm(vocab, vl, negatives.objects, captions=negatives.captions) if negatives else itm(vocab, vl),
+            ),
+            'qa': (
+                require_text('question'),
+                image_text,
+                answer_match(vocab, vl, negatives.type2ans if negatives else None),
+            ),
             'visual_grounding': (require_text('text'), region, grounded_caption(vocab)),
         }
     )
@@ -467,6 +513,7 @@ def register_from_config(data: ml_collections.ConfigDict, world: Any = None) -> 
             data.image_size,
             extra_max_target_length=data.extra_max_target_length,
             extra_image_size=data.get('extra_image_size') or data.image_size,  # configs saved before it: one size
+            negatives=read_negatives(data.negatives_dir) if data.get('negatives_dir') else None,
         )
         return get_tasks(mixture.name)
     if data.source == 'tasks':

@@ -692,9 +692,24 @@ def _other_value(
     raise DropExample(reason)
 
 
-def itm(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (), max_words: int = 30) -> Preprocessor:
+def _one_other(rng: np.random.Generator, choices: Sequence[str], current: str) -> str:
+    # OFA's draw of a negative: any choice but the last, the last in place of the current one.
+    choice = choices[rng.integers(len(choices) - 1)] if len(choices) > 1 else choices[-1]
+    return choices[-1] if choice == current else choice
+
+
+def itm(
+    vocab: Vocabulary,
+    negatives: Any,
+    object_words: tuple[str, ...] = (),
+    max_words: int = 30,
+    captions: Sequence[str] = (),
+) -> Preprocessor:
     """Image-text matching. Half the examples keep their caption (answer 'yes'); the others ('no') get a caption with
-    one object word swapped (with probability 0.4, when object words are known and present) or another record's."""
+    an object swapped (with probability 0.4) or another caption: one of `captions` (OFA's all_captions.txt) or else
+    another record's. A record with its objects ('objects', OFA's gt objects) has one of them replaced in its caption
+    by another of object_words (OFA's object.txt), as OFA's get_negative_caption does; without objects or captions
+    (the synthetic world), one of the object words its cleaned caption holds is swapped for another."""
 
     def preprocess(example, rng):
         text = example['caption']  # the instruction cleans it
@@ -703,10 +718,16 @@ def itm(vocab: Vocabulary, negatives: Any, object_words: tuple[str, ...] = (), m
             answer = 'no'
             words = clean_text(text, max_words).split()
             present = [i for i, w in enumerate(words) if w in object_words]
-            if present and rng.random() < 0.4:
+            objects = example.get('objects')
+            if objects and object_words and rng.random() < 0.4:
+                gt_object = objects[rng.integers(len(objects))]
+                text = text.replace(gt_object, _one_other(rng, object_words, gt_object))
+            elif not (objects or captions) and present and rng.random() < 0.4:  # the synthetic world's
                 i = present[rng.integers(len(present))]
                 words[i] = rng.choice([w for w in object_words if w != words[i]])
                 text = ' '.join(words)
+            elif captions:
+                text = captions[rng.integers(len(captions))]
             else:
                 text = _other_value(
                     negatives,
@@ -757,9 +778,24 @@ def vqa(
     return preprocess
 
 
-def answer_match(vocab: Vocabulary, negatives: Any) -> Preprocessor:
-    """OFA's second sample of a VQA row: is the best answer ('yes', half the time) or another record's best answer
-    ('no') the answer to the question? Weighted by the best answer's confidence, as OFA's copy of the VQA sample."""
+def answer_match(
+    vocab: Vocabulary, negatives: Any, type2ans: Mapping[str, Sequence[str]] | None = None
+) -> Preprocessor:
+    """OFA's second sample of a VQA row: is the best answer ('yes', half the time) or another answer ('no') the
+    answer to the question? Weighted by the best answer's confidence, as OFA's copy of the VQA sample. The other
+    answer is, with `type2ans` (OFA's type2ans.json, {question type: answers}), drawn as OFA's get_negative_answer
+    draws it (an answer of the same type when the best one is confident; a count one off for 'how many'), and
+    otherwise another record's best answer."""
+    ans2type = {a: kind for kind, answers in (type2ans or {}).items() if kind != 'other' for a in answers}
+
+    def typed_negative(answer: str, confidence: float, rng: np.random.Generator) -> str:
+        chance = rng.random()
+        if confidence > chance + 0.1 and answer in ans2type:
+            kind = ans2type[answer]
+            if kind == 'how many' and answer.isdigit() and chance > 0.5:
+                return str(int(answer) + int(rng.choice([-1, 1])))
+            return _one_other(rng, type2ans[kind], answer)
+        return _one_other(rng, type2ans['other'], answer)
 
     def best(example):
         answers = example.get('answers')
@@ -773,7 +809,10 @@ def answer_match(vocab: Vocabulary, negatives: Any) -> Preprocessor:
         target = 'yes'
         if rng.random() < 0.5:
             target = 'no'
-            answer = _other_value(negatives, rng, best, answer, 'no_negative_answer')
+            if type2ans:
+                answer = typed_negative(answer, max(example['answers'].values()), rng)
+            else:
+                answer = _other_value(negatives, rng, best, answer, 'no_negative_answer')
         return {
             **example,
             **_source('answer_match', vocab, question=example['question'], answer=answer),
