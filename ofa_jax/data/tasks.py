@@ -137,7 +137,13 @@ def text_infill_instruction(vocab: Vocabulary, text: str) -> list[int]:
 
 
 def text_to_image_instruction(vocab: Vocabulary, text: str) -> list[int]:
-    return vocab.encode(TEXT_TO_IMAGE.format(_text(text, 'text')))
+    """The caption as OFA's image_gen_dataset.py puts it: its first 64 words (the scripts' max_src_length), spaces
+    collapsed, case and punctuation kept."""
+    if not isinstance(text, str):
+        raise ValueError(f'text must be a string, got {type(text).__name__}')
+    if not text.split():
+        raise ValueError('text is empty')
+    return vocab.encode(TEXT_TO_IMAGE.format(' '.join(text.split()[:64])))
 
 
 def snli_ve_instruction(vocab: Vocabulary, hypothesis: str, premise: str | None = None) -> list[int]:
