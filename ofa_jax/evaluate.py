@@ -199,10 +199,11 @@ def scores_table(scores: dict[str, float]) -> str:
     width = max([len('task'), *map(len, rows)])
     lines = [f'{"task":<{width}}  metrics']
     for task, values in rows.items():
-        counts = (values.pop('examples', None), values.pop('dropped', None))
+        counts = (values.pop('examples', None), values.pop('dropped', None), values.pop('unlabeled', None))
         metrics = ', '.join(f'{name} {value:.3f}' for name, value in values.items())
         if counts[0] is not None:
-            metrics += f'  ({int(counts[0])} examples' + (f', {int(counts[1])} dropped)' if counts[1] else ')')
+            extra = [f'{int(n)} {what}' for n, what in zip(counts[1:], ('dropped', 'unscored: no answers')) if n]
+            metrics += f'  ({", ".join([f"{int(counts[0])} examples", *extra])})'
         lines.append(f'{task:<{width}}  {metrics}')
     return '\n'.join(lines)
 

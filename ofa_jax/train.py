@@ -773,7 +773,7 @@ def validate(
 
 def best_metric(config: ml_collections.ConfigDict, scores: dict[str, float]) -> str:
     """The validation score that picks the best checkpoint: validation.metric, or the first task's first metric."""
-    metrics = [k for k in scores if not k.endswith(('_examples', '_dropped'))]
+    metrics = [k for k in scores if not k.endswith(('_examples', '_dropped', '_unlabeled'))]
     key = config.validation.metric or (metrics[0] if metrics else '')
     if key not in metrics:
         raise ValueError(f'validation.metric {key!r} is not among the validation scores {metrics}')

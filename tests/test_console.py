@@ -69,12 +69,17 @@ def test_scores_read_as_a_table_of_tasks():
             'grounded_caption_exact_match': 0.5,
             'grounded_caption_examples': 8,
             'grounded_caption_dropped': 1,
+            'vqa_accuracy': 0.75,
+            'vqa_examples': 6,
+            'vqa_dropped': 0,
+            'vqa_unlabeled': 2,
         }
     )
     assert table.splitlines() == [
         'task              metrics',
         'caption           cider 1.500, exact_match 0.250  (8 examples)',
         'grounded_caption  exact_match 0.500  (8 examples, 1 dropped)',
+        'vqa               accuracy 0.750  (6 examples, 2 unscored: no answers)',
     ]
 
 
