@@ -4,9 +4,8 @@ Recipe (OFA): AdamW lr 1e-4 with 1% warmup and linear decay, clip 5.0, no label 
 encoder and decoder, 196 sampled image patches, source 80 / target 30 tokens, bf16 compute. Data: OFA's pretraining
 TSV files; only the vision-language file is required. The text, image and detection samples (a fifth of each batch,
 as OFA's 4 of every 20) form a sub-batch of their own with sources of 288 and targets of 257 tokens (a text's last
-256 tokens, all 256 codes of an image, the whole objects that fit) and 256-pixel images (detection after OFA's flip
-and large-scale jitter), whose mean loss is added to the image-text one with weight 2, as OFA's criterion adds its
-two sample lists.
+256 tokens, all 256 codes of an image, the whole objects that fit) and 256-pixel images, whose mean loss is added
+to the image-text one with weight 2, as OFA's criterion adds its two sample lists.
 
     python -m ofa_jax.train --config configs/pretrain.py:base --workdir gs://BUCKET/ofa_base \\
         --config.data.vision_language_path=vision_language_examples.tsv \\

@@ -95,29 +95,6 @@ def test_random_resize_draws_from_sizes():
     assert shorter == {40, 50, 60}
 
 
-@pytest.mark.parametrize('seed', range(12))
-def test_large_scale_jitter_scales_and_crops_as_ofa(seed):
-    # OFA's utils/transforms.py LargeScaleJitter(output_size=64, aug_scale_min=1.0, aug_scale_max=1.5): the shorter
-    # side to round(U[1, 1.5) x 64), the other in proportion, then a 64 x 64 window at a random offset.
-    sample = T.Sample.from_image(scene(112, 80, BOX, seed), [BOX, (0, 0, 6, 6)], labels=[7, 8])
-    out = T.LargeScaleJitter(64)(sample, rng(seed))
-    draws = rng(seed)
-    shorter = round(draws.uniform(1.0, 1.5) * 64)
-    ratio = max(shorter / 80, shorter / 112)
-    height, width = round(80 * ratio), round(112 * ratio)
-    top, left = np.floor((np.array([height, width]) - 64) * draws.random(2))
-    assert out.image.shape == (64, 64, 3) and min(height, width) == shorter
-    scaled = np.array([BOX, (0, 0, 6, 6)], np.float64) * [width / 112, height / 80, width / 112, height / 80]
-    expected = np.clip(scaled - [left, top, left, top], 0, 64)
-    kept = (expected[:, 2] > expected[:, 0]) & (expected[:, 3] > expected[:, 1])  # OFA deletes the others
-    assert out.keep.tolist() == kept.tolist()
-    np.testing.assert_allclose(out.boxes[kept], expected[kept], atol=1e-3)
-    if kept[0]:
-        assert_box_bounds_red(out)
-    with pytest.raises(ValueError, match='min_scale'):
-        T.LargeScaleJitter(64, min_scale=0.5)
-
-
 def test_center_crop_flags_boxes_cut_away():
     # Box 0 straddles the crop's left edge, box 1 lies outside it, box 2 is inside.
     image = scene(100, 60, (5, 10, 30, 30))

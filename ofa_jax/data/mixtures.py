@@ -185,7 +185,7 @@ def register_ofa_pretraining(
     image_size: int = 384,
     prefix: str = 'ofa',
     extra_max_target_length: int = 257,
-    extra_image_size: int = 256,
+    extra_image_size: int | None = None,
     negatives: Negatives | None = None,
 ) -> Mixture:
     """OFA's pretraining over its released TSV files, as the mixture `{prefix}_pretrain`.
@@ -197,9 +197,10 @@ def register_ofa_pretraining(
     `extra` tasks, as OFA's second sample list: a sub-batch of their own whose targets hold up to
     extra_max_target_length tokens (eos included: the last 256 tokens of a text, all 256 codes of an image, the
     whole objects that fit), their loss normalized on its own and weighted 2 (OFA's conf 2.0); image infilling and
-    detection take images of extra_image_size (OFA's 256 pixels), detection after OFA's flip and large-scale jitter
-    (scale 1-1.5, a random crop). The negatives of image-text and answer matching are OFA's (`negatives`, its
-    negative-sample files) or, without them, other rows' captions and answers."""
+    detection take images of extra_image_size (OFA's 256 pixels; None: image_size), detection flipped and resized
+    (not OFA's large-scale jitter, whose random crop drops boxes). The negatives of image-text and answer matching
+    are OFA's (`negatives`, its negative-sample files) or, without them, other rows' captions and answers."""
+    extra_image_size = extra_image_size or image_size
     unknown = set(paths) - set(PRETRAIN_FILES)
     if unknown or 'vision_language' not in paths:
         raise ValueError(f'pretraining files {sorted(paths)}: need vision_language, may have {PRETRAIN_FILES[1:]}')
@@ -259,7 +260,7 @@ def register_ofa_pretraining(
             'image_infill',
         )
     if 'detection' in paths:
-        boxes = image_transform(T.Compose([T.RandomHorizontalFlip(), T.LargeScaleJitter(extra_image_size)]))
+        boxes = image_transform(T.Compose([T.RandomHorizontalFlip(), T.Resize(extra_image_size)]))
         tasks['detection'] = (
             sources.OFATsvSource(paths['detection'], 'pretrain_detection'),
             (

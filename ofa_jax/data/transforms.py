@@ -306,31 +306,6 @@ class ObjectCenterCrop:
 
 
 @dataclasses.dataclass(frozen=True)
-class LargeScaleJitter:
-    """OFA's detection augmentation (utils/transforms.py LargeScaleJitter): the shorter side scaled to
-    round(U[min_scale, max_scale) x size), the longer in proportion, then a random size x size window of it. Boxes
-    cropped away are flagged in `keep`. OFA only crops (its padding branch is never taken): scales start at 1."""
-
-    size: int
-    min_scale: float = 1.0
-    max_scale: float = 1.5
-
-    def __post_init__(self) -> None:
-        if not 1.0 <= self.min_scale <= self.max_scale:
-            raise ValueError(
-                f'LargeScaleJitter needs 1 <= min_scale <= max_scale, got {self.min_scale}, {self.max_scale}'
-            )
-
-    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        shorter = round(rng.uniform(self.min_scale, self.max_scale) * self.size)
-        ratio = max(shorter / sample.height, shorter / sample.width)
-        width, height = round(sample.width * ratio), round(sample.height * ratio)
-        scaled = sample.warped(*resize_image(_uint8_image(sample), width, height))
-        top, left = np.floor((np.array([height, width]) - self.size) * rng.random(2)).astype(int)
-        return scaled.warped(*crop_image(scaled.image, int(left), int(top), self.size, self.size))
-
-
-@dataclasses.dataclass(frozen=True)
 class RandomHorizontalFlip:
     """Mirror left-right with probability `p`; x maps to W - x. Not for grounding: its text says left and right."""
 
