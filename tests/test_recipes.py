@@ -490,6 +490,8 @@ def modelscope_preprocessor(directory, module: str, task: str, column_map: dict,
         'visual_question_answering': 'OfaVisualQuestionAnsweringPreprocessor',
         'visual_grounding': 'OfaVisualGroundingPreprocessor',
         'visual_entailment': 'OfaVisualEntailmentPreprocessor',
+        'text_classification': 'OfaTextClassificationPreprocessor',
+        'summarization': 'OfaSummarizationPreprocessor',
     }[module]
     return reference.ofa_preprocessor(module, cls, task, model, column_map, directory)
 
@@ -599,6 +601,62 @@ def test_grounding_examples_are_modelscopes(tmp_path, modelscope_dir):
         expected.append((source, [V.BOS, *target[:-1:2]], [*target[:-1:2], V.EOS], mask, weight))
     batch, _ = batch_of('grounding', GROUNDING_ROWS, tmp_path)
     assert_rows_are_ofas(batch, expected)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize('kind', ['mnli', 'rte'])
+def test_text_pairs_are_modelscopes(kind, modelscope_dir):
+    from modelscope.utils.constant import Tasks
+
+    # modelscope's text classification preprocessor: OFA's MNLI / RTE instruction of the lowercased sentences
+    # (mnli_dataset.py), trained on the label and eos without a prompt as ofa-jax trains it (OFA's own datasets take
+    # the label token alone after the src prompt, a difference the README lists).
+    preprocessor = modelscope_preprocessor(
+        modelscope_dir,
+        'text_classification',
+        Tasks.text_classification,
+        {},
+        answer2label=str(modelscope_dir / 'snli_ve_ans2label.json'),  # its labels are ids: no 0, yes 1, maybe 2
+        max_src_length=512,
+    )
+    pairs = [
+        ('A man-in-black SLEEPS on a  bench...', '...someone/anyone  Rests', 'entailment'),
+        ("The city's streets flooded.", 'It rained, a lot!', 'not_entailment' if kind == 'rte' else 'neutral'),
+    ]
+    for premise, hypothesis, label in pairs:
+        answer = {'entailment': 1, 'not_entailment': 0, 'neutral': 2}[label]
+        sample = preprocessor({'text': premise, 'text2': hypothesis, 'label': answer})
+        example = preprocess(kind, {'premise': premise, 'hypothesis': hypothesis, 'label': label})
+        assert example['source_ids'] == sample['source'].tolist()[1:-1]
+        assert [V.BOS, *example['target_ids']] == sample['prev_output_tokens'].tolist()
+        assert [*example['target_ids'], V.EOS] == sample['target'].tolist()
+
+
+@pytest.mark.parity
+def test_gigaword_examples_are_modelscopes_with_ofas_prompt_and_leading_space(modelscope_dir):
+    from modelscope.utils.constant import Tasks
+
+    # modelscope's summarization preprocessor with OFA's Gigaword prompt (summary_dataset.py; modelscope's default
+    # prompt is its own) and no noise; its target lacks the leading space OFA's has, as its caption target does.
+    preprocessor = modelscope_preprocessor(
+        modelscope_dir,
+        'summarization',
+        Tasks.text_summarization,
+        {'summary': 'summary'},
+        prompt=' what is the summary of article " {} "?',
+        max_src_length=512,
+        max_tgt_length=64,
+    )
+    articles = [
+        ('Police-in <unk> said on Monday that the  suspect, 42, was  ARRESTED.', 'police <unk> arrest suspect'),
+        ('...The council approved the new budget / plan on Monday.', 'Council APPROVES budget'),
+    ]
+    for article, headline in articles:
+        sample = preprocessor({'text': article, 'summary': headline})
+        example = preprocess('summarization', {'text': article, 'target': headline})
+        assert example['source_ids'] == sample['source'].tolist()[1:-1]
+        text = preprocessor.tokenizer.decode(sample['target'][:-1])
+        assert example['target_ids'] == VOCAB.encode(' ' + text)
 
 
 @pytest.mark.parity

@@ -69,12 +69,26 @@ def finetune_caption_text(text: str, max_words: int | None = 20) -> str:
     return ' '.join(words[:max_words] if max_words else words)
 
 
-def _text(value: Any, name: str, max_words: int | None = 80) -> str:
-    """`value` cleaned for an instruction; ValueError names an input that is not a non-empty string. OFA cuts a
-    question, expression or hypothesis at max_src_length words: 80 in its pretraining and finetuning scripts."""
+def glue_text(text: str, max_words: int | None = 512) -> str:
+    """A GLUE sentence as OFA's NLU datasets take it (sst2_dataset.py, mnli_dataset.py, ...): lowercased, spaces
+    collapsed, the first max_words words (their max_src_length, 512)."""
+    return ' '.join(text.lower().split()[:max_words])
+
+
+def _as_written(text: str, max_words: int | None) -> str:
+    # Spaces collapsed, case and punctuation kept.
+    return ' '.join(text.split()[:max_words])
+
+
+def _text(
+    value: Any, name: str, max_words: int | None = 80, clean: Callable[[str, int | None], str] = clean_text
+) -> str:
+    """`value` cleaned for an instruction by `clean`; ValueError names an input that is not a non-empty string. OFA
+    cuts a question, expression or hypothesis at max_src_length words: 80 in its pretraining and finetuning
+    scripts."""
     if not isinstance(value, str):
         raise ValueError(f'{name} must be a string, got {type(value).__name__}')
-    text = clean_text(value, max_words)
+    text = clean(value, max_words)
     if not text:
         raise ValueError(f'{name} is empty')
     return text
@@ -139,11 +153,7 @@ def text_infill_instruction(vocab: Vocabulary, text: str) -> list[int]:
 def text_to_image_instruction(vocab: Vocabulary, text: str) -> list[int]:
     """The caption as OFA's image_gen_dataset.py puts it: its first 64 words (the scripts' max_src_length), spaces
     collapsed, case and punctuation kept."""
-    if not isinstance(text, str):
-        raise ValueError(f'text must be a string, got {type(text).__name__}')
-    if not text.split():
-        raise ValueError('text is empty')
-    return vocab.encode(TEXT_TO_IMAGE.format(' '.join(text.split()[:64])))
+    return vocab.encode(TEXT_TO_IMAGE.format(_text(text, 'text', 64, _as_written)))
 
 
 def snli_ve_instruction(vocab: Vocabulary, hypothesis: str, premise: str | None = None) -> list[int]:
@@ -154,12 +164,14 @@ def snli_ve_instruction(vocab: Vocabulary, hypothesis: str, premise: str | None 
 
 
 def sst2_instruction(vocab: Vocabulary, text: str) -> list[int]:
-    return vocab.encode(SST2.format(_text(text, 'text', 100)))
+    return vocab.encode(SST2.format(_text(text, 'text', 512, glue_text)))
 
 
 def text_pair_instruction(template: str) -> Callable[..., list[int]]:
     def instruction(vocab: Vocabulary, premise: str, hypothesis: str) -> list[int]:
-        return vocab.encode(template.format(_text(premise, 'premise', 100), _text(hypothesis, 'hypothesis', 100)))
+        return vocab.encode(
+            template.format(_text(premise, 'premise', 512, glue_text), _text(hypothesis, 'hypothesis', 512, glue_text))
+        )
 
     return instruction
 
