@@ -134,7 +134,8 @@ def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
     )
     wanted = {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
     stored = manager.item_metadata(step)['state']
-    stored_rows = getattr(stored, 'tree', stored)['params']['embed_tokens']['embedding'].shape[0]
+    stored = getattr(stored, 'tree', stored)
+    stored_rows = stored['params']['embed_tokens']['embedding'].shape[0]
     if stored_rows == model.config.vocab_size:  # written before the token table was padded: read it so, pad after
         table = abstract['params']['embed_tokens']['embedding']
         table = jax.ShapeDtypeStruct((stored_rows, table.shape[1]), table.dtype, sharding=device)
@@ -142,7 +143,7 @@ def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
         wanted['params'] = abstract['params']
     if train_config.ema_decay:
         wanted['ema_params'] = abstract['params']
-        if 'ema_batch_stats' in stored_state_fields(manager, step):  # absent from runs saved before it was kept
+        if 'ema_batch_stats' in stored:  # absent from runs saved before it was kept
             wanted['ema_batch_stats'] = abstract['batch_stats']
     # Only the model's leaves of the saved TrainState are read; their placement comes from the target, so restoring
     # needs no knowledge of the training mesh.

@@ -101,15 +101,6 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: np.asarray(v).tolist()))
 
 
-def vqa_result_file(lines: list[dict]) -> list[dict] | None:
-    """VQA predictions (predictions.jsonl's lines) as the result file the VQA v2 evaluation server (EvalAI) takes
-    for test-dev and test-std, and OFA writes: [{'question_id': int, 'answer': str}]; None where an id is not a
-    question id (an integer)."""
-    if not all(line['id'].isdigit() for line in lines):
-        return None
-    return [{'question_id': int(line['id']), 'answer': line['prediction']} for line in lines]
-
-
 def evaluate(
     config: ml_collections.ConfigDict,
     checkpoint: str | os.PathLike,
@@ -179,11 +170,11 @@ def evaluate(
     )
     (workdir / metrics_file).write_text(json.dumps(results, indent=2))
     for name, lines in predictions_by_task.items():
-        if kinds[name].name != 'vqa':
+        if kinds[name].results_file is None:
             continue
-        answers = vqa_result_file(lines)
+        answers = kinds[name].results_file(lines)
         if answers is None:
-            logging.warning('%s: its ids are not VQA question ids (integers), so no %s_results.json', name, name)
+            logging.warning('%s: its ids are not question ids (integers), so no %s_results.json', name, name)
         else:
             (workdir / f'{name}_results.json').write_text(json.dumps(answers))
     return results, predictions_by_task

@@ -496,6 +496,20 @@ def modelscope_preprocessor(directory, module: str, task: str, column_map: dict,
     return reference.ofa_preprocessor(module, cls, task, model, column_map, directory)
 
 
+def answer_list_preprocessor(directory, module: str, task: str, column: str, answers: str, prompt_type: str):
+    """modelscope's preprocessor of a task answered from a list (VQA, SNLI-VE; `answers`_ans2label.json in
+    `directory`), with OFA's 80-word sources; `column` holds the answer."""
+    return modelscope_preprocessor(
+        directory,
+        module,
+        task,
+        {column: column},
+        prompt_type=prompt_type,
+        answer2label=str(directory / f'{answers}_ans2label.json'),
+        max_src_length=80,
+    )
+
+
 def modelscope_row(sample: dict) -> tuple:
     """A modelscope sample as assert_rows_are_ofas's (source, prev_output_tokens, target, constraint mask, weight)."""
     mask = sample['constraint_mask'].numpy() if 'constraint_mask' in sample else None
@@ -514,14 +528,8 @@ MODELSCOPE_VQA_ROWS = [  # the best answer's confidence is 1.0 and there are no 
 def test_vqa_examples_are_modelscopes(prompt_type, tmp_path, modelscope_dir):
     from modelscope.utils.constant import Tasks
 
-    preprocessor = modelscope_preprocessor(
-        modelscope_dir,
-        'visual_question_answering',
-        Tasks.visual_question_answering,
-        {'answer': 'answer'},
-        prompt_type=prompt_type,
-        answer2label=str(modelscope_dir / 'vqa_ans2label.json'),
-        max_src_length=80,
+    preprocessor = answer_list_preprocessor(
+        modelscope_dir, 'visual_question_answering', Tasks.visual_question_answering, 'answer', 'vqa', prompt_type
     )
     expected = []
     for question, answers, _ in MODELSCOPE_VQA_ROWS:
@@ -544,14 +552,8 @@ def test_vqa_examples_are_modelscopes(prompt_type, tmp_path, modelscope_dir):
 def test_snli_ve_examples_are_modelscopes(prompt_type, tmp_path, modelscope_dir):
     from modelscope.utils.constant import Tasks
 
-    preprocessor = modelscope_preprocessor(
-        modelscope_dir,
-        'visual_entailment',
-        Tasks.visual_entailment,
-        {'relation': 'relation'},
-        prompt_type=prompt_type,
-        answer2label=str(modelscope_dir / 'snli_ve_ans2label.json'),
-        max_src_length=80,
+    preprocessor = answer_list_preprocessor(
+        modelscope_dir, 'visual_entailment', Tasks.visual_entailment, 'relation', 'snli_ve', prompt_type
     )
     relation = {'entailment': 'yes', 'contradiction': 'no', 'neutral': 'maybe'}  # snli_ve_dataset.py:138-141
     expected = [

@@ -178,7 +178,7 @@ def text_pair_instruction(template: str) -> Callable[..., list[int]]:
 
 def summarization_instruction(vocab: Vocabulary, text: str) -> list[int]:
     """OFA's summary_dataset.py: the article's first 512 words, Gigaword's '<unk>' written 'unk'."""
-    return vocab.encode(GIGAWORD.format(_text(text, 'text', 512).replace('<unk>', 'unk')))
+    return vocab.encode(GIGAWORD.format(_text(text, 'text', 512, summary_text)))
 
 
 # ---- outputs: answer tokens -> result fields ---------------------------------------------------------------------
@@ -295,6 +295,15 @@ def accuracy_metrics(predictions: Mapping[Any, str], references: Mapping[Any, st
     return {'accuracy': metrics.accuracy(predictions, references)}
 
 
+def vqa_results_file(lines: list[dict]) -> list[dict] | None:
+    """VQA predictions (predictions.jsonl's lines) as the result file the VQA v2 evaluation server (EvalAI) takes
+    for test-dev and test-std, and OFA writes: [{'question_id': int, 'answer': str}]; None where an id is not a
+    question id (an integer)."""
+    if not all(line['id'].isdigit() for line in lines):
+        return None
+    return [{'question_id': int(line['id']), 'answer': line['prediction']} for line in lines]
+
+
 # ---- the declarations ----------------------------------------------------------------------------------------------
 
 
@@ -322,6 +331,8 @@ class TaskKind:
     scored_keys: tuple[str, ...] = ()  # the result fields its metrics score (default: result_key)
     reference: Callable[[dict, Vocabulary], Any] | None = None  # a preprocessed example -> what is scored
     metrics: Callable[[Mapping, Mapping], dict[str, float]] | None = None  # None: no automatic evaluation
+    # predictions.jsonl's lines -> the result file its evaluation server takes (None where the ids are not its)
+    results_file: Callable[[list[dict]], list[dict] | None] | None = None
 
     def source_ids(self, vocab: Vocabulary, **inputs: Any) -> list[int]:
         """The instruction's token ids for these inputs; ValueError names a missing, unknown or empty one."""
@@ -360,6 +371,7 @@ TASKS: dict[str, TaskKind] = {
             output=text_output('answer'),
             reference=vqa_references,
             metrics=vqa_metrics,
+            results_file=vqa_results_file,
         ),
         # A box is exactly the four bins, then eos.
         TaskKind(
