@@ -20,6 +20,10 @@ if [ ! -f "$stamp" ]; then
   if [ "${1:-}" = "--test" ]; then
     # taming's Encoder/Decoder/GumbelQuantize, the VQGAN reference; its declared dependencies pull a CUDA torch.
     .venv/bin/python -m pip install --quiet --no-deps taming-transformers-rom1504==0.0.6
+    # jax's TPU compiler (the libtpu of its tpu extra) beside the environment, not in it: the planner's TPU test puts
+    # it on its path, and every other process keeps a jax that never looks for a TPU.
+    libtpu=$(.venv/bin/python -c "import importlib.metadata as m; print(next(r.split(';')[0] for r in m.requires('jax') if r.startswith('libtpu')))")
+    .venv/bin/python -m pip install --quiet --no-deps --upgrade --target .venv/tpu-compiler "$libtpu"
   fi
   touch "$stamp"
 fi
