@@ -34,6 +34,7 @@ from ml_collections import config_flags
 from ofa_jax import console, sharding, train
 from ofa_jax.checkpoint import model_from_config
 from ofa_jax.data import mixtures, pipeline
+from ofa_jax.data.tasks import TASKS
 from ofa_jax.model import count_params
 
 # Memory per chip (GiB), by jax device_kind prefix, longest first where prefixes overlap.
@@ -81,8 +82,10 @@ def topology_devices(topology: str, num_slices: int = 1) -> list[jax.Device]:
 
 def abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, Any]:
     """The train step's global batch as shapes: config.batch_size rows of the config's lengths, split as the input
-    pipeline splits it (OFA's pretraining: a fifth of the rows in an extra sub-batch of longer targets)."""
-    spec = train.batch_spec(config, config.batch_size)
+    pipeline splits it (OFA's pretraining: a fifth of the rows in an extra sub-batch of longer targets). SCST trains on
+    one row per image and caption of its beam (ofa_jax.scst); the program that decodes those captions is not planned."""
+    rows = config.batch_size * (TASKS['caption'].decode['beam_size'] if config.scst else 1)
+    spec = train.batch_spec(config, rows)
     specs = [spec]
     if config.data.source == 'ofa_pretrain':
         rates = mixtures.OFA_PRETRAIN_RATES

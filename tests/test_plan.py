@@ -12,6 +12,7 @@ from conftest import ROOT, load_config, small_config
 
 from ofa_jax import plan, sharding
 from ofa_jax.checkpoint import model_from_config
+from ofa_jax.data import tasks
 from ofa_jax.model import count_params
 
 
@@ -25,6 +26,14 @@ def test_a_pretraining_plan_splits_the_batch_as_the_pipeline_does():
     assert batch['extra']['patch_images'].shape == (4, 256, 256, 3)  # at OFA's 256 pixels
     assert batch['patch_images'].shape == (16, 384, 384, 3)
     assert 'extra' not in plan.abstract_batch(small_config(batch_size=20), mesh)
+
+
+def test_an_scst_plan_trains_a_row_per_caption_of_the_beam():
+    config = load_config('finetune', 'caption_scst')
+    config.batch_size = 4
+    mesh = sharding.make_mesh(devices=plan.topology_devices('cpu:1'))
+    beam = tasks.TASKS['caption'].decode['beam_size']
+    assert plan.abstract_batch(config, mesh)['target_tokens'].shape == (4 * beam, config.data.max_target_length)
 
 
 def test_a_plan_counts_the_parameters_and_both_adam_moments_on_one_chip():
