@@ -121,7 +121,12 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list[jax.Devi
         start = time.perf_counter()
         lowered = step.lower(state, batch)
         lowered_s = time.perf_counter() - start
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as error:  # a TPU compiler refuses a program larger than its chip
+            if 'RESOURCE_EXHAUSTED' not in str(error):
+                raise
+            raise ValueError(f'does not fit: {str(error).splitlines()[0]}') from error
     return {
         'model': model,
         'mesh': mesh,
