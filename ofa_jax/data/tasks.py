@@ -1007,8 +1007,8 @@ def snli_ve(vocab: Vocabulary, add_caption: bool = False, trie: AnswerTrie | Non
 
 
 def summary_text(text: str, max_words: int | None = 64) -> str:
-    """OFA's summarization target (summary_dataset.py): cleaned, the first max_words words (the Gigaword script's
-    --max-tgt-length=64), '<unk>' written 'unk'."""
+    """Gigaword text as OFA's summary_dataset.py cleans it: the first max_words words (the target's 64, the
+    script's --max-tgt-length; the article's 512), '<unk>' written 'unk'."""
     return clean_text(text, max_words).replace('<unk>', 'unk')
 
 
