@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     for size, layout in [(size, layout) for size in args.sizes for layout in args.layouts]:
         config = load_config('pretrain', size)
-        config.batch_size = args.batch
+        config.batch_size, config.device_batch_size = args.batch, 0  # one pass, not its slice's accumulation
         config.model_overrides.update(scan_layers=layout != 'unrolled', scan_resnet=layout == 'all')
         config.mesh = dict(replica=1, data=-1, fsdp=args.fsdp, tensor=1)
         compiled = plan.compile_train_step(config, jax.devices())

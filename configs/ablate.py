@@ -48,7 +48,7 @@ def get_config(variant: str = 'cpu') -> ml_collections.ConfigDict:
         config = sibling_config('pretrain', 'base')
         config.model_overrides = dict(dtype='bfloat16', remat=True)
         config.data.image_size = 256
-        config.batch_size = 2048
+        config.batch_size, config.device_batch_size = 2048, 0  # no accumulation: not base's v5e:4x4 setting
         config.mesh = dict(replica=1, data=-1, fsdp=16, tensor=1)
         ablation.sizes = 'tiny,medium,base,large,huge'
         ablation.budget, ablation.tokens = 'tokens', 2e10

@@ -19,6 +19,11 @@ COCO captions, VQA v2 and RefCOCO annotations.
 Evaluate with `python -m ofa_jax.evaluate --config configs/finetune.py:caption --checkpoint WORKDIR ...`. VQA as OFA
 trains and reports it needs its answer list: `--config.data.tasks.vqa.answers=trainval_ans2label.pkl` (training then
 constrains each answer to the list, evaluation scores every answer of it).
+
+On a TPU slice (BUILD.md's fit table plans each of these on a v5e:2x2, 4 chips of 16 GiB): base as it is with
+--config.device_batch_size=8 (caption_scst: 2, as it trains a row per caption of its beam); large with
+--config.mesh.fsdp=4 --config.model_overrides.remat=True --config.model_overrides.scan_layers=True
+--config.device_batch_size=4 (gradients accumulate to the global batch).
 """
 
 from typing import NamedTuple
@@ -108,6 +113,7 @@ def get_config(arg: str = 'caption') -> ml_collections.ConfigDict:
         decoder_drop_path_rate=recipe.drop_path,
         remat=False,  # --config.model_overrides.remat=True recomputes layers, as remat_policy says, to fit memory
         remat_policy='nothing_saveable',
+        scan_layers=False,  # True loops one compiled layer per stack: a TPU slice compiles large and huge in minutes
     )
     config.scst = task == 'caption_scst'
     if config.scst:

@@ -20,16 +20,18 @@ import ml_collections
 
 from ofa_jax.train_config import default_config
 
-# Global batch, image side (OFA-Huge starts at 256 px), and how far parameters are sharded (fsdp; data takes the
-# rest of the devices). The larger sizes recompute layers in the backward pass to fit activations. Every size scans
-# its transformer layers and ResNet blocks, so a pod compiles each kind once (on a CPU, where a scanned ResNet's
-# backward is slow, train with --config.model_overrides.scan_resnet=False).
+# Global batch, image side (OFA-Huge starts at 256 px), how far parameters are sharded (fsdp; data takes the rest of
+# the devices), the TPU slice each size is planned for in BUILD.md's fit table and the rows each chip takes in one pass
+# there (gradients accumulate to the global batch; on other hardware set --config.device_batch_size). The larger sizes
+# recompute layers in the backward pass to fit activations. Every size scans its transformer layers and ResNet
+# blocks, so a pod compiles each kind once (on a CPU, where a scanned ResNet's backward is slow, train with
+# --config.model_overrides.scan_resnet=False).
 SIZES = {
-    'tiny': dict(batch_size=1024, image_size=384, fsdp=1, remat=False),
-    'medium': dict(batch_size=1024, image_size=384, fsdp=1, remat=False),
-    'base': dict(batch_size=2048, image_size=384, fsdp=1, remat=False),
-    'large': dict(batch_size=2048, image_size=384, fsdp=8, remat=True),
-    'huge': dict(batch_size=2048, image_size=256, fsdp=16, remat=True),
+    'tiny': dict(batch_size=1024, image_size=384, fsdp=1, remat=False, slice='v5e:2x2', device_batch_size=16),
+    'medium': dict(batch_size=1024, image_size=384, fsdp=1, remat=False, slice='v5e:2x2', device_batch_size=8),
+    'base': dict(batch_size=2048, image_size=384, fsdp=1, remat=False, slice='v5e:4x4', device_batch_size=8),
+    'large': dict(batch_size=2048, image_size=384, fsdp=8, remat=True, slice='v5e:4x4', device_batch_size=16),
+    'huge': dict(batch_size=2048, image_size=256, fsdp=16, remat=True, slice='v5e:4x4', device_batch_size=16),
 }
 
 
@@ -52,6 +54,7 @@ def get_config(size: str = 'base') -> ml_collections.ConfigDict:
     config.data.update(image_size=settings['image_size'], max_source_length=80, max_target_length=30, workers=8)
 
     config.batch_size = settings['batch_size']
+    config.device_batch_size = settings['device_batch_size']
     config.total_steps = 200_000
     config.learning_rate = 1e-4
     config.warmup_steps, config.warmup_ratio = 0, 0.01

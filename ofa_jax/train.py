@@ -472,11 +472,12 @@ def validate_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) 
     """Checks batch, accumulation, mesh and processes fit together; returns the per-process batch size.
 
     With `device_batch_size` set, grad_accum_steps becomes the number of micro-batches that carry batch_size rows at
-    that many rows per batch shard: one config runs on any slice, accumulating where devices are few."""
+    that many rows per batch shard: one config runs on any slice, accumulating where devices are few (and in one
+    pass of fewer rows per shard where they are many)."""
     shards, processes = sharding.batch_shards(mesh), jax.process_count()
     per_process = config.batch_size // processes
     if config.device_batch_size:
-        rows = shards * config.device_batch_size
+        rows = min(shards * config.device_batch_size, config.batch_size)
         if config.batch_size % rows:
             raise ValueError(
                 f'batch_size {config.batch_size} must be a multiple of device_batch_size {config.device_batch_size} '

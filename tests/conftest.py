@@ -25,11 +25,17 @@ os.environ.setdefault(
 )
 
 
-def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """configs/NAME.py's config, as `--config configs/NAME.py[:ARG]` gives it."""
+def config_module(name: str) -> types.ModuleType:
+    """The module of configs/NAME.py."""
     spec = importlib.util.spec_from_file_location(f'configs_{name}', ROOT / 'configs' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """configs/NAME.py's config, as `--config configs/NAME.py[:ARG]` gives it."""
+    module = config_module(name)
     return module.get_config() if arg is None else module.get_config(arg)
 
 

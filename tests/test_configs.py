@@ -11,7 +11,7 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import config_module, load_config
 from PIL import Image
 
 from ofa_jax import ablate, evaluate, train
@@ -234,3 +234,34 @@ def test_text_to_image_demo_config_matches_its_code_grid():
     grid = config.model_overrides['code_image_size'] // 8
     assert len(example['target_ids']) == grid * grid < config.data.max_target_length
     assert 'image' not in example and example['constraint'] == 'codes'
+
+
+def fit_table_rows() -> dict[str, list[str]]:
+    """BUILD.md's fit table: each planned config's cells (topology, mesh, global batch, device batch, accumulation,
+    GiB per device, fits, FLOPs, compile seconds), by its config argument."""
+    with open(os.path.join(ROOT, 'BUILD.md')) as f:
+        lines = [line for line in f if line.startswith('| configs/')]
+    rows = [[cell.strip() for cell in line.strip().strip('|').split('|')] for line in lines]
+    return {row[0]: row[1:] for row in rows}
+
+
+# OFA published large-size recipes for these tasks (configs/finetune.py's LARGE); the others are planned at base.
+LARGE_FINETUNING = ('caption', 'vqa', 'grounding', 'snli_ve')
+
+
+def test_build_md_plans_every_shipped_config_on_a_slice_where_it_fits():
+    rows = fit_table_rows()
+    planned = [(f'configs/pretrain.py:{size}', load_config('pretrain', size)) for size in SIZES]
+    planned += [(f'configs/finetune.py:{arg},base', load_config('finetune', arg)) for arg in FINETUNE_ARGS]
+    planned += [(f'configs/finetune.py:{t},large', load_config('finetune', f'{t},large')) for t in LARGE_FINETUNING]
+    missing = [name for name, _ in planned if name not in rows]
+    assert not missing, f'BUILD.md has no fit-table row for {missing}'
+    for name, config in planned:
+        assert len(rows[name]) == 9, f'{name}: BUILD.md has an error row, not a plan: {rows[name]}'
+        topology, _, global_batch, device_batch, _, _, fits, *_ = rows[name]
+        assert fits == 'yes', f'{name} does not fit {topology}'
+        assert int(global_batch) == config.batch_size, f'{name}: BUILD.md plans another batch than the config'
+        if config.device_batch_size:  # the pretraining sizes set theirs; finetuning's is given on the command line
+            assert int(device_batch) == config.device_batch_size, name
+    for size, settings in config_module('pretrain').SIZES.items():  # each size on the slice its config names
+        assert rows[f'configs/pretrain.py:{size}'][0] == settings['slice'], size

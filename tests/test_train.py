@@ -88,6 +88,8 @@ def test_a_device_batch_size_derives_the_accumulation_for_the_mesh():
     config = small_config(batch_size=64, device_batch_size=4)
     assert train.validate_layout(config, abstract_mesh(data=2, fsdp=4, tensor=2)) == 64 and config.grad_accum_steps == 2
     assert train.validate_layout(config, make_mesh()) == 64 and config.grad_accum_steps == 16
+    # More shards than the batch fills at device_batch_size: one pass, each shard taking fewer rows.
+    assert train.validate_layout(config, abstract_mesh(data=32)) == 64 and config.grad_accum_steps == 1
 
 
 @pytest.mark.slow
@@ -553,7 +555,9 @@ def test_ofa_pretraining_trains_its_extra_samples_in_a_sub_batch_of_their_own(tm
     config.data.update({f'{role}_path': str(path) for role, path in paths.items()})
     config.data.update(image_size=32, extra_image_size=32, workers=0, max_target_length=16, extra_max_source_length=48)
     config.data.extra_max_target_length = 16  # 16 codes and eos do not fit
-    config.update(batch_size=10, total_steps=2, log_every=1, checkpoint_every=2, sample_patch_num=0)
+    config.update(
+        batch_size=10, device_batch_size=0, total_steps=2, log_every=1, checkpoint_every=2, sample_patch_num=0
+    )
     config.mesh = dict(replica=1, data=1, fsdp=1, tensor=1)
     with pytest.raises(ValueError, match='16 image codes and eos do not fit data.extra_max_target_length=16'):
         train.train(config, str(tmp_path / 'short'))
