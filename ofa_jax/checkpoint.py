@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import flax.linen as nn
+import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -114,8 +115,10 @@ def load_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpo
         )
     manager = ocp.CheckpointManager(
         path / TRAINING_CHECKPOINTS,
-        item_names=('state', 'config'),
-        item_handlers={'state': ocp.PyTreeCheckpointHandler()},  # so that the stored shapes can be read
+        item_names=('state', 'data', 'config'),
+        # The state's handler so that the stored shapes can be read; the input position's so that orbax, meeting it
+        # in the step, knows it (it is not read here).
+        item_handlers={'state': ocp.PyTreeCheckpointHandler(), 'data': grain.checkpoint.CheckpointHandler()},
     )
     saved = sorted(manager.all_steps())
     if not saved:

@@ -37,7 +37,16 @@ def test_a_bad_config_value_ends_with_one_line_naming_it(tmp_path, flag, named):
     assert len(lines) == 1 and lines[0].startswith('python -m ofa_jax.train: error:') and named in lines[0], lines
 
 
-def test_training_prints_its_own_lines_only(tmp_path):
+def assert_own_lines_only(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert 'Warning' not in output and 'INFO' not in output and 'WARNING' not in output, output[-3000:]
+    # absl's lines start with I or W and the date (I1202 03:12:15.4 ...); none may reach the console.
+    assert not [line for line in output.splitlines() if line[:1] in 'IW' and line[1:5].isdigit()], output[-3000:]
+
+
+def test_training_and_evaluation_print_their_own_lines_only(tmp_path):
+    small = ('--config.data.world_size=20',)
     result = command(
         'ofa_jax.train',
         '--config',
@@ -46,17 +55,24 @@ def test_training_prints_its_own_lines_only(tmp_path):
         '--config.total_steps=2',
         '--config.log_every=1',
         '--config.batch_size=4',
-        '--config.data.image_size=32',
-        '--config.data.world_size=20',
+        *small,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    output = result.stdout + result.stderr
-    assert 'Warning' not in output and 'INFO' not in output, output[-3000:]
-    # absl's INFO lines start with I and the date (I1202 03:12:15.4 ...); none may reach the console.
-    assert not [line for line in output.splitlines() if line[:1] == 'I' and line[1:5].isdigit()], output[-3000:]
+    assert_own_lines_only(result)
     steps = [line for line in result.stdout.splitlines() if line.startswith('step ')]
     assert [line.split(':')[0] for line in steps] == ['step 1', 'step 2']
     assert all('loss' in line and 'examples/s' in line for line in steps)
+    # Reading the training workdir back (its steps also hold the input position) warns of nothing.
+    result = command(
+        'ofa_jax.evaluate',
+        '--config',
+        'configs/demo.py',
+        f'--checkpoint={tmp_path}',
+        f'--workdir={tmp_path / "evaluation"}',
+        '--max_examples=2',
+        *small,
+    )
+    assert_own_lines_only(result)
+    assert 'caption' in result.stdout, result.stdout
 
 
 def test_scores_read_as_a_table_of_tasks():
