@@ -14,8 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Every Linear and Embedding in OFA starts as N(0, 0.02), the relative-position tables included.
-init_normal = nn.initializers.normal(stddev=0.02)
+# Every Linear and Embedding in OFA starts as N(0, 0.02), the relative-position tables included (OFAConfig.init_std).
+OFA_INIT_STD = 0.02
+
+
+def init_normal(std: float) -> nn.initializers.Initializer:
+    return nn.initializers.normal(stddev=std)
+
 
 # Decoder code positions past the code grid all share this image position id (OFA pads its lookup table with it).
 CODE_POSITION_OVERFLOW_ID = 1024
@@ -31,12 +36,15 @@ class HeadsDense(nn.Module):
     features: tuple[int, ...]
     contract: int
     names: tuple[str, ...]
+    init_std: float
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = x.shape[x.ndim - self.contract :] + self.features
-        kernel = self.param('kernel', nn.with_logical_partitioning(init_normal, self.names), shape, jnp.float32)
+        kernel = self.param(
+            'kernel', nn.with_logical_partitioning(init_normal(self.init_std), self.names), shape, jnp.float32
+        )
         bias_names = self.names[self.contract :]
         bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, bias_names), self.features)
         contracted = (tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract)))
@@ -55,19 +63,26 @@ def layer_norm(dtype: jnp.dtype, name: str, axis: str = 'embed') -> nn.LayerNorm
     )
 
 
-def dense(features: int, dtype: jnp.dtype, name: str, axes: tuple[str, str] = ('embed', 'joined_kv')) -> nn.Dense:
+def dense(
+    features: int, dtype: jnp.dtype, name: str, init_std: float, axes: tuple[str, str] = ('embed', 'joined_kv')
+) -> nn.Dense:
     return nn.Dense(
         features,
         dtype=dtype,
         param_dtype=jnp.float32,
         name=name,
-        kernel_init=nn.with_logical_partitioning(init_normal, axes),
+        kernel_init=nn.with_logical_partitioning(init_normal(init_std), axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
     )
 
 
 def embedding(
-    num: int, features: int, dtype: jnp.dtype, name: str, axes: tuple[str, str] = ('positions', 'embed')
+    num: int,
+    features: int,
+    dtype: jnp.dtype,
+    name: str,
+    init_std: float,
+    axes: tuple[str, str] = ('positions', 'embed'),
 ) -> nn.Embed:
     return nn.Embed(
         num,
@@ -75,7 +90,7 @@ def embedding(
         dtype=dtype,
         param_dtype=jnp.float32,
         name=name,
-        embedding_init=nn.with_logical_partitioning(init_normal, axes),
+        embedding_init=nn.with_logical_partitioning(init_normal(init_std), axes),
     )
 
 
@@ -128,6 +143,7 @@ class MultiHeadAttention(nn.Module):
     out (and is the only one with attention dropout); 'xla' and 'cudnn' call jax.nn.dot_product_attention."""
 
     num_heads: int
+    init_std: float
     scale_factor: float = 2.0
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
@@ -156,7 +172,9 @@ class MultiHeadAttention(nn.Module):
         head_dim = d_model // self.num_heads
 
         def projection(name):
-            return HeadsDense((self.num_heads, head_dim), 1, ('embed', 'heads', 'kv'), self.dtype, name=name)
+            return HeadsDense(
+                (self.num_heads, head_dim), 1, ('embed', 'heads', 'kv'), self.init_std, self.dtype, name=name
+            )
 
         qkv_axes = ('batch', 'length', 'heads', 'kv')
         q = nn.with_logical_constraint(projection('q_proj')(x), qkv_axes) * (head_dim * self.scale_factor) ** -0.5
@@ -198,7 +216,7 @@ class MultiHeadAttention(nn.Module):
             'c_attn', nn.with_logical_partitioning(nn.initializers.ones, ('heads',)), (self.num_heads,), jnp.float32
         )
         out = out * c_attn.astype(self.dtype)[:, None]
-        out = HeadsDense((d_model,), 2, ('heads', 'kv', 'embed'), self.dtype, name='out_proj')(out)
+        out = HeadsDense((d_model,), 2, ('heads', 'kv', 'embed'), self.init_std, self.dtype, name='out_proj')(out)
         return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
 
 
@@ -217,6 +235,7 @@ def attention_block(
     drop_path: DropPath,
     deterministic: bool,
     dtype: jnp.dtype,
+    init_std: float,
     **cache_args,
 ) -> jax.Array:
     """Pre-LN NormFormer attention: x + DropPath(Dropout(mid_LN(Attn(LN(x))))). Self-attention when kv is None.
@@ -224,7 +243,7 @@ def attention_block(
     Called inside a layer's compact method; submodules are named `{prefix}`, `{prefix}_layer_norm` and
     `{prefix}_mid_layer_norm` as in OFA's checkpoints. cache_args go to MultiHeadAttention (incremental decoding)."""
     h = layer_norm(dtype, f'{prefix}_layer_norm')(x)
-    h = MultiHeadAttention(num_heads, scale_factor, attention_dropout, dtype, implementation, name=prefix)(
+    h = MultiHeadAttention(num_heads, init_std, scale_factor, attention_dropout, dtype, implementation, name=prefix)(
         h, h if kv is None else kv, bias, mask, deterministic, **cache_args
     )
     h = layer_norm(dtype, f'{prefix}_mid_layer_norm')(h)
@@ -241,14 +260,15 @@ def feed_forward_block(
     drop_path: DropPath,
     deterministic: bool,
     dtype: jnp.dtype,
+    init_std: float,
 ) -> jax.Array:
     """Pre-LN NormFormer FFN: x + DropPath(Dropout(fc2(ffn_LN(gelu(fc1(LN(x)))))))."""
     h = layer_norm(dtype, 'final_layer_norm')(x)
-    h = nn.gelu(dense(ffn_dim, dtype, 'fc1', ('embed', 'mlp'))(h), approximate=False)
+    h = nn.gelu(dense(ffn_dim, dtype, 'fc1', init_std, ('embed', 'mlp'))(h), approximate=False)
     h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
     h = nn.Dropout(activation_dropout)(h, deterministic=deterministic)
     h = layer_norm(dtype, 'ffn_layer_norm', axis='mlp')(h)
-    h = dense(x.shape[-1], dtype, 'fc2', ('mlp', 'embed'))(h)
+    h = dense(x.shape[-1], dtype, 'fc2', init_std, ('mlp', 'embed'))(h)
     h = nn.Dropout(dropout)(h, deterministic=deterministic)
     return x + drop_path(h, deterministic)
 

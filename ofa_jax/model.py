@@ -67,6 +67,10 @@ class OFAConfig:
     # How attention's softmax(QK^T + bias)V is computed (layers.ATTENTION_IMPLEMENTATIONS): 'einsum' (explicit, with
     # attention dropout), 'xla' or 'cudnn' (jax.nn.dot_product_attention; cuDNN's fused kernel on NVIDIA GPUs).
     attention: str = 'einsum'
+    # The standard deviation of every Linear and Embedding at initialization. OFA's 0.02 suits its widths (768 and
+    # up: a projection's output keeps about 0.5x its input's scale); a far narrower model trained from scratch
+    # learns faster from about 1/sqrt(d_model) (configs/demo.py).
+    init_std: float = layers.OFA_INIT_STD
 
     @property
     def padded_vocab_size(self) -> int:
@@ -177,6 +181,7 @@ class EncoderLayer(nn.Module):
             drop_path=drop_path,
             deterministic=deterministic,
             dtype=cfg.compute_dtype,
+            init_std=cfg.init_std,
         )
         x = layers.feed_forward_block(
             x,
@@ -186,6 +191,7 @@ class EncoderLayer(nn.Module):
             drop_path=drop_path,
             deterministic=deterministic,
             dtype=cfg.compute_dtype,
+            init_std=cfg.init_std,
         )
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
@@ -219,6 +225,7 @@ class DecoderLayer(nn.Module):
             drop_path=drop_path,
             deterministic=deterministic,
             dtype=cfg.compute_dtype,
+            init_std=cfg.init_std,
         )
         x = layers.attention_block(
             x,
@@ -246,6 +253,7 @@ class DecoderLayer(nn.Module):
             drop_path=drop_path,
             deterministic=deterministic,
             dtype=cfg.compute_dtype,
+            init_std=cfg.init_std,
         )
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
@@ -255,7 +263,7 @@ def _layer_class(cls: type[nn.Module], cfg: OFAConfig) -> type[nn.Module]:
 
 
 def _relative_table(cfg: OFAConfig, name: str, num_buckets: int) -> nn.Embed:
-    return layers.embedding(num_buckets, cfg.num_heads, cfg.compute_dtype, name, ('rel_buckets', 'heads'))
+    return layers.embedding(num_buckets, cfg.num_heads, cfg.compute_dtype, name, cfg.init_std, ('rel_buckets', 'heads'))
 
 
 def _image_table_size(cfg: OFAConfig) -> int:
@@ -356,11 +364,13 @@ class Encoder(nn.Module):
         dtype = cfg.compute_dtype
         batch, text_len = src_tokens.shape
         dropout = nn.Dropout(cfg.dropout)
-        type_embedding = layers.embedding(2, cfg.d_model, dtype, 'type_embedding', ('types', 'embed'))
+        type_embedding = layers.embedding(2, cfg.d_model, dtype, 'type_embedding', cfg.init_std, ('types', 'embed'))
 
         x = self.embed_tokens(src_tokens) + type_embedding(jnp.zeros((), jnp.int32))
         x = dropout(layers.layer_norm(dtype, 'layernorm_embedding')(x), deterministic=not train)
-        text_pos = layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions')(jnp.arange(text_len))
+        text_pos = layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions', cfg.init_std)(
+            jnp.arange(text_len)
+        )
         # Positions, and so the absolute-position bias, are shared by all rows unless patches are sampled per row.
         pos_rows = 1 if sample_patch_num is None else batch
         pos = jnp.broadcast_to(layers.layer_norm(dtype, 'pos_ln')(text_pos), (pos_rows, text_len, cfg.d_model))
@@ -393,12 +403,12 @@ class Encoder(nn.Module):
                 image_ids = jnp.take_along_axis(image_ids, order, axis=1)
                 image_valid = jnp.take_along_axis(image_valid, order, axis=1)
             num_patches = image_ids.shape[1]
-            image_x = layers.dense(cfg.d_model, dtype, 'image_proj', ('conv_out', 'embed'))(features)
+            image_x = layers.dense(cfg.d_model, dtype, 'image_proj', cfg.init_std, ('conv_out', 'embed'))(features)
             image_x = image_x + type_embedding(jnp.ones((), jnp.int32))
             image_x = dropout(layers.layer_norm(dtype, 'patch_layernorm_embedding')(image_x), deterministic=not train)
-            image_pos = layers.embedding(cfg.image_bucket_size**2 + 1, cfg.d_model, dtype, 'embed_image_positions')(
-                image_ids
-            )
+            image_pos = layers.embedding(
+                cfg.image_bucket_size**2 + 1, cfg.d_model, dtype, 'embed_image_positions', cfg.init_std
+            )(image_ids)
             image_pos = layers.layer_norm(dtype, 'image_pos_ln')(image_pos)
             x = jnp.concatenate([image_x, x], axis=1)
             pos = jnp.concatenate([image_pos, pos], axis=1)
@@ -407,8 +417,8 @@ class Encoder(nn.Module):
         x = x * valid[..., None].astype(x.dtype)
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
         abs_bias = layers.position_bias(
-            layers.dense(cfg.d_model, dtype, 'pos_q_linear'),
-            layers.position_keys(layers.dense(cfg.d_model, dtype, 'pos_k_linear'), pos, cfg.num_heads),
+            layers.dense(cfg.d_model, dtype, 'pos_q_linear', cfg.init_std),
+            layers.position_keys(layers.dense(cfg.d_model, dtype, 'pos_k_linear', cfg.init_std), pos, cfg.num_heads),
             pos,
             cfg.num_heads,
             cfg.attn_scale_factor,
@@ -476,10 +486,10 @@ class Decoder(nn.Module):
         decoding = decode_position is not None
         positions = cache_length if decoding else length  # key positions of the self-attention
         heads, scale = cfg.num_heads, cfg.attn_scale_factor
-        self_q = layers.dense(cfg.d_model, dtype, 'self_pos_q_linear')
-        self_k = layers.dense(cfg.d_model, dtype, 'self_pos_k_linear')
-        cross_q = layers.dense(cfg.d_model, dtype, 'cross_pos_q_linear')
-        cross_k = layers.dense(cfg.d_model, dtype, 'cross_pos_k_linear')
+        self_q = layers.dense(cfg.d_model, dtype, 'self_pos_q_linear', cfg.init_std)
+        self_k = layers.dense(cfg.d_model, dtype, 'self_pos_k_linear', cfg.init_std)
+        cross_q = layers.dense(cfg.d_model, dtype, 'cross_pos_q_linear', cfg.init_std)
+        cross_k = layers.dense(cfg.d_model, dtype, 'cross_pos_k_linear', cfg.init_std)
 
         def once(name, compute):
             return layers.computed_once(self, name, compute) if decoding else compute()
@@ -491,7 +501,9 @@ class Decoder(nn.Module):
             'cross_position_keys', lambda: layers.position_keys(cross_k, encoder_out.position_embedding, heads)
         )
         text_pos = layers.layer_norm(dtype, 'pos_ln')(
-            layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions')(jnp.arange(positions))
+            layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions', cfg.init_std)(
+                jnp.arange(positions)
+            )
         )[None]
         text_keys = once('self_position_keys', lambda: layers.position_keys(self_k, text_pos, heads))
         self_bias = layers.position_bias(self_q, text_keys, query_rows(text_pos, 1), heads, scale)
@@ -508,9 +520,9 @@ class Decoder(nn.Module):
                 code_masks = jnp.zeros((batch,), bool)
             code_ids = layers.code_position_ids(positions, cfg.code_image_size, cfg.image_bucket_size)
             code_pos = layers.layer_norm(dtype, 'image_pos_ln')(
-                layers.embedding(cfg.image_bucket_size**2 + 1, cfg.d_model, dtype, 'embed_image_positions')(
-                    jnp.asarray(code_ids)
-                )
+                layers.embedding(
+                    cfg.image_bucket_size**2 + 1, cfg.d_model, dtype, 'embed_image_positions', cfg.init_std
+                )(jnp.asarray(code_ids))
             )[None]
             code_keys = once('self_code_position_keys', lambda: layers.position_keys(self_k, code_pos, heads))
             is_code = code_masks[:, None, None, None]
@@ -559,11 +571,11 @@ class Decoder(nn.Module):
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 
-def _token_table_init(vocab_size: int):
-    """N(0, 0.02) rows for the vocabulary, zero padding rows (they get no gradient, so they stay zero)."""
+def _token_table_init(vocab_size: int, std: float):
+    """N(0, std) rows for the vocabulary, zero padding rows (they get no gradient, so they stay zero)."""
 
     def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-        return layers.init_normal(key, shape, dtype).at[vocab_size:].set(0)
+        return layers.init_normal(std)(key, shape, dtype).at[vocab_size:].set(0)
 
     return init
 
@@ -581,7 +593,9 @@ class OFA(nn.Module):
             cfg.d_model,
             dtype=cfg.compute_dtype,
             param_dtype=jnp.float32,
-            embedding_init=nn.with_logical_partitioning(_token_table_init(cfg.vocab_size), ('vocab', 'embed')),
+            embedding_init=nn.with_logical_partitioning(
+                _token_table_init(cfg.vocab_size, cfg.init_std), ('vocab', 'embed')
+            ),
         )
         self.encoder = Encoder(cfg, self.embed_tokens)
         self.decoder = Decoder(cfg, self.embed_tokens)

@@ -32,6 +32,27 @@ def test_model_config_rejects_unknown_names():
     assert model_config('base', dropout=0.2).dropout == 0.2
 
 
+def test_init_std_sets_every_linear_and_embedding_and_leaves_the_image_trunk_alone():
+    """OFA's N(0, 0.02) by default; init_std replaces it in every Linear and Embedding (the token table's padding rows
+    stay zero), not in the ResNet's convolutions, biases or norms."""
+    key = jax.random.key(0)
+    base = nn.meta.unbox(init_variables(model_config('nano'), key)['params'])
+    wide = nn.meta.unbox(init_variables(model_config('nano', init_std=0.125), key)['params'])
+    vocab_size = model_config('nano').vocab_size
+    for path, leaf in jax.tree_util.tree_flatten_with_path(base)[0]:
+        name = jax.tree_util.keystr(path)
+        other = wide
+        for key_entry in path:
+            other = other[key_entry.key]
+        if name.endswith("['embedding']") and 'embed_tokens' in name:
+            leaf, other = leaf[:vocab_size], other[:vocab_size]
+        if (name.endswith("['kernel']") or name.endswith("['embedding']")) and 'embed_images' not in name:
+            assert np.std(leaf) == pytest.approx(0.02, rel=0.2), name
+            assert np.std(other) == pytest.approx(0.125, rel=0.2), name
+        else:
+            np.testing.assert_array_equal(leaf, other, err_msg=name)
+
+
 @pytest.fixture(scope='module')
 def nano():
     config = model_config('nano', dropout=0.0)
