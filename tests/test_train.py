@@ -260,14 +260,14 @@ def test_grounding_learns_its_scenes_and_evaluation_scores_them_as_trained(tmp_p
 
 @pytest.mark.slow
 def test_the_demo_recipe_learns_colours_from_the_pixels(tmp_path):
-    """Captions alone, 400 steps of the demo's recipe: the model names the colour of every shape of unseen scenes.
-    With the recipe before (Adam's beta2 0.999 at 2e-3) the loss sat at 0.6 from step 150 on, the colour words at
-    chance (loss ln 4, accuracy 0.0-0.64 per colour), nano and a model twice as wide alike; with beta2 0.95 at 1e-3
-    every colour word is right 91-98% of the time after 400 steps (measured)."""
+    """400 steps of the demo's recipe, all 8 tasks: the model names the colour of every shape of unseen scenes.
+    With Adam's beta2 0.999 at 2e-3 the caption loss sat at 0.6 from step 150 on, the colour words at chance (loss
+    ln 4), even for captions alone; with beta2 0.95 at 1e-3 and OFA's N(0, 0.02) weights it still sat there at step
+    1,000 of the mixture; with weights from N(0, 1/sqrt(64)) it leaves by step 200 (measured)."""
     config = load_config('demo')
-    config.data.mixture = 'world_caption'
     config.update(total_steps=400, checkpoint_every=400, warmup_ratio=0.1)  # 40 warmup steps, as measured
     train.train(config, str(tmp_path))
+    config.data.mixture = 'world_caption'  # scored on captions
     unseen = demo.unseen_world(config, 256)
     tasks, rates = mixtures.register_from_config(config.data, world=unseen)
     batch = next(iter(pipeline.batches(tasks, rates, train.batch_spec(config, 256), seed=0, repeat=False)))
@@ -275,10 +275,13 @@ def test_the_demo_recipe_learns_colours_from_the_pixels(tmp_path):
     logits = train.batch_logits(OFA(checkpoint.config), checkpoint.variables, batch)
     _, correct = train.token_losses(logits, batch['target_tokens'], batch['constraint_ranges'], 0.0)
     vocab = vocabulary_from_spec(config.data.vocab)
+    right = {}
     for colour in COLORS:
         (token,) = vocab.encode_spaced(colour)
-        named = (batch['target_tokens'] == token) & batch['example_mask'][:, None]
-        assert named.sum() > 30 and np.asarray(correct)[named].mean() >= 0.8, colour
+        named = np.asarray((batch['target_tokens'] == token) & batch['example_mask'][:, None])
+        assert named.sum() > 30, colour
+        right[colour] = float(np.asarray(correct)[named].mean())
+    assert min(right.values()) >= 0.8, right
 
 
 @pytest.mark.slow
