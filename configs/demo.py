@@ -27,7 +27,9 @@ def get_config(variant: str = 'pretrain') -> ml_collections.ConfigDict:
     config = default_config('world')
     config.model = 'nano'
     # The world's own vocabulary: its output layer is 1,740 ids wide, not OFA's 59,457.
-    config.data.update(image_size=64, max_source_length=40, max_target_length=24, vocab='world')
+    # Every world example whole: the longest target is a three-shape passage (32 tokens and eos), the longest source
+    # its text-infilling instruction (40 with bos and eos); a cut target can never be exactly right.
+    config.data.update(image_size=64, max_source_length=40, max_target_length=33, vocab='world')
     config.batch_size = 32
     # Adam's second moment over ~20 steps (beta2 0.95, not 0.999) at 1e-3: with beta2 0.999 the model stays for
     # hundreds of steps on a plateau where it has the text's structure and not the pixels' colours and shapes
