@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ofa_jax import decode
 from ofa_jax.data import vocab as V
@@ -108,6 +110,33 @@ def test_sample_codes_fills_a_code_grid_as_long_as_the_decoder_positions(setup):
     tokens = np.asarray(tokens)
     assert tokens.shape == (3, 2, 16) and np.all((tokens >= 100) & (tokens < 140))
     assert np.all(np.isfinite(np.asarray(scores)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.sampled_from([5, 37, 300, 1000]),
+    k=st.integers(1, 10),
+    chunk=st.sampled_from([4, 16, 128]),
+    kind=st.sampled_from(['distinct', 'ties', 'mostly -inf', 'fewer finite than k']),
+)
+def test_top_k_in_chunks_is_lax_top_k(seed, n, k, chunk, kind):
+    """Beam search's top k, taken from the best chunks, equals lax.top_k in values and indices, ties (to the lower
+    index) and -inf candidates (masked tokens) included."""
+    rng = np.random.default_rng(seed)
+    k = min(k, n)
+    x = rng.standard_normal((3, n)).astype(np.float32)
+    if kind == 'ties':
+        x = np.round(x)
+    elif kind == 'mostly -inf':
+        x[rng.random(x.shape) < 0.95] = -np.inf
+    elif kind == 'fewer finite than k':
+        x[:] = -np.inf
+        x[:, rng.integers(0, n, k // 2)] = 1.0
+    values, indices = decode._top_k(jnp.asarray(x), k, chunk)
+    expected_values, expected_indices = jax.lax.top_k(jnp.asarray(x), k)
+    np.testing.assert_array_equal(values, expected_values)
+    np.testing.assert_array_equal(indices, expected_indices)
 
 
 def test_bad_arguments_are_named(setup):
