@@ -135,7 +135,7 @@ def validation_loss(config: ml_collections.ConfigDict, workdir: str, batches: in
     total, count = 0.0, 0
     stream = pipeline.batches(tasks, rates, spec, seed=config.seed + 1)
     for _, batch in zip(range(batches), stream):
-        loss, tokens = loss_sums({k: v for k, v in batch.items() if k != 'dropped'})
+        loss, tokens = loss_sums({k: v for k, v in batch.items() if k not in pipeline.HOST_KEYS})
         total, count = total + float(loss), count + int(tokens)
     return total / max(count, 1)
 

@@ -8,6 +8,7 @@ TensorBoard events in tb/, config.json. Evaluation is its own command (`python -
 `python -m ofa_jax.demo` for the synthetic world), reading the workdir.
 """
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -721,7 +722,7 @@ def train_step_flops(config: ml_collections.ConfigDict) -> float:
     trainer logs them (nothing is compiled or allocated): what a FLOPs budget divides by."""
     tasks, rates = mixtures.register_from_config(config.data)
     batch = next(iter(pipeline.batches(tasks, rates, batch_spec(config, config.batch_size), seed=config.seed)))
-    return model_flops(config, len(tasks), {k: v for k, v in batch.items() if k not in ('dropped', 'references')})
+    return model_flops(config, len(tasks), {k: v for k, v in batch.items() if k not in pipeline.HOST_KEYS})
 
 
 BEST_DIR = 'best'  # under a training workdir: the best validated checkpoint, itself readable as a training workdir
@@ -902,7 +903,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     )
 
     def device_batch(batch):
-        arrays = {k: v for k, v in batch.items() if k not in ('dropped', 'references')}  # those stay on the host
+        arrays = {k: v for k, v in batch.items() if k not in pipeline.HOST_KEYS}
         return jax.tree_util.tree_map(
             lambda x: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), x), arrays
         )
@@ -928,7 +929,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     writer, preemption = MetricWriter(workdir), Preemption()
     start_step = int(state.step)
     flops_per_step, peak = None, peak_flops_per_device()
-    dropped_total: dict[str, int] = {}
+    # Records dropped and examples cut (by reason) since this run started, in the logs of every log step.
+    dropped_total, cut_total = collections.Counter(), collections.Counter()
     window_start, window_steps, window_examples, window_tokens = time.perf_counter(), 0, 0, 0
     progress = tqdm.tqdm(
         total=config.total_steps, initial=start_step, disable=jax.process_index() != 0, dynamic_ncols=True
@@ -950,7 +952,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     with jax.set_mesh(mesh), nn.logical_axis_rules(config.logical_axis_rules):
         for step in range(start_step, config.total_steps):
             host_batch = next(data_iter)
-            dropped = host_batch['dropped']
+            dropped, cut = host_batch['dropped'], host_batch['cut']
             if scorer:  # the step trains on the model's own captions of the batch's images, rewarded
                 variables = {'params': state.params, 'batch_stats': state.batch_stats}
                 host_batch, cider = scst.scst_batch(
@@ -975,8 +977,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             pending = (step + 1, metrics['skipped'])
             if failed and config.nonfinite == 'stop':
                 break
-            for reason, count in dropped.items():
-                dropped_total[reason] = dropped_total.get(reason, 0) + count
+            dropped_total.update(dropped)
+            cut_total.update(cut)
             window_steps += 1
             window_examples += per_process_batch * jax.process_count()
             parts = [host_batch, *([host_batch['extra']] if 'extra' in host_batch else [])]
@@ -1000,7 +1002,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     'mfu': flops_per_step / jax.device_count() / seconds / peak if flops_per_step else 0.0,
                     'flops_per_step': flops_per_step,
                     'skipped_steps': skipped_steps,
-                    'dropped': dict(dropped_total),
                 }
                 if window_cider:  # the mean CIDEr-D of the captions SCST trained on
                     logged['scst_cider'] = float(np.mean(window_cider))
@@ -1010,9 +1011,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                     logged[f'accuracy/{name}'] = float(metrics['task_accuracy'][i])
                 writer.write(
                     done,
-                    {k: v for k, v in logged.items() if k != 'dropped'}
+                    logged
                     | {f'dropped/{reason}': count for reason, count in dropped_total.items()}
-                    | {'dropped_examples': sum(dropped_total.values())},
+                    | {'dropped_examples': dropped_total.total()}
+                    | {f'cut/{reason}': count for reason, count in cut_total.items()}
+                    | {'cut_examples': cut_total.total()},
                 )
                 progress.set_postfix(loss=f'{logged["loss"]:.3f}')
                 if jax.process_index() == 0:
@@ -1020,7 +1023,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                         f'step {done}: loss {logged["loss"]:.4f}, {seconds:.3f} s/step, '
                         f'{logged["examples_per_second"]:.1f} examples/s, {logged["tokens_per_second"]:.0f} tokens/s, '
                         f'MFU {logged["mfu"]:.1%}'
-                        + (f', dropped {sum(dropped_total.values())}' if dropped_total else '')
+                        + (f', dropped {dropped_total.total()}' if dropped_total else '')
+                        + (f', cut {cut_total.total()} too long' if cut_total else '')
                         + (f', skipped {skipped_steps} non-finite steps' if skipped_steps else '')
                         + (f', SCST captions CIDEr-D {logged["scst_cider"]:.3f}' if 'scst_cider' in logged else '')
                     )

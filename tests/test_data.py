@@ -59,9 +59,9 @@ def take(dataset, n):
 def assert_same_batches(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b):
-        assert x['dropped'] == y['dropped']
+        assert (x['dropped'], x['cut']) == (y['dropped'], y['cut'])
         for key in x:
-            if key != 'dropped':
+            if key not in pipeline.HOST_KEYS:
                 np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
@@ -308,6 +308,30 @@ def test_bad_records_are_counted_by_reason_or_fail_strictly(vocab):
     assert batch['example_mask'].sum() == 16
     with pytest.raises(ValueError, match=r'bad_grounding.*BadRecords\(\).*record 0.*undecodable_image'):
         next(iter(pipeline.batches([task], [1.0], spec, seed=0, repeat=False, strict=True)))
+
+
+def test_examples_too_long_are_cut_as_ofa_cuts_them_and_counted():
+    """A source past max_source_length or a target past max_target_length is cut (the target keeps its eos), the
+    example trained, and each cut counted by task and reason in the batch, as dropped records are."""
+    spec = pipeline.BatchSpec(batch_size=4, image_size=8, max_source_length=6, max_target_length=5)
+
+    def example(source, target):
+        return {'task': 'long', 'source_ids': source, 'target_ids': target}
+
+    records = [
+        example([10, 11, 12, 13], [20, 21, 22, 23]),  # bos + 4 + eos = 6; bos + 4 = 5 decoder positions: whole
+        example([10, 11, 12, 13, 14], [20]),  # source one past
+        example([10], [20, 21, 22, 23, 24, 25]),  # target two past
+        example([10, 11, 12, 13, 14], [20, 21, 22, 23, 24]),  # both
+    ]
+    (batch,) = pipeline.batches(
+        [Task('long', records, [lambda record, rng: record])], [1.0], spec, seed=0, repeat=False
+    )
+    assert batch['cut'] == {'long/source_cut_to_max_source_length': 2, 'long/target_cut_to_max_target_length': 2}
+    assert batch['dropped'] == {} and batch['example_mask'].all()
+    np.testing.assert_array_equal(batch['src_tokens'][1], [BOS, 10, 11, 12, 13, EOS])
+    np.testing.assert_array_equal(batch['target_tokens'][2], [20, 21, 22, 23, EOS])
+    np.testing.assert_array_equal(batch['target_tokens'][0], [20, 21, 22, 23, EOS])
 
 
 def declared_png(width: int, height: int, rows: int = 1) -> bytes:

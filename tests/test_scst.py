@@ -44,7 +44,7 @@ def test_the_scst_batch_trains_on_the_models_own_captions_weighted_by_reward(tmp
     model = model_from_config(config)
     state = train.initial_state(model, train.make_optimizer(config), config, config.data.image_size)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    placed = {k: jax.numpy.asarray(v) for k, v in host.items() if k not in ('dropped', 'references')}
+    placed = {k: jax.numpy.asarray(v) for k, v in host.items() if k not in pipeline.HOST_KEYS}
     scorer = scst.reward_scorer(tasks, str(tmp_path))
     batch, scores = scst.scst_batch(model, variables, placed, host, vocabulary_from_spec(config.data.vocab), scorer)
     k = 5  # the caption task's beam

@@ -376,7 +376,8 @@ def test_a_non_finite_step_is_skipped_and_counted():
     config = small_config(warmup_steps=0)  # the optimizer's schedule does not count a skipped update
     tasks, rates = mixtures.register_from_config(config.data)
     spec = pipeline.BatchSpec(8, config.data.image_size, config.data.max_source_length, config.data.max_target_length)
-    batch = {k: v for k, v in next(iter(pipeline.batches(tasks, rates, spec, seed=0))).items() if k != 'dropped'}
+    batch = next(iter(pipeline.batches(tasks, rates, spec, seed=0)))
+    batch = {k: v for k, v in batch.items() if k not in pipeline.HOST_KEYS}
     model, optimizer = model_from_config(config), train.make_optimizer(config)
     state = train.initial_state(model, optimizer, config, config.data.image_size)
     step = jax.jit(functools.partial(train.train_step, model, optimizer, config, len(tasks)))
@@ -516,7 +517,8 @@ def test_an_extra_sub_batch_adds_its_own_mean_and_accumulates_exactly():
     tasks, rates = mixtures.register_from_config(config.data)
     spec = train.batch_spec(config, 8)
     main, extra = [
-        {k: v for k, v in b.items() if k != 'dropped'} for b in take_batches(tasks, rates, spec, seed=0, count=2)
+        {k: v for k, v in b.items() if k not in pipeline.HOST_KEYS}
+        for b in take_batches(tasks, rates, spec, seed=0, count=2)
     ]
     extra['loss_weights'] = extra['loss_weights'] * 2.0
     extra['example_mask'][-1] = False  # a padding row: its tokens count in neither sum

@@ -4,7 +4,8 @@ Built on grain: deterministic by seed, sharded per process, optionally preproces
 resumable: `iterator.get_state()` goes into the training checkpoint and `set_state` continues exactly there.
 Records a task cannot use are dropped and counted by reason in every batch (`batch['dropped']`), or, with
 `strict=True`, stop the run with an error naming the task, source, record, where it sits (the file and line of a
-line-based source) and reason.
+line-based source) and reason. Examples longer than the batch's source or target are cut, as OFA cuts them, and
+counted (`batch['cut']`).
 """
 
 import collections
@@ -222,6 +223,23 @@ def _check_shapes(example: dict, spec: BatchSpec) -> str | None:
     return None
 
 
+def _cut_reasons(example: dict, spec: BatchSpec) -> list[str]:
+    """What to_batch will cut of a kept example, as OFA's datasets do (and count nowhere): its source past
+    max_source_length, its target past max_target_length; an example cut so is trained, and counted in batch['cut']."""
+    source = [V.BOS, *example['source_ids'][: spec.max_source_length - 2], V.EOS]
+    prompt = decoder_prompt(source, example.get('prompt_type', 'none'))
+    reasons = []
+    if len(example['source_ids']) > spec.max_source_length - 2:
+        reasons.append(f'{example["task"]}/source_cut_to_max_source_length')
+    if len(prompt) + len(example['target_ids']) > spec.max_target_length:
+        reasons.append(f'{example["task"]}/target_cut_to_max_target_length')
+    return reasons
+
+
+# The counts a batch carries for the host (never placed on the devices): records dropped and examples cut, by
+# reason, and each row's reference captions (with BatchSpec.with_references).
+HOST_KEYS = ('dropped', 'cut', 'references')
+
 # A stream that has yielded nothing usable for this many records in a row is broken (a wrong path, a corrupt copy of
 # the data, a preprocessor that rejects everything): the run stops naming the reasons instead of reading forever.
 MAX_DROPPED_IN_A_ROW = 10_000
@@ -245,9 +263,9 @@ class _BatchIterator(grain.DatasetIterator):
         self._task_names = [t.name for t in tasks]
         self._dropped_in_a_row = [collections.Counter() for _ in parents]
 
-    def _fill(self, part: int, dropped: collections.Counter) -> list[dict] | None:
-        """The examples of one (sub-)batch of stream `part`, counting what it drops; None when a finite stream has
-        ended before it."""
+    def _fill(self, part: int, dropped: collections.Counter, cut: collections.Counter) -> list[dict] | None:
+        """The examples of one (sub-)batch of stream `part`, counting what it drops and what to_batch will cut;
+        None when a finite stream has ended before it."""
         spec, in_a_row, examples = self._specs[part], self._dropped_in_a_row[part], []
         while len(examples) < spec.batch_size:
             try:
@@ -268,12 +286,13 @@ class _BatchIterator(grain.DatasetIterator):
                     )
             else:
                 examples.append(item)
+                cut.update(_cut_reasons(item, spec))
                 in_a_row.clear()
         return examples
 
     def __next__(self) -> dict[str, Any]:
-        dropped = collections.Counter()
-        parts = [self._fill(part, dropped) for part in range(len(self._streams))]
+        dropped, cut = collections.Counter(), collections.Counter()
+        parts = [self._fill(part, dropped, cut) for part in range(len(self._streams))]
         # A finite stream's last batch is padded; one of padding alone still carries the counts of the records
         # dropped after the last example. The run ends with its main stream.
         short = parts[0] is None or len(parts[0]) < self._specs[0].batch_size
@@ -284,7 +303,7 @@ class _BatchIterator(grain.DatasetIterator):
         batch = to_batch(parts[0] or [], self._specs[0], self._task_names)
         if len(parts) > 1:
             batch['extra'] = to_batch(parts[1] or [], self._specs[1], self._task_names)
-        batch['dropped'] = dict(dropped)
+        batch['dropped'], batch['cut'] = dict(dropped), dict(cut)
         return batch
 
     def get_state(self) -> dict[str, Any]:
@@ -399,8 +418,10 @@ def batches(
         if not workers:
             # Two batches ahead, as with workers: grain's default of 500 examples has every next() poll up to 500
             # pending futures, 20 ms of the training thread per batch of 32 (a tenth of the demo's step).
+            ahead = 2 * spec.batch_size
+            threads = min(grain.ReadOptions().num_threads, ahead)  # grain warns of threads it cannot keep busy
             stream = stream.map(_normalized).to_iter_dataset(
-                grain.ReadOptions(prefetch_buffer_size=2 * spec.batch_size)
+                grain.ReadOptions(num_threads=threads, prefetch_buffer_size=ahead)
             )
         else:
             if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app, use their defaults
