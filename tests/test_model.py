@@ -39,11 +39,9 @@ def test_init_std_sets_every_linear_and_embedding_and_leaves_the_image_trunk_alo
     base = nn.meta.unbox(init_variables(model_config('nano'), key)['params'])
     wide = nn.meta.unbox(init_variables(model_config('nano', init_std=0.125), key)['params'])
     vocab_size = model_config('nano').vocab_size
-    for path, leaf in jax.tree_util.tree_flatten_with_path(base)[0]:
+
+    def check(path, leaf, other):
         name = jax.tree_util.keystr(path)
-        other = wide
-        for key_entry in path:
-            other = other[key_entry.key]
         if name.endswith("['embedding']") and 'embed_tokens' in name:
             leaf, other = leaf[:vocab_size], other[:vocab_size]
         if (name.endswith("['kernel']") or name.endswith("['embedding']")) and 'embed_images' not in name:
@@ -51,6 +49,8 @@ def test_init_std_sets_every_linear_and_embedding_and_leaves_the_image_trunk_alo
             assert np.std(other) == pytest.approx(0.125, rel=0.2), name
         else:
             np.testing.assert_array_equal(leaf, other, err_msg=name)
+
+    jax.tree_util.tree_map_with_path(check, base, wide)
 
 
 @pytest.fixture(scope='module')

@@ -119,8 +119,20 @@ def example_stream(
     return mixed[shard_index::shard_count]
 
 
-def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str]) -> dict[str, np.ndarray]:
+def _source_and_prompt(example: dict, max_source_length: int) -> tuple[list[int], list[int]]:
+    """The model's source [bos, ..., eos], cut to max_source_length, and the decoder's tokens before the answer."""
+    source = [V.BOS, *example['source_ids'][: max_source_length - 2], V.EOS]
+    return source, decoder_prompt(source, example.get('prompt_type', 'none'))
+
+
+def to_batch(
+    examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str], cut: collections.Counter | None = None
+) -> dict[str, np.ndarray]:
     """Fixed-shape model inputs from preprocessed examples (fewer than batch_size: the rest is padding).
+
+    A source past spec.max_source_length or a target past spec.max_target_length is cut, as OFA's datasets cut them
+    (and count nowhere); `cut` counts each by '{task}/source_cut_to_max_source_length' or
+    '{task}/target_cut_to_max_target_length'.
 
     Examples hold 'source_ids' and 'target_ids' (no bos/eos), optionally 'image' [S, S, 3]: uint8 pixels, normalized
     here (on the host that feeds the devices: the data workers send a quarter of float32's bytes), or float32 already
@@ -151,9 +163,12 @@ def to_batch(examples: Sequence[dict], spec: BatchSpec, task_names: Sequence[str
     if width:
         batch['allowed_tokens'] = np.full((b, lt, width), 255, np.uint8)
     for row, example in enumerate(examples):
-        source = [V.BOS, *example['source_ids'][: ls - 2], V.EOS]
-        prompt = decoder_prompt(source, example.get('prompt_type', 'none'))
+        source, prompt = _source_and_prompt(example, ls)
         answer = [*example['target_ids'][: lt - len(prompt)], V.EOS]
+        if cut is not None and len(example['source_ids']) > ls - 2:
+            cut[f'{example["task"]}/source_cut_to_max_source_length'] += 1
+        if cut is not None and len(answer) <= len(example['target_ids']):
+            cut[f'{example["task"]}/target_cut_to_max_target_length'] += 1
         batch['src_tokens'][row, : len(source)] = source
         decoder_input = [*prompt, *example.get('decoder_input_ids', answer)[: len(answer) - 1]]
         batch['prev_output_tokens'][row, : len(decoder_input)] = decoder_input
@@ -216,24 +231,10 @@ def _check_shapes(example: dict, spec: BatchSpec) -> str | None:
         or example.get('code_target')
     ):
         # A prompted or trie-constrained answer, or a code image, is never cut: it would be trained as another.
-        source = [V.BOS, *example['source_ids'][: spec.max_source_length - 2], V.EOS]
-        prompt = decoder_prompt(source, example.get('prompt_type', 'none'))
+        _, prompt = _source_and_prompt(example, spec.max_source_length)
         if len(prompt) + len(example['target_ids']) > spec.max_target_length:
             return f'{example["task"]}/answer_past_max_target_length'
     return None
-
-
-def _cut_reasons(example: dict, spec: BatchSpec) -> list[str]:
-    """What to_batch will cut of a kept example, as OFA's datasets do (and count nowhere): its source past
-    max_source_length, its target past max_target_length; an example cut so is trained, and counted in batch['cut']."""
-    source = [V.BOS, *example['source_ids'][: spec.max_source_length - 2], V.EOS]
-    prompt = decoder_prompt(source, example.get('prompt_type', 'none'))
-    reasons = []
-    if len(example['source_ids']) > spec.max_source_length - 2:
-        reasons.append(f'{example["task"]}/source_cut_to_max_source_length')
-    if len(prompt) + len(example['target_ids']) > spec.max_target_length:
-        reasons.append(f'{example["task"]}/target_cut_to_max_target_length')
-    return reasons
 
 
 # The counts a batch carries for the host (never placed on the devices): records dropped and examples cut, by
@@ -263,9 +264,9 @@ class _BatchIterator(grain.DatasetIterator):
         self._task_names = [t.name for t in tasks]
         self._dropped_in_a_row = [collections.Counter() for _ in parents]
 
-    def _fill(self, part: int, dropped: collections.Counter, cut: collections.Counter) -> list[dict] | None:
-        """The examples of one (sub-)batch of stream `part`, counting what it drops and what to_batch will cut;
-        None when a finite stream has ended before it."""
+    def _fill(self, part: int, dropped: collections.Counter) -> list[dict] | None:
+        """The examples of one (sub-)batch of stream `part`, counting what it drops; None when a finite stream has
+        ended before it."""
         spec, in_a_row, examples = self._specs[part], self._dropped_in_a_row[part], []
         while len(examples) < spec.batch_size:
             try:
@@ -286,13 +287,12 @@ class _BatchIterator(grain.DatasetIterator):
                     )
             else:
                 examples.append(item)
-                cut.update(_cut_reasons(item, spec))
                 in_a_row.clear()
         return examples
 
     def __next__(self) -> dict[str, Any]:
         dropped, cut = collections.Counter(), collections.Counter()
-        parts = [self._fill(part, dropped, cut) for part in range(len(self._streams))]
+        parts = [self._fill(part, dropped) for part in range(len(self._streams))]
         # A finite stream's last batch is padded; one of padding alone still carries the counts of the records
         # dropped after the last example. The run ends with its main stream.
         short = parts[0] is None or len(parts[0]) < self._specs[0].batch_size
@@ -300,9 +300,9 @@ class _BatchIterator(grain.DatasetIterator):
             raise StopIteration
         if short and self._drop_remainder:
             raise StopIteration
-        batch = to_batch(parts[0] or [], self._specs[0], self._task_names)
+        batch = to_batch(parts[0] or [], self._specs[0], self._task_names, cut)
         if len(parts) > 1:
-            batch['extra'] = to_batch(parts[1] or [], self._specs[1], self._task_names)
+            batch['extra'] = to_batch(parts[1] or [], self._specs[1], self._task_names, cut)
         batch['dropped'], batch['cut'] = dict(dropped), dict(cut)
         return batch
 
