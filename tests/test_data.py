@@ -13,7 +13,7 @@ from ofa_jax.data import boxes, mixtures, pipeline, tasks
 from ofa_jax.data.image_codes import PatchCodebook
 from ofa_jax.data.registry import DropExample, Task, TaskRegistry, get_tasks
 from ofa_jax.data.vocab import BOS, EOS, PAD, default_vocabulary
-from ofa_jax.data.world import BACKGROUND, COLORS, World, WorldText, colors_drawn
+from ofa_jax.data.world import BACKGROUND, COLORS, SHAPES, World, WorldText, colors_drawn
 from ofa_jax.train_config import data_config, finetune_task_config
 
 # One test process builds this module's fixtures once (tests/run.sh distributes by group).
@@ -384,6 +384,23 @@ def test_world_is_deterministic_and_drawn_where_it_says():
     assert World(seed=6, image_size=64)[0]['caption'] != World(seed=5, image_size=64)[0][
         'caption'
     ] or not np.array_equal(World(seed=6, image_size=64)[0]['image'], World(seed=5, image_size=64)[0]['image'])
+
+
+def test_world_questions_ask_about_every_shape_colour_and_kind():
+    """The kind of question and its subject vary independently (once both cycled with the index: every "is there"
+    question asked about a triangle, every colour question of a three-shape scene about its leftmost shape)."""
+    world = World(size=600, image_size=64)
+    asked, places = set(), set()
+    for i in range(len(world)):
+        record, shapes = world[i], world.shapes(i)
+        question, answer = record['question'], next(iter(record['answers']))
+        if question.startswith('is there a '):
+            asked.add((*question[len('is there a ') : -1].split(), answer))
+        elif question.startswith('what color is the ') and len(shapes) == 3 and answer != 'many':
+            places.add(next(p for p, s in enumerate(shapes) if s.color == answer and question.endswith(f' {s.kind}?')))
+    assert {(c, k) for c, k, _ in asked} == {(c, k) for c in COLORS for k in SHAPES}
+    assert {a for *_, a in asked} == {'yes', 'no'}
+    assert places == {0, 1, 2}
 
 
 def test_patch_codebook_round_trip_and_persistence(tmp_path):

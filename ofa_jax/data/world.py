@@ -85,16 +85,16 @@ def _where(shape: Shape, image_size: int) -> str:
 
 
 def question(shapes: list[Shape], index: int) -> tuple[str, str]:
-    """A question about the scene and its answer; the kind of question cycles with the index."""
-    target = shapes[index % len(shapes)]
-    kind = index % 3
+    """A question about the scene and its answer. The kind of question cycles with the index and what it asks about
+    with index // 3, so that each kind asks about every shape of a scene and every colour and kind."""
+    kind, pick = index % 3, index // 3
     if kind == 0:
-        return f'what color is the {target.kind}?', target.color if sum(
-            s.kind == target.kind for s in shapes
-        ) == 1 else 'many'
+        target = shapes[pick % len(shapes)]
+        alike = sum(s.kind == target.kind for s in shapes)
+        return f'what color is the {target.kind}?', target.color if alike == 1 else 'many'
     if kind == 1:
         return 'how many shapes are there?', NUMBERS[len(shapes)]
-    color, shape_kind = list(COLORS)[index % len(COLORS)], SHAPES[index % len(SHAPES)]
+    color, shape_kind = list(COLORS)[pick % len(COLORS)], SHAPES[pick // len(COLORS) % len(SHAPES)]
     present = any(s.color == color and s.kind == shape_kind for s in shapes)
     return f'is there a {color} {shape_kind}?', 'yes' if present else 'no'
 
