@@ -497,17 +497,26 @@ class Decoder(nn.Module):
         def query_rows(table, axis):  # the rows of the queries: all positions, or the one being decoded
             return jax.lax.dynamic_slice_in_dim(table, decode_position, 1, axis) if decoding else table
 
+        # Position embeddings [1, n, d] of position ids [n]. A decoding step embeds its one query position; all
+        # positions' (the keys') are embedded on the first step only.
+        embed_text_positions = layers.embedding(
+            cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions', cfg.init_std
+        )
+        text_pos_ln = layers.layer_norm(dtype, 'pos_ln')
+
+        def text_positions(ids):
+            return text_pos_ln(embed_text_positions(ids))[None]
+
         src_keys = once(
             'cross_position_keys', lambda: layers.position_keys(cross_k, encoder_out.position_embedding, heads)
         )
-        text_pos = layers.layer_norm(dtype, 'pos_ln')(
-            layers.embedding(cfg.max_positions + 2, cfg.d_model, dtype, 'embed_positions', cfg.init_std)(
-                jnp.arange(positions)
-            )
-        )[None]
-        text_keys = once('self_position_keys', lambda: layers.position_keys(self_k, text_pos, heads))
-        self_bias = layers.position_bias(self_q, text_keys, query_rows(text_pos, 1), heads, scale)
-        cross_bias = layers.position_bias(cross_q, src_keys, query_rows(text_pos, 1), heads, scale)
+        all_positions = jnp.arange(positions)
+        text_keys = once(
+            'self_position_keys', lambda: layers.position_keys(self_k, text_positions(all_positions), heads)
+        )
+        text_pos = text_positions(query_rows(all_positions, 0))
+        self_bias = layers.position_bias(self_q, text_keys, text_pos, heads, scale)
+        cross_bias = layers.position_bias(cross_q, src_keys, text_pos, heads, scale)
         x = self.embed_tokens(prev_output_tokens)
         text_x = layers.layer_norm(dtype, 'layernorm_embedding')(x)
 
@@ -519,19 +528,22 @@ class Decoder(nn.Module):
             if code_masks is None:
                 code_masks = jnp.zeros((batch,), bool)
             code_ids = layers.code_position_ids(positions, cfg.code_image_size, cfg.image_bucket_size)
-            code_pos = layers.layer_norm(dtype, 'image_pos_ln')(
-                layers.embedding(
-                    cfg.image_bucket_size**2 + 1, cfg.d_model, dtype, 'embed_image_positions', cfg.init_std
-                )(jnp.asarray(code_ids))
-            )[None]
-            code_keys = once('self_code_position_keys', lambda: layers.position_keys(self_k, code_pos, heads))
+            embed_code_positions = layers.embedding(
+                cfg.image_bucket_size**2 + 1, cfg.d_model, dtype, 'embed_image_positions', cfg.init_std
+            )
+            code_pos_ln = layers.layer_norm(dtype, 'image_pos_ln')
+
+            def code_positions(ids):
+                return code_pos_ln(embed_code_positions(ids))[None]
+
+            code_keys = once(
+                'self_code_position_keys',
+                lambda: layers.position_keys(self_k, code_positions(jnp.asarray(code_ids)), heads),
+            )
+            code_pos = code_positions(query_rows(jnp.asarray(code_ids), 0))
             is_code = code_masks[:, None, None, None]
-            self_bias = jnp.where(
-                is_code, layers.position_bias(self_q, code_keys, query_rows(code_pos, 1), heads, scale), self_bias
-            )
-            cross_bias = jnp.where(
-                is_code, layers.position_bias(cross_q, src_keys, query_rows(code_pos, 1), heads, scale), cross_bias
-            )
+            self_bias = jnp.where(is_code, layers.position_bias(self_q, code_keys, code_pos, heads, scale), self_bias)
+            cross_bias = jnp.where(is_code, layers.position_bias(cross_q, src_keys, code_pos, heads, scale), cross_bias)
             code_x = layers.layer_norm(dtype, 'code_layernorm_embedding')(x)
             x = jnp.where(code_masks[:, None, None], code_x, text_x)
             image_buckets = query_rows(

@@ -61,6 +61,20 @@ def test_cache_gives_the_tokens_and_scores_of_recomputation(setup):
         assert len(bigrams) == len(set(bigrams))
 
 
+def test_cache_gives_the_codes_of_recomputation_in_rows_of_image_codes(setup):
+    """Rows of image codes take their query positions' 2D embeddings step by step (only the keys' are computed on
+    the first step); mixed with a text row, each row decodes as recomputation does."""
+    settings = DecodeSettings(beam_size=2, max_length=6)
+    codes = np.array([True, False, True])
+    cached = run(setup, settings, code_masks=codes)
+    recomputed = run(setup, settings, code_masks=codes, use_cache=False)
+    np.testing.assert_array_equal(cached[0], recomputed[0])
+    np.testing.assert_allclose(cached[1], recomputed[1], rtol=1e-5)
+    as_text = run(setup, settings)
+    np.testing.assert_allclose(cached[1][~codes], as_text[1][~codes], rtol=1e-5)
+    assert not np.allclose(cached[1][codes], as_text[1][codes], rtol=1e-5)  # code rows decode otherwise
+
+
 def test_greedy_scores_are_the_teacher_forced_log_probs(setup):
     model, variables, src, images = setup
     tokens, scores = run(setup, DecodeSettings(beam_size=1, max_length=6))
