@@ -1,4 +1,4 @@
-"""Demo: the nano OFA learns all 8 pretraining tasks of the embedded synthetic world on a CPU (about 12 minutes on 2
+"""Demo: the nano OFA learns all 8 pretraining tasks of the embedded synthetic world on a CPU (12 to 14 minutes on 2
 cores), then answers unseen scenes and draws its predictions (workdir/demo/predictions.png).
 
     bash launch/local.sh                  # trains, then evaluates: the two commands below
@@ -48,7 +48,7 @@ def get_config(variant: str = 'pretrain') -> ml_collections.ConfigDict:
         # to a sixth of its input, and the captions sat for 600 steps and more at the loss of not knowing a colour or
         # shape (README, "What the demo learns").
         config.model_overrides = dict(dropout=0.0, code_image_size=32, init_std=0.125)
-        # 0.2 s a step on 2 CPU cores: training ends within 13 minutes, evaluation takes under one more.
+        # 0.20-0.24 s a step on 2 CPU cores: training ends within 15 minutes, evaluation takes under one more.
         config.total_steps = 3500
     else:
         # The code grid is the whole 64-pixel scene: 8x8 codes of 8 pixels.
