@@ -831,7 +831,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     model = model_from_config(config)
     optimizer = make_optimizer(config)
 
-    # Data: this process's shard of the mixture, in batches of batch_size / processes.
+    # Data: this process's shard of the mixture, in batches of batch_size / processes, prepared beside the step.
+    pipeline.limit_blas_threads()
     task_names = [t.name for t in tasks]
     spec = batch_spec(config, per_process_batch)
     dataset = pipeline.batches(
