@@ -476,10 +476,12 @@ class Decoder(nn.Module):
         train: bool,
         decode_position: jax.Array | None = None,
         cache_length: int = 0,
+        vocab_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """Logits [batch, length, vocab]. Incremental decoding (decode_position given): prev_output_tokens
-        [batch, 1] is the token at decode_position of a sequence of at most cache_length tokens; attention keys and
-        values live in the collections 'cache' (per position) and 'encoder_cache' (computed on the first call)."""
+        """Logits [batch, length, vocab], or [batch, length, k] of the token ids vocab_ids [k] alone. Incremental
+        decoding (decode_position given): prev_output_tokens [batch, 1] is the token at decode_position of a
+        sequence of at most cache_length tokens; attention keys and values live in the collections 'cache' (per
+        position) and 'encoder_cache' (computed on the first call)."""
         cfg = self.config
         dtype = cfg.compute_dtype
         batch, length = prev_output_tokens.shape
@@ -579,7 +581,13 @@ class Decoder(nn.Module):
                 bias = self_bias + _decoder_relative_bias(cfg, f'_{i}', *relative)
                 x = layer_cls(cfg, rates[i], not train, name=f'layers_{i}')(x, bias, *layer_args, cache_length)
         x = layers.layer_norm(dtype, 'layer_norm')(x)
-        logits = self.embed_tokens.attend(x)[..., : cfg.vocab_size].astype(jnp.float32)  # the padding rows out
+        if vocab_ids is None:
+            logits = self.embed_tokens.attend(x)[..., : cfg.vocab_size]  # the padding rows out
+        else:  # as attend does, over the rows of vocab_ids
+            table = jnp.take(self.embed_tokens.embedding, vocab_ids, axis=0)
+            x, table = nn.dtypes.promote_dtype(x, table, dtype=self.embed_tokens.dtype)
+            logits = jnp.dot(x, table.T)
+        logits = logits.astype(jnp.float32)
         return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 
@@ -646,9 +654,12 @@ class OFA(nn.Module):
         prev_output_tokens: jax.Array,
         code_masks: jax.Array | None = None,
         train: bool = False,
+        vocab_ids: jax.Array | None = None,
     ) -> jax.Array:
+        """Logits [batch, length, vocab] of the next token at every position; with vocab_ids [k], of those token ids
+        alone ([batch, length, k]: what scoring answers from a closed list needs)."""
         validate_target(self.config, prev_output_tokens, code_masks, encoder_out.hidden.shape[0])
-        return self.decoder(jnp.asarray(prev_output_tokens), encoder_out, code_masks, train)
+        return self.decoder(jnp.asarray(prev_output_tokens), encoder_out, code_masks, train, vocab_ids=vocab_ids)
 
     def decode_step(
         self,

@@ -59,6 +59,21 @@ def test_the_trie_allows_what_continues_some_answer():
         AnswerTrie([[5, VOCAB.size]], VOCAB.size)
 
 
+def test_the_trie_masks_over_its_own_tokens_agree_with_the_masks_over_the_vocabulary():
+    """Scoring computes only the logits of the trie's tokens: its masks over them must allow what the full ones do."""
+    answers = ['two', 'two people', 'tennis', 'yes']
+    trie = AnswerTrie.of_answers(VOCAB, answers)
+    ids = [VOCAB.encode_spaced(a) for a in answers]
+    assert list(trie.tokens) == sorted({t for answer in ids for t in answer} | {V.EOS})
+    for answer in ids:
+        assert list(trie.tokens[trie.columns([*answer, V.EOS])]) == [*answer, V.EOS]
+        for node in trie.nodes(answer):
+            full = np.unpackbits(trie.packed_mask(node), count=VOCAB.size).astype(bool)
+            over_tokens = np.unpackbits(trie.packed_token_mask(node), count=len(trie.tokens)).astype(bool)
+            np.testing.assert_array_equal(over_tokens, full[trie.tokens])
+            assert full.sum() == over_tokens.sum()  # nothing allowed outside the trie's tokens
+
+
 def example(prompt_type: str, source: list[int], target: list[int], **fields) -> dict:
     return {'task': 't', 'source_ids': source, 'target_ids': target, 'prompt_type': prompt_type, **fields}
 

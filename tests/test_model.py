@@ -96,6 +96,18 @@ def test_logits_shape_and_padding_does_not_change_real_positions(nano):
     np.testing.assert_allclose(padded[:, :5], logits, rtol=1e-5, atol=1e-5)
 
 
+def test_logits_of_chosen_token_ids_are_those_columns_of_the_full_logits(nano):
+    """What scoring closed answer lists computes: only the columns of the answers' tokens."""
+    model, variables = nano
+    src, images, masks, tgt = inputs()
+    full = jitted(model)(variables, src, images, masks, tgt)
+    encoded = model.apply(variables, src, images, masks, method=OFA.encode)
+    ids = np.array([2, 7, 4000, 59456, 123])
+    chosen = model.apply(variables, encoded, tgt, vocab_ids=ids, method=OFA.decode)
+    assert chosen.shape == (2, 5, 5) and chosen.dtype == jnp.float32
+    np.testing.assert_allclose(chosen, np.asarray(full)[..., ids], rtol=1e-5, atol=1e-5)
+
+
 def test_decoder_is_causal(nano):
     model, variables = nano
     src, images, masks, tgt = inputs()

@@ -62,6 +62,10 @@ class AnswerTrie:
                     self._children.append({})
                 node = self._children[node][token]
         self._packed: dict[int, np.ndarray] = {}
+        # Every token some node allows (the answers' tokens and eos), ascending: the only logits a score needs.
+        self.tokens = np.array(sorted({t for children in self._children for t in children}), np.int32)
+        self._column = {int(t): i for i, t in enumerate(self.tokens)}
+        self._packed_over_tokens: dict[int, np.ndarray] = {}
 
     @classmethod
     def of_answers(cls, vocab: Vocabulary, answers: Sequence[str]) -> 'AnswerTrie':
@@ -91,6 +95,18 @@ class AnswerTrie:
             allowed[list(self._children[node])] = True
             self._packed[node] = np.packbits(allowed)
         return self._packed[node]
+
+    def packed_token_mask(self, node: int) -> np.ndarray:
+        """uint8 [ceil(len(tokens) / 8)]: bit i (np.packbits order) set when tokens[i] continues `node`."""
+        if node not in self._packed_over_tokens:
+            allowed = np.zeros(len(self.tokens), bool)
+            allowed[[self._column[t] for t in self._children[node]]] = True
+            self._packed_over_tokens[node] = np.packbits(allowed)
+        return self._packed_over_tokens[node]
+
+    def columns(self, token_ids: Sequence[int]) -> list[int]:
+        """The index in `tokens` of each of token_ids (tokens of the trie)."""
+        return [self._column[t] for t in token_ids]
 
     def allowed_tokens(self, answer_ids: Sequence[int]) -> np.ndarray:
         """uint8 [n + 1, mask_width]: the packed tokens allowed at each position of answer_ids [n] and its eos."""
