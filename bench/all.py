@@ -25,6 +25,7 @@ COMPARISONS = (  # script, its arguments, what the row measures
     ('forward_vs_reference.py', (), 'forward pass: tiny, batch 8, 256 px, 64+32 tokens'),
     ('captions_vs_reference.py', (), 'captions: tiny, batch 16, 256 px, beam 5, at most 16 tokens'),
     ('text_to_image_vs_reference.py', (), 'text-to-image query: tiny, 1,024 codes sampled, VQGAN decode'),
+    ('vqa_candidates_vs_reference.py', (), "all-candidates VQA: tiny, 2 questions, 256 px, VQA v2's 3,129 answers"),
     ('vqgan_vs_reference.py', (), 'VQGAN encode and decode: batch 2, 256 px'),
 )
 
