@@ -48,7 +48,7 @@ def get_config(variant: str = 'pretrain') -> ml_collections.ConfigDict:
         # to a sixth of its input, and the captions sat for 600 steps and more at the loss of not knowing a colour or
         # shape (README, "What the demo learns").
         config.model_overrides = dict(dropout=0.0, code_image_size=32, init_std=0.125)
-        # 0.20-0.24 s a step on 2 CPU cores: training ends within 15 minutes, evaluation takes under one more.
+        # 0.19-0.26 s a step on 2 CPU cores, by their load: training ends within 15 minutes, evaluation takes one more.
         config.total_steps = 3500
     else:
         # The code grid is the whole 64-pixel scene: 8x8 codes of 8 pixels.
