@@ -424,14 +424,13 @@ def test_a_second_run_loads_its_compiled_programs_from_the_compilation_cache(tmp
 @pytest.mark.slow  # a trainer in a process of its own: numpy's BLAS starts with its threads there
 def test_the_trainer_gives_numpy_blas_one_thread(tmp_path):
     """The input pipeline's numpy runs beside the step: BLAS's idle threads would spin on the step's cores."""
-    if os.cpu_count() < 2:
-        pytest.skip('one core: BLAS has one thread anyway')
     script = textwrap.dedent(f"""
         import sys, threadpoolctl
         sys.path.insert(0, 'tests')
         from conftest import small_config
         from ofa_jax import train
-        blas = lambda: max(i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas')
+        info = threadpoolctl.threadpool_info
+        blas = lambda: max((i['num_threads'] for i in info() if i['user_api'] == 'blas'), default=0)
         before = blas()
         train.train(small_config(total_steps=1, checkpoint_every=1), {str(tmp_path / 'run')!r})
         print(before, blas())
@@ -439,7 +438,9 @@ def test_the_trainer_gives_numpy_blas_one_thread(tmp_path):
     done = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     before, during = map(int, done.stdout.split()[-2:])
-    assert before > 1 and during == 1
+    if before < 2:  # one core, OPENBLAS_NUM_THREADS=1, or no BLAS that threadpoolctl finds: nothing to limit
+        pytest.skip(f'numpy starts with {before} BLAS threads here')
+    assert during == 1
 
 
 def test_an_unwritable_workdir_fails_before_training(tmp_path):
