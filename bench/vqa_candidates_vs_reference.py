@@ -9,7 +9,8 @@ answers' trie), and the best is the answer. The reference side is OFA's procedur
 with allcand): the encoder once per batch of questions, then the decoder over chunks of 20 answers per question
 (OFA's valid_batch_size) with the encoder's output repeated for each, the logits outside the trie at -inf before
 the log-softmax; its per-answer trie masks are built beforehand, as OFA's task builds them at setup. ofa-jax scores
-256 (question, answer) pairs a decoder pass. Both sides must pick the same answers. Batch 2 questions, 256 px,
+256 (question, answer) pairs a decoder pass, a question's answers together against its encoder output's keys and
+values, projected once. Both sides must pick the same answers. Batch 2 questions, 256 px,
 float32; the two are timed in turns (bench/_common.interleaved). Needs the test requirements (torch, modelscope).
 """
 

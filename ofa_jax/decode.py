@@ -477,7 +477,9 @@ def score_candidates(
     the trie's tokens are computed (about 5,000 of 59,457 columns of the output layer for VQA's 3,129 answers);
     None: over the whole vocabulary.
 
-    batch_size bounds the (row, candidate) pairs of one decoder pass, and so the memory of its logits."""
+    batch_size bounds the (row, candidate) pairs of one decoder pass, and so the memory of its logits; a pass scores
+    at least one candidate for every row. A pass decodes a row's candidates together: their cross-attention projects
+    the row's encoder output to keys and values once."""
     validate_source(model.config, src_tokens, patch_images, patch_masks)
     if not candidates or any(len(c) == 0 for c in candidates):
         raise ValueError('score_candidates: candidates must be a non-empty list of non-empty id sequences')
@@ -489,16 +491,13 @@ def score_candidates(
         raise ValueError(f'score_candidates: prefix_tokens must be [{batch}, p], got {prefix.shape}')
     prefixes = [[int(t) for t in row if t != V.PAD] for row in prefix]
     length = max(map(len, prefixes)) + max(len(c) for c in candidates) + 1
-    pairs = batch * count
-    chunk = min(batch_size, pairs)
-    padded = -(-pairs // chunk) * chunk
-    pair_rows = np.arange(padded) // count % batch
-    pair_candidates = np.arange(padded) % count
-    inputs = np.full((padded, length), V.PAD, np.int32)
+    per_pass = min(max(1, batch_size // batch), count)  # candidates of each row in one pass
+    padded = -(-count // per_pass) * per_pass  # the last pass repeats the first candidates
+    inputs = np.full((batch, padded, length), V.PAD, np.int32)
     # The scored positions' targets: vocabulary ids, or with a trie the columns of its tokens' logits.
-    targets, scored = np.zeros((padded, length), np.int32), np.zeros((padded, length), bool)
+    targets, scored = np.zeros((batch, padded, length), np.int32), np.zeros((batch, padded, length), bool)
     # With a trie: per scored position the row of `masks` (packed over trie.tokens) of its trie node; -1 elsewhere.
-    mask_rows = np.full((padded, length), -1, np.int32)
+    mask_rows = np.full((batch, padded, length), -1, np.int32)
     masks = vocab_ids = None
     answers = [[*c, V.EOS] for c in candidates]
     if trie is not None:
@@ -508,26 +507,28 @@ def score_candidates(
         nodes = [[row_of[n] for n in path] for path in nodes]
         vocab_ids = jnp.asarray(trie.tokens)
         answers = [trie.columns(answer) for answer in answers]
-    for i, (row, candidate) in enumerate(zip(pair_rows, pair_candidates)):
-        forced, answer = prefixes[row], candidates[candidate]
-        inputs[i, : len(forced) + len(answer) + 1] = [V.BOS, *forced, *answer]
-        scored_positions = slice(len(forced), len(forced) + len(answer) + 1)
-        targets[i, scored_positions], scored[i, scored_positions] = answers[candidate], True
-        if trie is not None:
-            mask_rows[i, scored_positions] = nodes[candidate]
+    for row, forced in enumerate(prefixes):
+        for j in range(padded):
+            candidate = candidates[j % count]
+            inputs[row, j, : len(forced) + len(candidate) + 1] = [V.BOS, *forced, *candidate]
+            scored_positions = slice(len(forced), len(forced) + len(candidate) + 1)
+            targets[row, j, scored_positions], scored[row, j, scored_positions] = answers[j % count], True
+            if trie is not None:
+                mask_rows[row, j, scored_positions] = nodes[j % count]
     encoder_out = _encode(model, variables, jnp.asarray(src_tokens, jnp.int32), patch_images, patch_masks)
     scores = [
-        _score_chunk(
+        _score_pass(
             model,
+            per_pass,
             variables,
             encoder_out,
-            *(x[i : i + chunk] for x in (pair_rows, inputs, targets, scored, mask_rows)),
+            *(x[:, j : j + per_pass].reshape(batch * per_pass, length) for x in (inputs, targets, scored, mask_rows)),
             masks,
             vocab_ids,
-        )
-        for i in range(0, padded, chunk)
+        ).reshape(batch, per_pass)
+        for j in range(0, padded, per_pass)
     ]
-    return jnp.concatenate(scores)[:pairs].reshape(batch, count)
+    return jnp.concatenate(scores, axis=1)[:, :count]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -535,10 +536,13 @@ def _encode(model, variables, src_tokens, patch_images, patch_masks):
     return model.apply(variables, src_tokens, patch_images, patch_masks, method=OFA.encode)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _score_chunk(model, variables, encoder_out, rows, inputs, targets, scored, mask_rows, masks, vocab_ids):
-    encoder_out = jax.tree_util.tree_map(lambda x: x[rows], encoder_out)
-    logits = model.apply(variables, encoder_out, inputs, vocab_ids=vocab_ids, method=OFA.decode)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _score_pass(model, per_row, variables, encoder_out, inputs, targets, scored, mask_rows, masks, vocab_ids):
+    """Summed log-probs [b * per_row] of the scored targets; inputs etc. [b * per_row, length], a row's candidates
+    consecutive."""
+    logits = model.apply(
+        variables, encoder_out, inputs, vocab_ids=vocab_ids, targets_per_source=per_row, method=OFA.decode
+    )
     if masks is not None:
         allowed = jnp.unpackbits(masks[jnp.maximum(mask_rows, 0)], axis=-1, count=logits.shape[-1]).astype(bool)
         logits = jnp.where(allowed | ~scored[..., None], logits, NEG_INF)

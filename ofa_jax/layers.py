@@ -165,6 +165,10 @@ class MultiHeadAttention(nn.Module):
         [batch, heads, q_len, kv_len]; mask: bool broadcastable to the same, True where attending is allowed.
         Returns [batch, q_len, embed].
 
+        kv may also be [groups, kv_len, embed] with batch = groups * per_group: each kv row then serves per_group
+        consecutive rows of x, whose queries attend to its keys and values together, projected once (many answers
+        scored against one question); bias and mask have batch 1, groups or batch.
+
         Incremental decoding: cache='self' writes the keys/values of kv (one position) at decode_position of a
         [batch, cache_length] cache (collection 'cache') and attends over all of it; cache='cross' projects kv on
         the first call only and keeps the keys/values in the collection 'encoder_cache' ([batch, heads, kv_len,
@@ -205,6 +209,12 @@ class MultiHeadAttention(nn.Module):
             k, v = cached_k.value, cached_v.value
         else:
             k, v = keys_values()
+        rows, query_length = q.shape[:2]
+        groups = k.shape[0]
+        per_group = rows // groups
+        if per_group > 1:  # a group's rows as one row of per_group * q_len queries
+            q = q.reshape(groups, per_group * query_length, *q.shape[2:])
+            bias, mask = (_grouped_queries(t, groups, per_group, query_length) for t in (bias, mask))
         if self.implementation == 'einsum':
             kv_spec = 'bhkd' if heads_first else 'bkhd'
             logits = jnp.einsum(f'bqhd,{kv_spec}->bhqk', q, k).astype(jnp.float32) + bias
@@ -221,12 +231,30 @@ class MultiHeadAttention(nn.Module):
             out = attend(q, k, v, bias, mask, self.implementation)
         else:
             raise ValueError(f'attention {self.implementation!r}: expected one of {ATTENTION_IMPLEMENTATIONS}')
+        out = out.reshape(rows, query_length, *out.shape[2:])
         c_attn = self.param(
             'c_attn', nn.with_logical_partitioning(nn.initializers.ones, ('heads',)), (self.num_heads,), jnp.float32
         )
         out = out * c_attn.astype(self.dtype)[:, None]
         out = HeadsDense((d_model,), 2, ('heads', 'kv', 'embed'), self.init_std, self.dtype, name='out_proj')(out)
         return nn.with_logical_constraint(out, ('batch', 'length', 'embed'))
+
+
+def _grouped_queries(t: jax.Array, groups: int, per_group: int, query_length: int) -> jax.Array:
+    """A bias or mask broadcastable to [groups * per_group, heads, query_length, kv_len] (batch 1, groups or
+    groups * per_group) -> broadcastable to [groups, heads, per_group * query_length, kv_len]: each group's rows'
+    queries one after another."""
+    t = jnp.asarray(t)
+    t = t.reshape((1,) * (4 - t.ndim) + t.shape)
+    batch, heads, length, kv_length = t.shape
+    if batch == groups * per_group:
+        t = t.reshape(groups, per_group, heads, length, kv_length).swapaxes(1, 2)
+    elif length == 1:  # the same for every query of a group
+        return t
+    else:
+        t = t[:, :, None]
+    t = jnp.broadcast_to(t, (*t.shape[:2], per_group, query_length, kv_length))
+    return t.reshape(*t.shape[:2], per_group * query_length, kv_length)
 
 
 def attention_block(

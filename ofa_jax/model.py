@@ -655,10 +655,19 @@ class OFA(nn.Module):
         code_masks: jax.Array | None = None,
         train: bool = False,
         vocab_ids: jax.Array | None = None,
+        targets_per_source: int = 1,
     ) -> jax.Array:
         """Logits [batch, length, vocab] of the next token at every position; with vocab_ids [k], of those token ids
-        alone ([batch, length, k]: what scoring answers from a closed list needs)."""
-        validate_target(self.config, prev_output_tokens, code_masks, encoder_out.hidden.shape[0])
+        alone ([batch, length, k]: what scoring answers from a closed list needs).
+
+        targets_per_source: each row of encoder_out (batch b) serves that many consecutive rows of
+        prev_output_tokens [b * targets_per_source, length], whose cross-attention projects the row's keys and
+        values once for all of them (scoring many answers to one question)."""
+        if targets_per_source < 1:
+            raise ValueError(f'targets_per_source must be >= 1, got {targets_per_source}')
+        if targets_per_source > 1 and code_masks is not None:
+            raise ValueError('code_masks: rows of image codes take a source row each (targets_per_source=1)')
+        validate_target(self.config, prev_output_tokens, code_masks, encoder_out.hidden.shape[0], targets_per_source)
         return self.decoder(jnp.asarray(prev_output_tokens), encoder_out, code_masks, train, vocab_ids=vocab_ids)
 
     def decode_step(
@@ -734,11 +743,16 @@ def validate_source(
             raise ValueError(f'sample_patch_num {sample_patch_num} must be in [1, {num_patches}] for this image size')
 
 
-def validate_target(config: OFAConfig, prev_output_tokens: Any, code_masks: Any, batch: int) -> None:
+def validate_target(
+    config: OFAConfig, prev_output_tokens: Any, code_masks: Any, batch: int, targets_per_source: int = 1
+) -> None:
     """Raises ValueError naming the argument when the decoder inputs are malformed (runs before compiling)."""
     _check_tokens(config, 'prev_output_tokens', prev_output_tokens)
-    if prev_output_tokens.shape[0] != batch:
-        raise ValueError(f'prev_output_tokens has batch {prev_output_tokens.shape[0]} but the source has batch {batch}')
+    if prev_output_tokens.shape[0] != batch * targets_per_source:
+        per_source = f' and {targets_per_source} targets per source row' if targets_per_source > 1 else ''
+        raise ValueError(
+            f'prev_output_tokens has batch {prev_output_tokens.shape[0]} but the source has batch {batch}{per_source}'
+        )
     if code_masks is not None:
         _check_row_flags('code_masks', code_masks, batch)
 

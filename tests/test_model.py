@@ -108,6 +108,29 @@ def test_logits_of_chosen_token_ids_are_those_columns_of_the_full_logits(nano):
     np.testing.assert_allclose(chosen, np.asarray(full)[..., ids], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('attention', ['einsum', 'xla'])
+def test_targets_sharing_a_source_decode_as_with_the_source_repeated(nano, attention):
+    """Many answers to one question share its encoder output (keys and values projected once): the logits are those
+    of decoding each answer against its own copy; the second source row has padding."""
+    model, variables = nano
+    model = OFA(dataclasses.replace(model.config, attention=attention))
+    src, images, masks, _ = inputs()
+    src[1, 3:] = 1
+    src[1, 2] = 2
+    tgt = inputs(batch=6, seed=1)[3]
+    tgt[4, 3:] = 1
+    encoded = model.apply(variables, src, images, masks, method=OFA.encode)
+    ids = np.arange(4, 40)
+    shared = model.apply(variables, encoded, tgt, vocab_ids=ids, targets_per_source=3, method=OFA.decode)
+    repeated = jax.tree_util.tree_map(lambda x: jnp.repeat(x, 3, axis=0), encoded)
+    separate = model.apply(variables, repeated, tgt, vocab_ids=ids, method=OFA.decode)
+    np.testing.assert_allclose(shared, separate, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='batch 6 but the source has batch 2 and 2 targets per source row'):
+        model.apply(variables, encoded, tgt, targets_per_source=2, method=OFA.decode)
+    with pytest.raises(ValueError, match='code_masks'):
+        model.apply(variables, encoded, tgt, np.zeros(6, bool), targets_per_source=3, method=OFA.decode)
+
+
 def test_decoder_is_causal(nano):
     model, variables = nano
     src, images, masks, tgt = inputs()
