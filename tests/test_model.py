@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ofa_jax import layers
+from ofa_jax import layers, resnet
 from ofa_jax.decode import DecodeSettings, generate, sample_codes
 from ofa_jax.model import OFA, PRESETS, count_params, init_variables, model_config, scan_layout
 
@@ -129,6 +129,29 @@ def test_targets_sharing_a_source_decode_as_with_the_source_repeated(nano, atten
         model.apply(variables, encoded, tgt, targets_per_source=2, method=OFA.decode)
     with pytest.raises(ValueError, match='code_masks'):
         model.apply(variables, encoded, tgt, np.zeros(6, bool), targets_per_source=3, method=OFA.decode)
+
+
+@pytest.mark.parametrize('channels, features, stride', [(4, 16, 1), (16, 4, 1), (8, 8, 2), (4, 16, 2)])
+def test_a_1x1_convolution_has_the_gradients_of_xla_s_convolution(channels, features, stride):
+    """The 1x1 convolutions run as matmuls with their own backward pass: its input and kernel gradients are
+    those of the convolution, widening or narrowing, strided or not."""
+    conv = resnet.Conv(features, 1, stride)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6, channels))
+    variables = conv.init(jax.random.key(1), x)
+    weights = jax.random.normal(jax.random.key(2), (2, -(-5 // stride), -(-6 // stride), features))
+
+    def ours(x, kernel):
+        return jnp.sum(conv.apply({'params': {'kernel': kernel}}, x) * weights)
+
+    def xla(x, kernel):
+        dims = ('NHWC', 'HWIO', 'NHWC')
+        return jnp.sum(
+            jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'VALID', dimension_numbers=dims) * weights
+        )
+
+    kernel = nn.meta.unbox(variables)['params']['kernel']
+    for got, expected in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(xla, (0, 1))(x, kernel)):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_decoder_is_causal(nano):
