@@ -113,6 +113,9 @@ ATTENTION_IMPLEMENTATIONS = ('einsum', 'xla', 'cudnn')
 # What a rematerialized layer keeps from its forward pass (names in jax.checkpoint_policies): nothing (recompute it
 # all, least memory), every matmul result, the matmul results without a batch dimension (weights-like), everything.
 REMAT_POLICIES = ('nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable', 'everything_saveable')
+# A matmul with a backward pass of its own (jax.custom_vjp) is opaque to the `dots` policies: it names its output
+# this, and they keep it as they keep every other matmul's.
+SAVEABLE_MATMUL = 'saveable_matmul'
 
 
 def rematerialized(module: type[nn.Module], policy: str, **kwargs: Any) -> type[nn.Module]:
@@ -120,7 +123,11 @@ def rematerialized(module: type[nn.Module], policy: str, **kwargs: Any) -> type[
     nn.remat."""
     if policy not in REMAT_POLICIES:
         raise ValueError(f'remat_policy {policy!r}: expected one of {REMAT_POLICIES}')
-    return nn.remat(module, policy=getattr(jax.checkpoint_policies, policy), **kwargs)
+    keep = getattr(jax.checkpoint_policies, policy)
+    if policy.startswith('dots'):
+        named = jax.checkpoint_policies.save_only_these_names(SAVEABLE_MATMUL)
+        keep = jax.checkpoint_policies.save_from_both_policies(keep, named)
+    return nn.remat(module, policy=keep, **kwargs)
 
 
 def attend(
@@ -171,7 +178,7 @@ class MultiHeadAttention(nn.Module):
 
         Incremental decoding: cache='self' writes the keys/values of kv (one position) at decode_position of a
         [batch, cache_length] cache (collection 'cache') and attends over all of it; cache='cross' projects kv on
-        the first call only and keeps the keys/values in the collection 'encoder_cache' ([batch, heads, kv_len,
+        the first call only and keeps the keys/values in the collection 'encoder_cache' ([kv batch, heads, kv_len,
         head_dim] for the einsum)."""
         d_model = x.shape[-1]
         head_dim = d_model // self.num_heads
@@ -211,6 +218,8 @@ class MultiHeadAttention(nn.Module):
             k, v = keys_values()
         rows, query_length = q.shape[:2]
         groups = k.shape[0]
+        if rows % groups:
+            raise ValueError(f'attention: {rows} rows of queries cannot share {groups} rows of keys and values')
         per_group = rows // groups
         if per_group > 1:  # a group's rows as one row of per_group * q_len queries
             q = q.reshape(groups, per_group * query_length, *q.shape[2:])

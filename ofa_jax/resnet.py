@@ -9,8 +9,9 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
-from ofa_jax.layers import DropPath, linear_rate, linear_rates, rematerialized
+from ofa_jax.layers import SAVEABLE_MATMUL, DropPath, linear_rate, linear_rates, rematerialized
 
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # PyTorch's kaiming_normal_
 
@@ -64,7 +65,8 @@ def _pointwise_forward(x, kernel):
 def _pointwise_backward(saved, grad):
     """The kernel's gradient sums x^T grad over every pixel, so one of the two is transposed for the product, and
     XLA:CPU transposes slowly. Left to itself it transposed the gradient even where that is the wider side (a
-    block's last 1x1 widens 64 channels to 256): a sixth of OFA-Tiny's train step. Here the narrower side is."""
+    block's last 1x1 widens 64 channels to 256): a sixth of OFA-Tiny's train step. Here the narrower side is the
+    product's left operand, the one XLA:CPU transposes."""
     x, kernel = saved
     x_rows, grad_rows = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
     over_rows = (((0,), (0,)), ((), ()))
@@ -101,7 +103,8 @@ class Conv(nn.Module):
         ).astype(self.dtype)
         x = x.astype(self.dtype)
         if self.kernel == 1:
-            return _pointwise(x[:, :: self.stride, :: self.stride], kernel[0, 0])
+            out = _pointwise(x[:, :: self.stride, :: self.stride], kernel[0, 0])
+            return checkpoint_name(out, SAVEABLE_MATMUL)  # kept by remat's `dots` policies, as matmuls are
         pad = self.kernel // 2
         return jax.lax.conv_general_dilated(
             x, kernel, (self.stride, self.stride), ((pad, pad), (pad, pad)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')

@@ -129,6 +129,10 @@ def test_targets_sharing_a_source_decode_as_with_the_source_repeated(nano, atten
         model.apply(variables, encoded, tgt, targets_per_source=2, method=OFA.decode)
     with pytest.raises(ValueError, match='code_masks'):
         model.apply(variables, encoded, tgt, np.zeros(6, bool), targets_per_source=3, method=OFA.decode)
+    attention = layers.MultiHeadAttention(num_heads=2, init_std=0.02)
+    queries, keys = jnp.ones((5, 3, 8)), jnp.ones((2, 4, 8))
+    with pytest.raises(ValueError, match='5 rows of queries cannot share 2 rows of keys and values'):
+        attention.init(jax.random.key(0), queries, keys, jnp.zeros(()), jnp.ones((), bool), True)
 
 
 @pytest.mark.parametrize('channels, features, stride', [(4, 16, 1), (16, 4, 1), (8, 8, 2), (4, 16, 2)])
@@ -152,6 +156,23 @@ def test_a_1x1_convolution_has_the_gradients_of_xla_s_convolution(channels, feat
     kernel = nn.meta.unbox(variables)['params']['kernel']
     for got, expected in zip(jax.grad(ours, (0, 1))(x, kernel), jax.grad(xla, (0, 1))(x, kernel)):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    'policy, saved', [('dots_saveable', 9), ('dots_with_no_batch_dims_saveable', 9), ('nothing_saveable', 0)]
+)
+def test_the_dots_remat_policies_keep_the_1x1_convolutions_outputs(capsys, policy, saved):
+    """The 1x1 convolutions' own backward pass hides their matmul from the policies: they keep it by name."""
+    trunk = resnet.ResNet((1, 1, 1), width=4, remat=True, remat_policy=policy)
+    images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    variables = trunk.init(jax.random.key(1), images, False)
+
+    def loss(params):
+        out, _ = trunk.apply({**variables, 'params': params}, images, True, mutable=['batch_stats'])
+        return jnp.sum(out)
+
+    jax.ad_checkpoint.print_saved_residuals(loss, variables['params'])
+    assert capsys.readouterr().out.count(f"named '{layers.SAVEABLE_MATMUL}'") == saved  # 3 stages x 3 1x1s
 
 
 def test_decoder_is_causal(nano):
